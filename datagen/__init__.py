@@ -1,0 +1,3 @@
+"""Make the classic unsupervised-video datasets and store them as sharded, verifiable stores."""
+
+__version__ = "0.1.0"
