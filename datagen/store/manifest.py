@@ -1,0 +1,145 @@
+"""The store's index: what was generated, how, and which shard holds what, with hashes to verify it.
+
+`manifest.json` is written last and atomically, so its presence means the store is complete. Its bytes are
+canonical (sorted keys, no timestamps): the same job gives the same manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datagen.errors import DatagenError
+from datagen.store.atomic import atomic_path, file_sha256, write_json_atomic
+from datagen.store.hdf5 import write_hdf5
+from datagen.store.sample import Sample
+from datagen.store.wds import write_wds
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+EXTENSIONS = {"wds": ".tar", "hdf5": ".h5"}
+SEEDING = "numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(global_index,)))"
+
+
+def shard_name(prefix: str, index: int, fmt: str) -> str:
+    return f"{prefix}-{index:06d}{EXTENSIONS[fmt]}"
+
+
+def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs: dict | None = None) -> dict:
+    """Write one shard under a temporary name, fsync, rename; return its manifest entry."""
+    final = Path(folder) / name
+    with atomic_path(final) as tmp:
+        keys = write_wds(tmp, samples) if fmt == "wds" else write_hdf5(tmp, samples, attrs)
+    return {
+        "path": name,
+        "format": fmt,
+        "n_samples": len(keys),
+        "first_key": keys[0] if keys else None,
+        "last_key": keys[-1] if keys else None,
+        "bytes": final.stat().st_size,
+        "sha256": file_sha256(final),
+    }
+
+
+RECORD_KEYS = ("generator", "params", "seed", "layout", "sample")
+
+
+def dataset_digest(record: dict[str, Any], shards: Iterable[dict]) -> str:
+    """sha256 over the job record and every shard's (path, count, sha256): one value names the dataset."""
+    body = {
+        "record": {k: record[k] for k in RECORD_KEYS},
+        "shards": sorted((s["path"], s["n_samples"], s["sha256"]) for s in shards),
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def build_manifest(record: dict[str, Any], shards: list[dict], extra: dict | None = None) -> dict:
+    """`record` holds RECORD_KEYS (what defines the content); `extra` adds summaries outside the digest."""
+    shards = sorted(shards, key=lambda s: (s["format"], s["path"]))
+    totals: dict[str, dict[str, int]] = {}
+    for s in shards:
+        t = totals.setdefault(s["format"], {"n_shards": 0, "n_samples": 0, "bytes": 0})
+        t["n_shards"] += 1
+        t["n_samples"] += s["n_samples"]
+        t["bytes"] += s["bytes"]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        **{k: record[k] for k in RECORD_KEYS},
+        "seeding": SEEDING,
+        "shards": shards,
+        "totals": totals,
+        "digest": dataset_digest(record, shards),
+    }
+    if extra:
+        manifest.update(extra)
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+
+
+def load_manifest(path: Path) -> dict:
+    """Accept a store folder or the manifest file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.exists():
+        raise DatagenError(f"no manifest at {path} (not a datagen store, or generation did not finish)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatagenError(f"corrupt manifest {path}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DatagenError(f"{path}: unsupported manifest schema {manifest.get('schema_version')!r}")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def check_shard(folder: Path, entry: dict) -> Problem | None:
+    """Does the shard file on disk match its manifest entry (size, sha256)?"""
+    p = Path(folder) / entry["path"]
+    if not p.exists():
+        return Problem(entry["path"], "missing")
+    size = p.stat().st_size
+    if size != entry["bytes"]:
+        return Problem(entry["path"], f"size {size} != {entry['bytes']} in manifest")
+    if file_sha256(p) != entry["sha256"]:
+        return Problem(entry["path"], "sha256 mismatch (corrupt or modified)")
+    return None
+
+
+def verify_store(folder: Path, *, count_samples: bool = True) -> list[Problem]:
+    """Recompute hashes (and sample counts) of every shard; return every problem found."""
+    from datagen.store.readers import count_samples as _count
+
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    problems = []
+    for entry in manifest["shards"]:
+        problem = check_shard(folder, entry)
+        if problem is None and count_samples:
+            try:
+                n = _count(folder / entry["path"], entry["format"])
+            except Exception as e:  # any decode failure is a finding, not a crash
+                problem = Problem(entry["path"], f"unreadable: {e}")
+            else:
+                if n != entry["n_samples"]:
+                    problem = Problem(entry["path"], f"{n} samples != {entry['n_samples']} in manifest")
+        if problem:
+            problems.append(problem)
+    if dataset_digest(manifest, manifest["shards"]) != manifest["digest"]:
+        problems.append(Problem("manifest.json", "dataset digest does not match its content"))
+    return problems
