@@ -1,0 +1,270 @@
+"""TGAN (Saito, Matsumoto & Saito, ICCV 2017): temporal generator G0, image generator G1, 3-D conv critic.
+
+Layer for layer the Moving MNIST / golf networks of the authors' Chainer code (pfnet-research/tgan,
+`FrameSeedGeneratorNoBetaInitUniform`, `VideoGeneratorInitUniform`, `VideoDiscriminatorNoBetaInitUniform`):
+
+- G0: z0 ~ U(-1, 1)^100 as a length-1 sequence -> 1-D transposed convs 512 (k1) -> 256 -> 128 -> 128 -> 100
+  (k4 s2 p1, length doubling to 16) -> tanh. BN without beta + ReLU between. Output z1: (N, 100, T).
+- G1: z0 and z1_t through two bias-free linear branches (100 -> 4*4*256, BN + ReLU) concatenated to
+  512x4x4, then bias-free transposed convs 512 -> 256 -> 128 -> 64 -> 32 (k4 s2 p1, BN with beta + ReLU)
+  to 64x64 and a 3x3 transposed conv with bias to C channels, tanh. The T frames run as one batch of N*T.
+- Critic: Conv3d(C -> 64, k4 s2 p1) + LReLU(0.2) (no BN), then 64 -> 128 -> 256 -> 512 with BN (no beta) +
+  LReLU, down to 512 x T' x 4 x 4, then Conv2d(512 -> 1, k4) per remaining time step, no sigmoid.
+- Every conv/linear weight starts U(-0.01, 0.01) (Chainer `Uniform(0.01)`), biases 0, BN gamma 1 and beta 0;
+  BN eps 2e-5 and running-average momentum 0.1 as Chainer's defaults (decay 0.9).
+
+Size-generic (documented deviation, the paper only uses 64x64x16): the number of up/down-sampling stages is
+log2(size / 4), so 32x32 works for CPU smoke runs; G0 doubles the length from 1 to `n_frames` (a power of 2).
+Where the critic ends with T' > 1 time steps, the authors reshape (N, 512, T', 4, 4) straight to
+(N*T', 512, 4, 4), which mixes channels and time; we move time next to the batch first (identical for T' = 1)
+and sum the T' scores per clip, which is what their `sum / batchsize` loss does with the N*T' outputs.
+
+Conditional variant (our extension, off by default): with `n_classes = K > 0` a one-hot label y is
+concatenated to z0 at G0's input and at G1's z0 branch, and broadcast to K extra input planes of the critic
+(the usual cGAN input conditioning).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 2e-5  # chainer.links.BatchNormalization default
+LEAKY_SLOPE = 0.2  # chainer.functions.leaky_relu default
+INIT_SCALE = 0.01  # "init-uniform-all": chainer.initializers.Uniform(0.01)
+
+
+def _no_beta(bn: nn.modules.batchnorm._NormBase) -> nn.Module:
+    """Drop the shift parameter of a BN layer (Chainer `use_beta=False`): gamma only, still normalised."""
+    del bn.bias
+    bn.register_parameter("bias", None)
+    return bn
+
+
+def init_uniform_(module: nn.Module, scale: float = INIT_SCALE) -> None:
+    """Chainer `initialW=Uniform(scale)` on every conv/deconv/linear weight, zero biases, BN at (1, 0)."""
+    for m in module.modules():
+        if isinstance(
+            m,
+            nn.Conv1d
+            | nn.Conv2d
+            | nn.Conv3d
+            | nn.ConvTranspose1d
+            | nn.ConvTranspose2d
+            | nn.ConvTranspose3d
+            | nn.Linear,
+        ):
+            nn.init.uniform_(m.weight, -scale, scale)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+
+
+def _stages(size: int, what: str) -> int:
+    """Number of stride-2 stages between a 4x4 bottom and `size`, which must be 4 * 2**n with n >= 1."""
+    n = int(round(math.log2(size / 4))) if size >= 8 else 0
+    if n < 1 or 4 * 2**n != size:
+        raise ValueError(f"{what} must be 4 * 2**n with n >= 1 (8, 16, 32, 64, 128, ...), got {size}")
+    return n
+
+
+def one_hot(labels: torch.Tensor | None, n_classes: int, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """One-hot float labels (N, K) on `like`'s device/dtype, or None for the unconditional model."""
+    if n_classes == 0:
+        if labels is not None:
+            raise ValueError("labels given to an unconditional model (n_classes = 0)")
+        return None
+    if labels is None:
+        raise ValueError(f"this model is conditional on {n_classes} classes: labels are required")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    return F.one_hot(labels.long(), n_classes).to(device=like.device, dtype=like.dtype)
+
+
+class TemporalGenerator(nn.Module):
+    """G0: z0 (N, z_slow_dim) -> trajectory z1 (N, z_fast_dim, n_frames) in (-1, 1)."""
+
+    def __init__(
+        self, *, n_frames: int = 16, z_slow_dim: int = 100, z_fast_dim: int = 100, n_classes: int = 0
+    ) -> None:
+        super().__init__()
+        if n_frames < 2 or n_frames & (n_frames - 1):
+            raise ValueError(f"n_frames must be a power of 2 >= 2 for G0's length doubling, got {n_frames}")
+        self.n_frames, self.z_slow_dim, self.z_fast_dim, self.n_classes = (
+            n_frames,
+            z_slow_dim,
+            z_fast_dim,
+            n_classes,
+        )
+        n_up = int(math.log2(n_frames))
+        chans = [max(512 // 2**i, 128) for i in range(n_up)]  # 16 frames: 512, 256, 128, 128
+        layers: list[nn.Module] = [
+            nn.ConvTranspose1d(z_slow_dim + n_classes, chans[0], 1, 1, 0),
+            _no_beta(nn.BatchNorm1d(chans[0], eps=BN_EPS)),
+            nn.ReLU(),
+        ]
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+            layers += [
+                nn.ConvTranspose1d(c_in, c_out, 4, 2, 1),
+                _no_beta(nn.BatchNorm1d(c_out, eps=BN_EPS)),
+                nn.ReLU(),
+            ]
+        layers += [nn.ConvTranspose1d(chans[-1], z_fast_dim, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        init_uniform_(self)
+
+    def forward(self, z0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = z0 if y is None else torch.cat([z0, y], dim=1)
+        return self.net(h.unsqueeze(-1))  # (N, D, 1) -> (N, z_fast_dim, n_frames)
+
+
+class ImageGenerator(nn.Module):
+    """G1: (z0, z1_t) pairs -> frames (M, C, size, size) in (-1, 1); M = N * T frames in one batch."""
+
+    def __init__(
+        self,
+        *,
+        out_channels: int = 1,
+        size: int = 64,
+        z_slow_dim: int = 100,
+        z_fast_dim: int = 100,
+        conv_ch: int = 512,
+        bottom_width: int = 4,
+        n_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        n_up = _stages(size, "image size")
+        self.half, self.bottom = conv_ch // 2, bottom_width
+        mid = bottom_width * bottom_width * conv_ch // 2
+        self.slow = nn.Sequential(
+            nn.Linear(z_slow_dim + n_classes, mid, bias=False), nn.BatchNorm1d(mid, eps=BN_EPS), nn.ReLU()
+        )
+        self.fast = nn.Sequential(
+            nn.Linear(z_fast_dim, mid, bias=False), nn.BatchNorm1d(mid, eps=BN_EPS), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        ch = conv_ch
+        for _ in range(n_up):  # 64x64: 512 -> 256 -> 128 -> 64 -> 32
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch // 2, eps=BN_EPS),
+                nn.ReLU(),
+            ]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, out_channels, 3, 1, 1, bias=True), nn.Tanh()]
+        self.up = nn.Sequential(*layers)
+        init_uniform_(self)
+
+    def forward(self, z_slow: torch.Tensor, z_fast: torch.Tensor) -> torch.Tensor:
+        shape = (-1, self.half, self.bottom, self.bottom)
+        h = torch.cat([self.slow(z_slow).view(shape), self.fast(z_fast).view(shape)], dim=1)
+        return self.up(h)
+
+
+class VideoGenerator(nn.Module):
+    """G0 + G1: z0 -> video (N, C, T, H, W); `render` draws the frames of any trajectory (interpolation)."""
+
+    def __init__(
+        self,
+        *,
+        out_channels: int = 1,
+        size: int = 64,
+        n_frames: int = 16,
+        z_slow_dim: int = 100,
+        z_fast_dim: int = 100,
+        conv_ch: int = 512,
+        n_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.z_slow_dim, self.n_classes = z_slow_dim, n_classes
+        self.g0 = TemporalGenerator(
+            n_frames=n_frames, z_slow_dim=z_slow_dim, z_fast_dim=z_fast_dim, n_classes=n_classes
+        )
+        self.g1 = ImageGenerator(
+            out_channels=out_channels,
+            size=size,
+            z_slow_dim=z_slow_dim,
+            z_fast_dim=z_fast_dim,
+            conv_ch=conv_ch,
+            n_classes=n_classes,
+        )
+
+    def sample_z(
+        self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """z0 ~ U(-1, 1)^z_slow_dim, as in the paper and code (not a Gaussian)."""
+        dev = device if device is not None else next(self.parameters()).device
+        return torch.rand(n, self.z_slow_dim, generator=generator, device=dev) * 2 - 1
+
+    def render(self, z0: torch.Tensor, z1: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames for trajectory z1 (N, z_fast_dim, T) of any length T: one G1 batch of N*T images."""
+        n, d, t = z1.shape
+        y = one_hot(labels, self.n_classes, n, z0)
+        slow = z0 if y is None else torch.cat([z0, y], dim=1)
+        slow = slow[:, None, :].expand(n, t, slow.shape[1]).reshape(n * t, -1)
+        fast = z1.transpose(1, 2).reshape(n * t, d)
+        frames = self.g1(slow, fast)  # (N*T, C, H, W)
+        return frames.view(n, t, *frames.shape[1:]).transpose(1, 2)  # (N, C, T, H, W)
+
+    def forward(self, z0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        z1 = self.g0(z0, one_hot(labels, self.n_classes, z0.shape[0], z0))
+        return self.render(z0, z1, labels)
+
+
+def interpolate_trajectory(z1: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Linearly resample z1 (N, D, T) to n_out steps; the original latents stay at the ends and, for
+    n_out = k*(T-1)+1 (16 -> 31, 61), exactly at every k-th step. The paper's frame interpolation."""
+    if n_out < 2:
+        raise ValueError(f"n_out must be >= 2, got {n_out}")
+    return F.interpolate(z1, size=n_out, mode="linear", align_corners=True)
+
+
+class VideoCritic(nn.Module):
+    """WGAN critic: video (N, C, T, H, W) -> score (N,), the sum over the T' final time steps (T' = 1 at
+    16x64x64)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        size: int = 64,
+        n_frames: int = 16,
+        mid_ch: int = 64,
+        n_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        n_down = _stages(size, "video size")
+        if n_frames % 2**n_down:
+            raise ValueError(
+                f"n_frames must be a multiple of {2**n_down} for a {size}x{size} critic, got {n_frames}"
+            )
+        self.n_classes = n_classes
+        layers: list[nn.Module] = [
+            nn.Conv3d(in_channels + n_classes, mid_ch, 4, 2, 1),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        ]
+        ch = mid_ch
+        for _ in range(n_down - 1):  # 64x64: 64 -> 128 -> 256 -> 512
+            layers += [
+                nn.Conv3d(ch, ch * 2, 4, 2, 1),
+                _no_beta(nn.BatchNorm3d(ch * 2, eps=BN_EPS)),
+                nn.LeakyReLU(LEAKY_SLOPE),
+            ]
+            ch *= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(ch, 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
+        init_uniform_(self)
+
+    def forward(self, video: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        n = video.shape[0]
+        y = one_hot(labels, self.n_classes, n, video)
+        if y is not None:
+            video = torch.cat([video, y[:, :, None, None, None].expand(-1, -1, *video.shape[2:])], dim=1)
+        h = self.features(video)  # (N, 512, T', 4, 4)
+        t = h.shape[2]
+        h = h.transpose(1, 2).reshape(n * t, *h.shape[1:2], *h.shape[3:])
+        return self.head(h).view(n, t).sum(dim=1)
