@@ -1,0 +1,133 @@
+"""Options and plumbing shared by every generating command (balls, mnist, convert, stabilize, build)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from datagen.errors import DatagenError
+from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job
+from datagen.parallel import default_workers
+from datagen.store.manifest import MANIFEST
+
+err = Console(stderr=True, highlight=False)
+
+N = Annotated[int, typer.Option("--n", "-n", help="Number of videos.")]
+Frames = Annotated[int, typer.Option("--frames", "-t", help="Frames per video.")]
+Size = Annotated[int, typer.Option("--size", "-s", help="Frame height and width in pixels.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Root seed; drawn and recorded when omitted.")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Store folder [default: data/<dataset name>].")]
+Format = Annotated[str, typer.Option("--format", "-f", help="Store format: wds, hdf5 or both.")]
+ShardSize = Annotated[int, typer.Option("--shard-size", help="Videos per shard.")]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", "-w", help="Local Dask workers [default: CPU count]; 0 runs in-process."),
+]
+Scheduler = Annotated[
+    str | None, typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://host:8786.")
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the existing store in --out.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every generating command takes, after parsing."""
+
+    out: Path | None
+    seed: int | None
+    format: str
+    shard_size: int
+    workers: int | None
+    scheduler: str | None
+    resume: bool
+    overwrite: bool
+    quiet: bool
+
+
+def formats_of(fmt: str) -> list[str]:
+    choices = {"wds": ["wds"], "hdf5": ["hdf5"], "h5": ["hdf5"], "both": ["wds", "hdf5"]}
+    if fmt not in choices:
+        raise DatagenError(f"--format must be wds, hdf5 or both, got {fmt!r}")
+    return choices[fmt]
+
+
+def resolve_seed(opts: RunOptions, out: Path) -> int:
+    """An explicit seed wins; a resumed run reuses the recorded one; otherwise draw one (and record it)."""
+    if opts.seed is not None:
+        return opts.seed
+    if opts.resume:
+        for name in (JOB_FILE, MANIFEST):
+            if (out / name).exists():
+                try:
+                    return int(json.loads((out / name).read_text())["seed"])
+                except (OSError, ValueError, KeyError):
+                    break
+    return secrets.randbelow(2**32)
+
+
+def run_job(job: StoreJob, opts: RunOptions, *, unit: str = "videos") -> dict:
+    """Run a store job with a live progress bar and a one-line summary."""
+    workers = default_workers() if opts.workers is None else opts.workers
+    if workers < 0:
+        raise DatagenError(f"--workers must be >= 0, got {workers}")
+    start = time.perf_counter()
+    if opts.quiet:
+        manifest = run_store_job(
+            job, resume=opts.resume, overwrite=opts.overwrite, workers=workers, scheduler=opts.scheduler
+        )
+    else:
+        columns = (
+            TextColumn(f"[bold]{job.out}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(job.progress_unit),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("generate", total=len(job.tasks))
+            manifest = run_store_job(
+                job,
+                resume=opts.resume,
+                overwrite=opts.overwrite,
+                workers=workers,
+                scheduler=opts.scheduler,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    if not opts.quiet:
+        seconds = time.perf_counter() - start
+        for fmt, t in sorted(manifest["totals"].items()):
+            err.print(f"{fmt}: {t['n_samples']} {unit} in {t['n_shards']} shards, {t['bytes'] / 1e6:.1f} MB")
+        n = max((t["n_samples"] for t in manifest["totals"].values()), default=0)
+        err.print(f"wrote {job.out} in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} {unit}/s)")
+        err.print(f"seed {manifest['seed']}, digest {manifest['digest']}")
+    return manifest
+
+
+def run_generation(
+    generator: str, params: dict[str, Any], *, n: int, opts: RunOptions, default_name: str
+) -> dict:
+    """Plan and run a generator over global indices [0, n) into the store at --out."""
+    out = opts.out or Path("data") / default_name
+    seed = resolve_seed(opts, out)
+    job = generation_job(
+        out, generator, params, seed=seed, n=n, shard_size=opts.shard_size, formats=formats_of(opts.format)
+    )
+    return run_job(job, opts)

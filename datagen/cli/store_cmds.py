@@ -1,0 +1,136 @@
+"""Commands that work on existing stores: verify, info, preview, build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from datagen.cli import _common as c
+from datagen.cli._app import app
+from datagen.errors import DatagenError
+from datagen.jobs import generation_job
+from datagen.store.manifest import load_manifest, verify_store
+from datagen.store.preview import write_preview
+
+StoreDir = Annotated[Path, typer.Argument(help="Store folder (holding manifest.json).")]
+
+
+@app.command("verify")
+def verify_cli(
+    store: StoreDir,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Check sizes and hashes only, not sample counts.")
+    ] = False,
+) -> None:
+    """Recompute every shard's hash and sample count against the manifest; exit 1 naming each bad shard."""
+    problems = verify_store(store, count_samples=not quick)
+    manifest = load_manifest(store)
+    if problems:
+        for p in problems:
+            c.err.print(f"BAD {p}")
+        c.err.print(f"{len(problems)} of {len(manifest['shards'])} shards failed verification")
+        raise typer.Exit(1)
+    c.err.print(f"ok: {len(manifest['shards'])} shards, digest {manifest['digest']}")
+
+
+@app.command("info")
+def info_cli(
+    store: StoreDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest minus the shard list.")] = False,
+) -> None:
+    """Summarise a store: generator, parameters, seed, sample shape, shards and sizes."""
+    m = load_manifest(store)
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in m.items() if k != "shards"}, indent=2, sort_keys=True))
+        return
+    gen, layout, video = m["generator"], m["layout"], m["sample"]["video"]
+    typer.echo(f"store      {Path(store).resolve()}")
+    typer.echo(f"generator  {gen['name']} v{gen['version']}")
+    typer.echo("params     " + ", ".join(f"{k}={v}" for k, v in sorted(m["params"].items())))
+    typer.echo(f"seed       {m['seed']}")
+    typer.echo(f"sample     {video['dtype']} {tuple(video['shape'])} ({video['layout']})")
+    for fmt, t in sorted(m["totals"].items()):
+        typer.echo(f"{fmt:<10} {t['n_samples']} samples in {t['n_shards']} shards, {t['bytes'] / 1e6:.1f} MB")
+    typer.echo(f"shard size {layout['shard_size']}")
+    typer.echo(f"digest     {m['digest']}")
+    for key in sorted(
+        set(m)
+        - {
+            "schema_version",
+            "generator",
+            "params",
+            "seed",
+            "seeding",
+            "layout",
+            "sample",
+            "shards",
+            "totals",
+            "digest",
+        }
+    ):
+        typer.echo(f"{key:<10} {json.dumps(m[key], sort_keys=True)[:300]}")
+
+
+@app.command("preview")
+def preview_cli(
+    store: StoreDir,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output image: .gif (animated grid) or .png (filmstrips).")
+    ],
+    count: Annotated[int, typer.Option("--count", "-k", help="Number of clips.")] = 16,
+    scale: Annotated[
+        int | None, typer.Option("--scale", help="Pixel zoom [default: to about 96 px].")
+    ] = None,
+) -> None:
+    """Write a grid of the store's first clips as an animated GIF or a PNG of filmstrips."""
+    path = write_preview(store, out, count=count, scale=scale)
+    c.err.print(f"wrote {path}")
+
+
+@app.command("build")
+def build_cli(
+    spec: Annotated[Path, typer.Argument(help="Dataset spec, e.g. data_manifests/balls-3.json.")],
+    out: c.Out = None,
+    workers: c.Workers = None,
+    scheduler: c.Scheduler = None,
+    resume: c.Resume = False,
+    overwrite: c.Overwrite = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Regenerate a canonical dataset from its checked-in spec and check its digest (exit 1 on mismatch)."""
+    s = load_spec(spec)
+    opts = c.RunOptions(out, s["seed"], "", s["shard_size"], workers, scheduler, resume, overwrite, quiet)
+    target = out or Path("data") / s["name"]
+    job = generation_job(
+        target,
+        s["generator"],
+        s["params"],
+        seed=s["seed"],
+        n=s["n"],
+        shard_size=s["shard_size"],
+        formats=s["formats"],
+    )
+    manifest = c.run_job(job, opts)
+    if manifest["digest"] != s["digest"]:
+        c.err.print(f"DIGEST MISMATCH for {s['name']}: expected {s['digest']}, got {manifest['digest']}")
+        raise typer.Exit(1)
+    c.err.print(f"ok: {s['name']} matches its spec digest {s['digest']}")
+
+
+SPEC_KEYS = {"name", "generator", "params", "seed", "n", "shard_size", "formats", "digest"}
+
+
+def load_spec(path: Path) -> dict:
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DatagenError(f"no dataset spec at {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatagenError(f"unreadable dataset spec {path}: {e}") from None
+    missing = SPEC_KEYS - set(spec)
+    if missing:
+        raise DatagenError(f"dataset spec {path} lacks {', '.join(sorted(missing))}")
+    return spec
