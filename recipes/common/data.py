@@ -1,0 +1,84 @@
+"""Batches for recipes, only through `pipelines` (VideoDataset + make_loader), and the tiny --smoke store.
+
+`epoch_batches` is the resumable epoch loop every recipe uses: it calls `set_epoch(e)` at the start of each
+epoch except the one a checkpoint resumed in the middle of (the loader's restored position is kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from recipes.common.config import TrainConfig
+
+# The --smoke store: a few short 30x30 one-ball clips (FrameGAN's frame size), small enough to build in ~1 s.
+SMOKE_GENERATOR = "balls"
+SMOKE_PARAMS: dict[str, Any] = {"n_balls": 1, "size": 30, "frames": 32}
+SMOKE_SAMPLES = 32
+SMOKE_SHARD_SIZE = 16
+SMOKE_SEED = 0
+
+
+def cache_root() -> Path:
+    """`$VIDEOGEN_CACHE`, else `$XDG_CACHE_HOME/videogen`, else `~/.cache/videogen`."""
+    if os.environ.get("VIDEOGEN_CACHE"):
+        return Path(os.environ["VIDEOGEN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "videogen"
+
+
+def smoke_store(
+    root: str | Path | None = None, *, params: Mapping[str, Any] | None = None, n: int = SMOKE_SAMPLES
+) -> Path:
+    """Generate (once; later calls reuse it) a tiny balls store with datagen and return its root."""
+    from datagen.jobs import generation_job, run_store_job
+
+    params = dict(SMOKE_PARAMS if params is None else params)
+    tag = hashlib.sha256(json.dumps([SMOKE_GENERATOR, params, n], sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(root) if root is not None else cache_root() / "smoke" / f"{SMOKE_GENERATOR}-{tag}"
+    if (out / "manifest.json").is_file():
+        return out
+    job = generation_job(
+        out, SMOKE_GENERATOR, params, seed=SMOKE_SEED, n=n, shard_size=SMOKE_SHARD_SIZE, formats=["wds"]
+    )
+    run_store_job(job, resume=True, workers=0)
+    return out
+
+
+def data_source(cfg: TrainConfig) -> str:
+    """The store the run reads: `cfg.data`, or the generated tiny store under --smoke."""
+    if cfg.data:
+        return cfg.data
+    if cfg.smoke:
+        return str(smoke_store())
+    raise ValueError("no data: pass --data STORE_ROOT (or --smoke for a tiny generated store)")
+
+
+def build_loader(
+    cfg: TrainConfig, run: Any, *, mode: str, frames: int | None = None, stride: int = 1, shuffle: bool = True
+) -> Any:
+    """A resumable loader of dict batches {"key", "video" in [-1, 1] on run.device}."""
+    from pipelines.dataset import VideoDataset
+    from pipelines.loader import make_loader
+
+    dataset = VideoDataset(
+        data_source(cfg), mode=mode, frames=frames, stride=stride, shuffle=shuffle, seed=cfg.seed
+    )
+    return make_loader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=run.device, dtype=None
+    )
+
+
+def epoch_batches(
+    loader: Any, start_epoch: int, epochs: int, *, resumed: bool = False
+) -> Iterator[tuple[int, Any]]:
+    """Yield (epoch, batch) for epochs [start_epoch, epochs); a resumed epoch keeps its position."""
+    for epoch in range(start_epoch, epochs):
+        if hasattr(loader, "set_epoch") and not (resumed and epoch == start_epoch):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
