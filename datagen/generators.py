@@ -31,7 +31,7 @@ class Generator(Protocol):
 
 
 def get_generator(name: str) -> Generator:
-    """A registered name (`balls`), or `module:attribute` for a generator defined elsewhere (plugins, tests)."""
+    """A registered name (`balls`), or `module:attribute` for a generator defined elsewhere (e.g. tests)."""
     spec = name if ":" in name else _REGISTRY.get(name)
     if spec is None:
         raise KeyError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")

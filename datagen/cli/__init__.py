@@ -8,25 +8,31 @@ from __future__ import annotations
 
 import sys
 
-import click
+import typer
 
-from datagen.cli import balls, store_cmds  # noqa: E402,F401  (registration)
+from datagen.cli import balls, store_cmds  # noqa: F401  (importing registers the commands)
 from datagen.cli._app import app
 from datagen.errors import DatagenError
 
+try:  # typer >= 0.22 ships its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on real click
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure is one line on stderr: 2 for bad input, 1 for failed checks."""
     try:
         app(args=argv, prog_name="datagen", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else str(e))
+        return 0
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
-    except click.UsageError as e:
-        print(f"error: {e.format_message()}", file=sys.stderr)
-        return 2
-    except click.ClickException as e:
+    except (UsageError, ClickException) as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         return 2
     except DatagenError as e:
