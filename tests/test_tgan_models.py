@@ -20,6 +20,7 @@ from recipes.models.tgan import (
     VideoCritic,
     VideoGenerator,
     interpolate_trajectory,
+    one_hot_labels,
 )
 
 
@@ -89,17 +90,21 @@ def test_time_steps_of_critic_are_not_mixed_with_channels() -> None:
 def test_conditional_inputs() -> None:
     gen = VideoGenerator(out_channels=1, size=32, n_frames=8, conv_ch=64, n_classes=10)
     critic = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8, n_classes=10)
-    labels = torch.tensor([3, 7])
+    cond = one_hot_labels(torch.tensor([3, 7]), 10)
+    assert cond.shape == (2, 10) and cond.sum() == 2 and cond[0, 3] == 1
     z0 = gen.sample_z(2)
     gen.eval()
-    video = gen(z0, labels)
-    assert critic(video, labels).shape == (2,)
-    # the label changes the output for the same z0
-    assert not torch.allclose(video, gen(z0, torch.tensor([4, 7])))
-    with pytest.raises(ValueError, match="labels are required"):
+    video = gen(z0, cond)
+    assert critic(video, cond).shape == (2,)
+    # the condition changes the output for the same z0 (multi-hot works too: two digits in one clip)
+    assert not torch.allclose(video, gen(z0, one_hot_labels(torch.tensor([4, 7]), 10)))
+    assert gen(z0, cond + one_hot_labels(torch.tensor([1, 1]), 10)).shape == video.shape
+    with pytest.raises(ValueError, match="condition is required"):
         gen(z0)
+    with pytest.raises(ValueError, match="shape"):
+        critic(video, cond[:, :5])
     with pytest.raises(ValueError, match="unconditional"):
-        VideoCritic(size=32, n_frames=8)(video, labels)
+        VideoCritic(size=32, n_frames=8)(video, cond)
 
 
 def test_interpolated_trajectory_renders_more_frames() -> None:

@@ -19,9 +19,10 @@ Where the critic ends with T' > 1 time steps, the authors reshape (N, 512, T', 4
 (N*T', 512, 4, 4), which mixes channels and time; we move time next to the batch first (identical for T' = 1)
 and sum the T' scores per clip, which is what their `sum / batchsize` loss does with the N*T' outputs.
 
-Conditional variant (our extension, off by default): with `n_classes = K > 0` a one-hot label y is
-concatenated to z0 at G0's input and at G1's z0 branch, and broadcast to K extra input planes of the critic
-(the usual cGAN input conditioning).
+Conditional variant (our extension, off by default): with `n_classes = K > 0` a condition vector y (one-hot
+class, or multi-hot when a clip holds several labelled objects, e.g. two MNIST digits) is concatenated to z0
+at G0's input and at G1's z0 branch, and broadcast to K extra input planes of the critic (the usual cGAN
+input conditioning).
 """
 
 from __future__ import annotations
@@ -72,17 +73,23 @@ def _stages(size: int, what: str) -> int:
     return n
 
 
-def one_hot(labels: torch.Tensor | None, n_classes: int, n: int, like: torch.Tensor) -> torch.Tensor | None:
-    """One-hot float labels (N, K) on `like`'s device/dtype, or None for the unconditional model."""
+def check_cond(cond: torch.Tensor | None, n_classes: int, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The condition (N, n_classes) (one-hot, or multi-hot for clips with several labelled objects) cast to
+    `like`'s device/dtype, or None for the unconditional model."""
     if n_classes == 0:
-        if labels is not None:
-            raise ValueError("labels given to an unconditional model (n_classes = 0)")
+        if cond is not None:
+            raise ValueError("a condition was given to an unconditional model (n_classes = 0)")
         return None
-    if labels is None:
-        raise ValueError(f"this model is conditional on {n_classes} classes: labels are required")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    return F.one_hot(labels.long(), n_classes).to(device=like.device, dtype=like.dtype)
+    if cond is None:
+        raise ValueError(f"this model is conditional on {n_classes} classes: a condition is required")
+    if cond.shape != (n, n_classes):
+        raise ValueError(f"condition must have shape ({n}, {n_classes}), got {tuple(cond.shape)}")
+    return cond.to(device=like.device, dtype=like.dtype)
+
+
+def one_hot_labels(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Integer class labels (N,) -> float one-hot (N, n_classes)."""
+    return F.one_hot(labels.long(), n_classes).float()
 
 
 class TemporalGenerator(nn.Module):
@@ -200,19 +207,19 @@ class VideoGenerator(nn.Module):
         dev = device if device is not None else next(self.parameters()).device
         return torch.rand(n, self.z_slow_dim, generator=generator, device=dev) * 2 - 1
 
-    def render(self, z0: torch.Tensor, z1: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def render(self, z0: torch.Tensor, z1: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Frames for trajectory z1 (N, z_fast_dim, T) of any length T: one G1 batch of N*T images."""
         n, d, t = z1.shape
-        y = one_hot(labels, self.n_classes, n, z0)
+        y = check_cond(cond, self.n_classes, n, z0)
         slow = z0 if y is None else torch.cat([z0, y], dim=1)
         slow = slow[:, None, :].expand(n, t, slow.shape[1]).reshape(n * t, -1)
         fast = z1.transpose(1, 2).reshape(n * t, d)
         frames = self.g1(slow, fast)  # (N*T, C, H, W)
         return frames.view(n, t, *frames.shape[1:]).transpose(1, 2)  # (N, C, T, H, W)
 
-    def forward(self, z0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        z1 = self.g0(z0, one_hot(labels, self.n_classes, z0.shape[0], z0))
-        return self.render(z0, z1, labels)
+    def forward(self, z0: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        z1 = self.g0(z0, check_cond(cond, self.n_classes, z0.shape[0], z0))
+        return self.render(z0, z1, cond)
 
 
 def interpolate_trajectory(z1: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -259,9 +266,9 @@ class VideoCritic(nn.Module):
         self.head = nn.Conv2d(ch, 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
         init_uniform_(self)
 
-    def forward(self, video: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         n = video.shape[0]
-        y = one_hot(labels, self.n_classes, n, video)
+        y = check_cond(cond, self.n_classes, n, video)
         if y is not None:
             video = torch.cat([video, y[:, :, None, None, None].expand(-1, -1, *video.shape[2:])], dim=1)
         h = self.features(video)  # (N, 512, T', 4, 4)
