@@ -8,7 +8,8 @@ Modules (import them explicitly; this file stays free of imports):
 - `run`     `start_run(cfg) -> Run`: torchrun env, seed + rank, run dir, `config.yaml`, resume checkpoint;
             `Run.restore / save / log / due / autocast / close`.
 - `ckpt`    checkpoint dict of tensors + primitives (weights_only=True), DDP/compile unwrapped, atomic save.
-- `dist`    `World`, `init_distributed` (gloo on CPU, nccl on CUDA), `wrap_ddp`, `mean_across_ranks`.
+- `dist`    `init_distributed` (gloo on CPU, nccl on CUDA; the rank layout is `pipelines.world.World`),
+            `is_main`, `wrap_ddp`, `mean_across_ranks`.
 - `runtime` `seed_everything`, `autocast`, `make_scaler` (one AMP path), `maybe_compile` (CUDA only).
 - `log`     `MetricLogger`: `metrics.csv` (+ TensorBoard if installed), trimmed to the step on resume.
 - `samples` `save_image_grid` (PNG), `save_video_gif` (animated GIF) from tensors in [-1, 1].

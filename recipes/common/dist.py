@@ -1,33 +1,21 @@
 """Device choice and DDP set-up from torchrun's environment (RANK / WORLD_SIZE / LOCAL_RANK).
 
 Small functions in the torchvision `references/classification/utils.py` style: the process group is started
-only when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA), and everything else asks a `World` value.
+only when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); the rank layout is `pipelines.world.World`, the
+same value the loaders split data by.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-
 import torch
 import torch.distributed as dist
 
+from pipelines.world import World
 
-@dataclasses.dataclass(frozen=True)
-class World:
-    """Where this process sits in the job; `World()` is the single-process default."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+def is_main(world: World) -> bool:
+    """Rank 0: the process that logs, samples and writes checkpoints."""
+    return world.rank == 0
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -47,12 +35,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_name: str) -> tuple[World, torch.device]:
     """Read torchrun's env, start the process group if needed and return (world, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    world = World(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    world = World.detect()
     device = resolve_device(device_name, world.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world.distributed and not dist.is_initialized():
+    if world.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=world.rank, world_size=world.world_size)
     return world, device
@@ -64,13 +51,13 @@ def cleanup_distributed() -> None:
 
 
 def barrier(world: World) -> None:
-    if world.distributed:
+    if world.world_size > 1:
         dist.barrier()
 
 
 def mean_across_ranks(values: dict[str, float], world: World, device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (one all_reduce) so rank 0 logs the job's numbers."""
-    if not world.distributed or not values:
+    if world.world_size == 1 or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
@@ -81,7 +68,7 @@ def mean_across_ranks(values: dict[str, float], world: World, device: torch.devi
 
 def gather_objects(obj: object, world: World) -> list[object]:
     """All ranks' copies of a small in-memory object (RNG states for the checkpoint), in rank order."""
-    if not world.distributed:
+    if world.world_size == 1:
         return [obj]
     out: list[object] = [None] * world.world_size
     dist.all_gather_object(out, obj)
@@ -90,7 +77,7 @@ def gather_objects(obj: object, world: World) -> list[object]:
 
 def wrap_ddp(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel when running under torchrun, the module itself otherwise."""
-    if not world.distributed or not any(p.requires_grad for p in module.parameters()):
+    if world.world_size == 1 or not any(p.requires_grad for p in module.parameters()):
         return module
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)

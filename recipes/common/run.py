@@ -23,6 +23,7 @@ from recipes.common.dist import (
     cleanup_distributed,
     gather_objects,
     init_distributed,
+    is_main,
     mean_across_ranks,
 )
 from recipes.common.log import MetricLogger
@@ -42,7 +43,7 @@ class Run:
 
     @property
     def is_main(self) -> bool:
-        return self.world.is_main
+        return is_main(self.world)
 
     def autocast(self):
         return autocast(self.device, self.cfg.precision)
@@ -120,11 +121,11 @@ def start_run(cfg: TrainConfig) -> Run:
     run_dir = Path(cfg.out_dir)
     resume_path = ckpt.resolve_resume(cfg.resume, run_dir)
     state = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
-    if world.is_main:
+    if is_main(world):
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logger = MetricLogger(
-        run_dir, enabled=world.is_main, resume_step=state["step"] if state is not None else None
+        run_dir, enabled=is_main(world), resume_step=state["step"] if state is not None else None
     )
     return Run(
         cfg=cfg,
