@@ -1,0 +1,96 @@
+"""`datagen mnist` (Moving MNIST from real digits) and `datagen convert mnist-test-seq` (fixed test set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from datagen.cli import _common as c
+from datagen.cli._app import app
+from datagen.convert import MNIST_TEST_SEQ
+from datagen.sources.mnist import source_spec
+
+convert_app = typer.Typer(help="Turn existing dataset files into stores.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+
+
+@app.command("mnist")
+def mnist_cli(
+    n: c.N = 10_000,
+    frames: c.Frames = 20,
+    digits: Annotated[int, typer.Option("--digits", "-d", help="Digits per video.")] = 2,
+    size: c.Size = 64,
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed", help="Step per frame as a fraction of the free range (0.1: 3.6 px at 64 px)."
+        ),
+    ] = 0.1,
+    overlap: Annotated[
+        str,
+        typer.Option("--overlap", help="max (Srivastava et al.) or sum (clipped to 255, the common copy)."),
+    ] = "max",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", help="Digits from the train or test split [default: train, or the given file's]."
+        ),
+    ] = None,
+    mnist: Annotated[
+        Path | None,
+        typer.Option(
+            "--mnist",
+            help="MNIST IDX folder or images file (plain or .gz), or .npz with x/y [default: built-in].",
+        ),
+    ] = None,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Fetch the official MNIST files (md5-checked) into the user cache."),
+    ] = False,
+    seed: c.Seed = None,
+    out: c.Out = None,
+    format: c.Format = "wds",
+    shard_size: c.ShardSize = 1000,
+    workers: c.Workers = None,
+    scheduler: c.Scheduler = None,
+    resume: c.Resume = False,
+    overwrite: c.Overwrite = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Moving MNIST (Srivastava et al.): videos plus digit labels, ids, per-frame positions and velocities.
+
+    Without --mnist or --download the digits are the 5,000 real MNIST digits built in (4,500 train, 500 test).
+    """
+    opts = c.RunOptions(out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet)
+    params = {
+        "frames": frames,
+        "size": size,
+        "digits": digits,
+        "speed": speed,
+        "overlap": overlap,
+        "source": source_spec(mnist, download=download, split=split),
+    }
+    name = f"mnist-{digits}d-{size}px-{frames}f-n{n}"
+    c.run_generation("mnist", params, n=n, opts=opts, default_name=name)
+
+
+@convert_app.command("mnist-test-seq")
+def mnist_test_seq_cli(
+    file: Annotated[Path, typer.Argument(help="mnist_test_seq.npy: uint8 (20, N, 64, 64), time first.")],
+    out: c.Out = None,
+    format: c.Format = "wds",
+    shard_size: c.ShardSize = 1000,
+    workers: c.Workers = None,
+    scheduler: c.Scheduler = None,
+    resume: c.Resume = False,
+    overwrite: c.Overwrite = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """The fixed Moving MNIST test sequences as a store: sample i is sequence i, as (20, 64, 64, 1)."""
+    opts = c.RunOptions(out, 0, format, shard_size, workers, scheduler, resume, overwrite, quiet)
+    params = MNIST_TEST_SEQ.validate({"path": str(file)})
+    c.run_generation(
+        "mnist_test_seq", params, n=params["n_sequences"], opts=opts, default_name="mnist_test_seq"
+    )
