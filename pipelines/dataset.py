@@ -1,0 +1,293 @@
+"""`VideoDataset`: stream clips or single frames out of a store's shards (WebDataset tars or HDF5).
+
+Per block of consecutive stream samples (see :mod:`pipelines.order`): read shard runs -> shuffle the block ->
+pick temporal windows or frames -> ship. Every random draw comes from the block's own generator, seeded by
+``(seed, epoch, global position)``, so which worker reads a block never changes what it yields.
+
+The per-sample ``__iter__`` serves any DataLoader; :func:`pipelines.loader.make_loader` reads whole blocks
+(``iter_blocks``) and re-interleaves workers so the sequence does not depend on ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipelines.errors import PipelineError, ShardError
+from pipelines.handlers import Handler, resolve_handler
+from pipelines.order import (
+    Block,
+    block_order,
+    block_rng,
+    exact_blocks,
+    rank_share,
+    resampled_blocks,
+    worker_blocks,
+)
+from pipelines.readers import close_h5_files, count_samples, parse_meta, read_run
+from pipelines.sources import check_local_shards, resolve_source
+from pipelines.world import World
+
+log = logging.getLogger("pipelines")
+
+MODES = ("clip", "frame")
+EPOCH_MODES = ("exact", "resampled")
+DEFAULT_BLOCK_BYTES = 32 << 20
+MAX_BLOCK = 256
+FALLBACK_BLOCK = 64
+
+
+def _window(
+    video: NDArray[np.uint8],
+    order: NDArray[np.int64],
+    rng: np.random.Generator,
+    mode: str,
+    frames: int | None,
+    stride: int,
+    offset: int | str,
+) -> NDArray[np.uint8]:
+    """Reorder a block ``(n, T, H, W, C)``, cut each clip's window (clip mode) or one frame (frame)."""
+    n, t = len(order), video.shape[1]
+    if mode == "frame":
+        picks = rng.integers(0, t, size=n)
+        return video[order, picks]
+    length = t if frames is None else frames
+    span = (length - 1) * stride + 1
+    if span > t:
+        raise PipelineError(
+            f"window of {length} frames with stride {stride} needs {span} frames, clips have {t}"
+        )
+    if offset == "random":
+        starts = rng.integers(0, t - span + 1, size=n)
+    else:
+        if not 0 <= int(offset) <= t - span:
+            raise PipelineError(f"offset {offset} out of range [0, {t - span}] for clips of {t} frames")
+        starts = np.full(n, int(offset))
+    if span == t:
+        return video[order]
+    picks = starts[:, None] + stride * np.arange(length)
+    return video[order[:, None], picks]
+
+
+class VideoDataset(IterableDataset):
+    """Clips ``(C, T, H, W)`` or frames ``(C, H, W)`` (uint8) from a store, manifest or shard URL pattern.
+
+    What to read:
+        source: store folder, ``manifest.json`` (path or URL), or shard URL pattern / list (``{000..007}``
+            braces, ``http(s)://``, ``pipe:cmd``, ``file:``); no manifest: counts unknown (``count_scan``).
+        format: "auto" (WebDataset when a store has both), "wds" or "hdf5".
+        mode: "clip" (a temporal window of ``frames`` frames, ``stride`` apart, at ``offset``: "random" or a
+            fixed first frame) or "frame" (one random frame per clip).
+        with_meta: add each sample's JSON ground truth as ``"meta"``.
+
+    How to iterate:
+        shuffle, seed: shard permutation and block shuffle, a pure function of (seed, epoch, rank, world);
+            ``set_epoch(n)`` changes the epoch, iterating never does.
+        epoch_mode: "exact" (each sample once per epoch; ranks get equal counts, padded by repeating the first
+            samples: ``pad_count`` says how many) or "resampled" (shards drawn with replacement, endless
+            unless ``epoch_length`` samples per rank is given).
+        block_size: samples shuffled together and shipped per worker step (default: <= 256 and <= 32 MiB).
+        world: a :class:`World`; default ``World.detect()`` (torch.distributed, then RANK / WORLD_SIZE).
+        on_error: "raise" (default: a clear error naming the shard), "skip" (warn, skip, count in ``skipped``)
+            or a handler callable ``(exception) -> bool``.
+        count_scan: for exact epochs over a URL pattern without manifest, count each shard's samples first.
+        h5_locking: passed to ``h5py.File(locking=...)``; False for NFS/Lustre (None keeps HDF5's default).
+
+    Items: ``{"key": str, "video": uint8 tensor, "meta": dict}`` (``meta`` only with ``with_meta``).
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str],
+        mode: str = "clip",
+        frames: int | None = None,
+        stride: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch_mode: str = "exact",
+        with_meta: bool = False,
+        *,
+        offset: int | str = "random",
+        format: str = "auto",  # noqa: A002 - the user-facing name of the store format
+        block_size: int | None = None,
+        world: World | None = None,
+        epoch_length: int | None = None,
+        on_error: str | Handler = "raise",
+        count_scan: bool = False,
+        h5_locking: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise PipelineError(f"mode must be one of {MODES}, got {mode!r}")
+        if epoch_mode not in EPOCH_MODES:
+            raise PipelineError(f"epoch_mode must be one of {EPOCH_MODES}, got {epoch_mode!r}")
+        if frames is not None and frames < 1:
+            raise PipelineError(f"frames must be >= 1, got {frames}")
+        if stride < 1:
+            raise PipelineError(f"stride must be >= 1, got {stride}")
+        if offset != "random" and not isinstance(offset, int):
+            raise PipelineError(f"offset must be 'random' or an int, got {offset!r}")
+        if epoch_length is not None and (epoch_mode != "resampled" or epoch_length < 1):
+            raise PipelineError("epoch_length is a positive sample count for epoch_mode='resampled'")
+        self.mode, self.frames, self.stride, self.offset = mode, frames, stride, offset
+        self.shuffle, self.seed, self.epoch_mode, self.with_meta = shuffle, int(seed), epoch_mode, with_meta
+        self.epoch_length = epoch_length
+        self.handler = resolve_handler(on_error)
+        self.h5_locking = h5_locking
+        self.world = World.detect() if world is None else world
+        self.epoch = 0
+
+        info = check_local_shards(resolve_source(source, fmt=format), self.handler)
+        self.shards = info.shards
+        self.format = self.shards[0].fmt
+        self.sample_shape = info.sample_shape
+        sizes: list[int | None] = [shard.n_samples for shard in self.shards]
+        if epoch_mode == "exact" and None in sizes:
+            if not count_scan:
+                raise PipelineError(
+                    "exact epochs need per-shard sample counts: read a store folder / manifest.json, pass "
+                    "count_scan=True to count them by reading every shard once, or use epoch_mode='resampled'"
+                )
+            sizes = [count_samples(shard, h5_locking=h5_locking) for shard in self.shards]
+            close_h5_files()  # never carry open HDF5 handles into forked workers
+        self.shard_sizes = sizes
+        if self.sample_shape is not None and mode == "clip":
+            length = self.sample_shape[0] if frames is None else frames
+            if (length - 1) * stride + 1 > self.sample_shape[0]:
+                raise PipelineError(
+                    f"window of {length} frames with stride {stride} does not fit clips of "
+                    f"{self.sample_shape[0]} frames"
+                )
+        if block_size is None:
+            if self.sample_shape is None:
+                block_size = FALLBACK_BLOCK
+            else:
+                block_size = max(1, min(MAX_BLOCK, DEFAULT_BLOCK_BYTES // int(np.prod(self.sample_shape))))
+        self.block_size = int(block_size)
+        self.pad_count = 0
+        self.num_samples: int | None = epoch_length
+        if epoch_mode == "exact":
+            _, self.num_samples, self.pad_count = rank_share(sum(sizes), self.world)  # type: ignore[arg-type]
+            if self.pad_count:
+                message = (
+                    f"{sum(sizes)} samples do not split evenly over {self.world.world_size} ranks: "
+                    f"padding the epoch with {self.pad_count} repeated samples; "
+                    f"each rank gets {self.num_samples}"
+                )
+                log.warning(message)
+                warnings.warn(message, stacklevel=2)
+
+    # ------------------------------------------------------------ order
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration follows (like DistributedSampler.set_epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Samples per rank and epoch (exact mode, or resampled with ``epoch_length``)."""
+        if self.num_samples is None:
+            raise TypeError("an endless resampled VideoDataset has no length (pass epoch_length)")
+        return self.num_samples
+
+    def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
+        """This rank's blocks of the epoch from sample ``start`` on (a pure function of the settings)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.epoch_mode == "exact":
+            yield from exact_blocks(
+                self.shard_sizes,  # type: ignore[arg-type]
+                seed=self.seed,
+                epoch=epoch,
+                world=self.world,
+                shuffle=self.shuffle,
+                block_size=self.block_size,
+                start=start,
+            )
+            return
+        for block in resampled_blocks(
+            self.shard_sizes,
+            seed=self.seed,
+            epoch=epoch,
+            world=self.world,
+            block_size=self.block_size,
+            start=start,
+        ):
+            if self.epoch_length is not None and 0 <= self.epoch_length <= block.position:
+                return
+            yield block
+
+    # ------------------------------------------------------------ reading
+    def read_block(self, block: Block, start: int = 0) -> dict[str, Any]:
+        """One block, shuffled and windowed: ``{"block", "key", "video" (n, T, H, W, C), "meta", "skipped"}``.
+
+        Samples before rank position ``start`` are dropped (resumption), as are those past ``epoch_length``.
+        """
+        keys: list[str] = []
+        videos: list[NDArray[np.uint8]] = []
+        metas: list[str] = []
+        skipped = 0
+        for seg in block.segments:
+            shard = self.shards[seg.shard]
+            try:
+                run = read_run(
+                    shard, seg.start, seg.stop, with_meta=self.with_meta, h5_locking=self.h5_locking
+                )
+            except ShardError as exn:
+                if self.handler(exn):
+                    skipped += 0 if seg.stop is None else seg.stop - seg.start
+                    continue
+                raise
+            if len(run.keys):
+                keys.extend(run.keys)
+                videos.append(run.video)
+                if run.meta is not None:
+                    metas.extend(run.meta)
+        if not videos:
+            return {
+                "block": block.index,
+                "key": [],
+                "video": None,
+                "meta": [] if self.with_meta else None,
+                "skipped": skipped,
+            }
+        video = videos[0] if len(videos) == 1 else np.concatenate(videos)
+        rng = block_rng(block)
+        order = block_order(block, len(keys), shuffle=self.shuffle, rng=rng)
+        out = _window(video, order, rng, self.mode, self.frames, self.stride, self.offset)
+        lo = max(0, start - block.position) if block.position >= 0 else 0
+        hi = len(order)
+        if self.epoch_length is not None and block.position >= 0:
+            hi = min(hi, self.epoch_length - block.position)
+        order = order[lo:hi]
+        return {
+            "block": block.index,
+            "key": [keys[i] for i in order],
+            "video": torch.from_numpy(np.ascontiguousarray(out[lo:hi])),
+            "meta": parse_meta([metas[i] for i in order]) if self.with_meta else None,
+            "skipped": skipped,
+        }
+
+    def iter_blocks(self, start: int = 0, worker: int = 0, num_workers: int = 1, epoch: int | None = None):
+        """Blocks worker ``worker`` of ``num_workers`` reads from rank position ``start`` (as dicts)."""
+        for block in worker_blocks(self.blocks(start, epoch), worker, num_workers):
+            yield self.read_block(block, start)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This rank and worker's samples: ``{"key", "video" (C, T, H, W) / (C, H, W), "meta"}``."""
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for item in self.iter_blocks(0, worker, num_workers):
+            if item["video"] is None:
+                continue
+            video = item["video"].movedim(-1, 1)
+            for i, key in enumerate(item["key"]):
+                sample = {"key": key, "video": video[i]}
+                if self.with_meta:
+                    sample["meta"] = item["meta"][i]
+                yield sample

@@ -1,0 +1,116 @@
+"""Host-to-device feed: batches stay uint8 until the device, go through reused pinned buffers with
+``non_blocking`` copies on a side CUDA stream, ``depth`` batches in flight; scaling to [-1, 1] runs on the
+device.
+
+On a CPU device the same code path runs without pinning or streams.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def to_model_layout(video: torch.Tensor) -> torch.Tensor:
+    """Channel-last ``(B, T, H, W, C)`` or ``(B, H, W, C)`` to channel-first (a view)."""
+    return video.movedim(-1, 1)
+
+
+def scale_video(video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 channel-last batch to a contiguous model-layout tensor: uint8 kept, floats scaled to [-1, 1]."""
+    moved = to_model_layout(video)
+    if dtype == torch.uint8:
+        return moved.contiguous()
+    out = moved.to(dtype=dtype, memory_format=torch.contiguous_format)
+    return out.div_(127.5).sub_(1.0)
+
+
+@dataclass
+class _Slot:
+    buffer: torch.Tensor | None = None
+    event: Any = None  # torch.cuda.Event recorded after the copy that reads this buffer
+
+
+@dataclass
+class PinnedRing:
+    """Reusable pinned host buffers; a slot is handed out again only once its last device copy finished."""
+
+    n_slots: int
+    slots: list[_Slot] = field(default_factory=list)
+    next_slot: int = 0
+
+    def take(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        if not self.slots:
+            self.slots = [_Slot() for _ in range(self.n_slots)]
+        index = self.next_slot
+        self.next_slot = (index + 1) % self.n_slots
+        slot = self.slots[index]
+        if slot.event is not None:
+            slot.event.synchronize()
+            slot.event = None
+        numel = 1
+        for size in shape:
+            numel *= size
+        if slot.buffer is None or slot.buffer.numel() < numel:
+            slot.buffer = torch.empty(numel, dtype=torch.uint8).pin_memory()
+        return index, slot.buffer[:numel].view(shape)
+
+
+class HostBatcher:
+    """Assembles uint8 batches from block pieces into fresh tensors (CPU) or pinned ring buffers (CUDA)."""
+
+    def __init__(self, pinned: bool, depth: int) -> None:
+        self.ring = PinnedRing(depth + 2) if pinned else None
+
+    def assemble(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, int | None]:
+        if self.ring is None:
+            return (pieces[0].clone() if len(pieces) == 1 else torch.cat(pieces)), None
+        n = sum(len(p) for p in pieces)
+        slot, out = self.ring.take((n, *pieces[0].shape[1:]))
+        torch.cat(pieces, out=out)
+        return out, slot
+
+
+def feed_device(
+    batches: Iterator[tuple[dict[str, Any], int | None]],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    depth: int,
+    ring: PinnedRing | None,
+) -> Iterator[dict[str, Any]]:
+    """Yield batches on ``device`` with ``depth`` later batches already copying (``non_blocking`` on CUDA)."""
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+    in_flight: deque[tuple[dict[str, Any], Any]] = deque()
+
+    def launch(batch: dict[str, Any], slot: int | None) -> tuple[dict[str, Any], Any]:
+        if not cuda:
+            return batch, None
+        with torch.cuda.stream(stream):
+            batch["video"] = batch["video"].to(device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        if ring is not None and slot is not None:
+            ring.slots[slot].event = event
+        return batch, event
+
+    def finish(batch: dict[str, Any], event: Any) -> dict[str, Any]:
+        video = batch["video"]
+        if cuda:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            video.record_stream(current)
+        batch["video"] = scale_video(video.to(device), dtype)
+        return batch
+
+    for batch, slot in batches:
+        in_flight.append(launch(batch, slot))
+        if len(in_flight) > depth:
+            yield finish(*in_flight.popleft())
+    while in_flight:
+        yield finish(*in_flight.popleft())

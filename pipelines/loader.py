@@ -1,0 +1,230 @@
+"""`make_loader`: batches from a :class:`VideoDataset` on a device, worker-count independent and resumable.
+
+DataLoader workers read whole blocks (worker ``w`` of ``W`` reads blocks ``w, w + W, ...``); with
+``in_order=True`` the DataLoader hands them back round-robin, i.e. in block order, so the batches are the
+same for any ``num_workers``. The main process cuts batches from the blocks into pinned buffers and
+:mod:`pipelines.device` moves them (uint8) to the device and scales them there.
+
+Checkpoint state is a few JSON ints, taken after the batches the caller has received::
+
+    {"epoch": 3, "sample_in_epoch": 4096, "seed": 0, "rank": 0, "world_size": 8, "block_size": 256}
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines.dataset import VideoDataset
+from pipelines.device import HostBatcher, feed_device
+from pipelines.errors import PipelineError
+
+STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_size")
+
+
+class _BlockStream(IterableDataset):
+    """What the DataLoader workers run: this worker's blocks of one epoch, from one start position."""
+
+    def __init__(self, dataset: VideoDataset, epoch: int, start: int) -> None:
+        super().__init__()
+        self.dataset, self.epoch, self.start = dataset, epoch, start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # Exactly one item per block, even an empty one, keeps the round-robin hand-back in block order.
+        yield from self.dataset.iter_blocks(self.start, worker, num_workers, epoch=self.epoch)
+
+
+def _passthrough(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+class VideoLoader:
+    """Iterable of ``{"key": list[str], "video": tensor, "meta": list[dict]}`` batches; see make_loader."""
+
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        batch_size: int,
+        *,
+        num_workers: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        drop_last: bool,
+        prefetch: int,
+        timeout: float,
+        multiprocessing_context: str | None,
+    ) -> None:
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.device, self.dtype, self.drop_last, self.prefetch = device, dtype, drop_last, prefetch
+        self.timeout, self.multiprocessing_context = timeout, multiprocessing_context
+        self.skipped = 0
+        self._position = 0  # samples of the current epoch handed to the caller
+        self._epoch = dataset.epoch
+        self._resume: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------ epochs and checkpoints
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the beginning of ``epoch``."""
+        self.dataset.set_epoch(epoch)
+        self._resume = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the caller is: resuming from this yields exactly the batches an uninterrupted run would."""
+        return {
+            "epoch": self._epoch,
+            "sample_in_epoch": self._position,
+            "seed": self.dataset.seed,
+            "rank": self.dataset.world.rank,
+            "world_size": self.dataset.world.world_size,
+            "block_size": self.dataset.block_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict` taken with the same seed, world size and block size."""
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise PipelineError(f"loader state lacks {', '.join(missing)}")
+        for key, mine in (
+            ("seed", self.dataset.seed),
+            ("world_size", self.dataset.world.world_size),
+            ("block_size", self.dataset.block_size),
+        ):
+            if int(state[key]) != mine:
+                raise PipelineError(f"loader state has {key}={state[key]} but this loader uses {mine}")
+        if int(state["rank"]) != self.dataset.world.rank:
+            warnings.warn(
+                f"resuming rank {self.dataset.world.rank} from rank {state['rank']}'s state", stacklevel=2
+            )
+        self.dataset.set_epoch(int(state["epoch"]))
+        self._epoch = int(state["epoch"])
+        self._position = int(state["sample_in_epoch"])
+        self._resume = (self._epoch, self._position)
+
+    # ------------------------------------------------------------ iteration
+    def _limit(self) -> int | None:
+        return self.dataset.num_samples
+
+    def __len__(self) -> int:
+        """Batches in a full epoch (from its start)."""
+        total = self._limit()
+        if total is None:
+            raise TypeError("an endless resampled loader has no length")
+        return total // self.batch_size if self.drop_last else -(-total // self.batch_size)
+
+    def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        workers = self.num_workers
+        loader = DataLoader(
+            _BlockStream(self.dataset, epoch, start),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_passthrough,
+            prefetch_factor=2 if workers else None,
+            timeout=self.timeout if workers else 0,
+            multiprocessing_context=self.multiprocessing_context if workers else None,
+            in_order=True,
+        )
+        return iter(loader)
+
+    def _host_batches(self, epoch: int, start: int, batcher: HostBatcher):
+        """uint8 host batches (and their pinned slot) cut from the blocks, from rank position ``start``."""
+        left = None if self._limit() is None else max(0, self._limit() - start)  # type: ignore[operator]
+        pieces: list[torch.Tensor] = []
+        keys: list[str] = []
+        metas: list[dict] = []
+
+        def emit():
+            video, slot = batcher.assemble(pieces)
+            batch = {"key": list(keys), "video": video}
+            if self.dataset.with_meta:
+                batch["meta"] = list(metas)
+            pieces.clear(), keys.clear(), metas.clear()
+            return batch, slot
+
+        for item in self._blocks(epoch, start):
+            self.skipped += item["skipped"]
+            if left == 0:
+                break
+            if item["video"] is None:
+                continue
+            video, n = item["video"], len(item["key"])
+            if left is not None:
+                n = min(n, left)
+                left -= n
+            i = 0
+            while i < n:
+                take = min(self.batch_size - len(keys), n - i)
+                pieces.append(video[i : i + take])
+                keys.extend(item["key"][i : i + take])
+                if self.dataset.with_meta:
+                    metas.extend(item["meta"][i : i + take])
+                i += take
+                if len(keys) == self.batch_size:
+                    yield emit()
+        if keys and not self.drop_last:
+            yield emit()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch = self.dataset.epoch
+        start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume = None
+        self._epoch, self._position = epoch, start
+        batcher = HostBatcher(pinned=self.device.type == "cuda", depth=self.prefetch)
+        batches = feed_device(
+            self._host_batches(epoch, start, batcher),
+            device=self.device,
+            dtype=self.dtype,
+            depth=self.prefetch,
+            ring=batcher.ring,
+        )
+        for batch in batches:
+            self._position += len(batch["key"])
+            yield batch
+
+
+def make_loader(
+    dataset: VideoDataset,
+    batch_size: int,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    drop_last: bool = False,
+    prefetch: int = 2,
+    timeout: float = 0,
+    multiprocessing_context: str | None = None,
+) -> VideoLoader:
+    """Batches of ``dataset`` on ``device``: ``"video"`` float in [-1, 1] (uint8 with ``dtype=torch.uint8``).
+
+    ``(B, C, T, H, W)`` in clip mode, ``(B, C, H, W)`` in frame mode; ``"key"`` a list of str. The same
+    batches come out for any ``num_workers``; ``prefetch`` batches are in flight to the device (at least 2);
+    ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly; ``timeout`` (s) bounds a worker's
+    silence.
+    """
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise PipelineError(f"num_workers must be >= 0, got {num_workers}")
+    if prefetch < 2:
+        raise PipelineError(f"prefetch must be >= 2 batches in flight, got {prefetch}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("device is CUDA but torch.cuda is not available")
+    if not (dtype == torch.uint8 or dtype.is_floating_point):
+        raise PipelineError(f"dtype must be torch.uint8 or a float type, got {dtype}")
+    return VideoLoader(
+        dataset,
+        batch_size,
+        num_workers=num_workers,
+        device=device,
+        dtype=dtype,
+        drop_last=drop_last,
+        prefetch=prefetch,
+        timeout=timeout,
+        multiprocessing_context=multiprocessing_context,
+    )

@@ -1,0 +1,369 @@
+"""Read a run of consecutive samples ``[start, stop)`` of one shard, for both store formats.
+
+- Local tar shards: the member headers are scanned once per process (an index of offsets), then a run is one
+  sequential ``read`` of its byte span; each ``.npy`` is decoded without a copy by numpy's header parser.
+- Streamed tar shards (``http(s)://``, ``pipe:``, ...): webdataset's ``gopen`` and tar stages
+  (``tar_file_expander`` -> ``group_by_keys``) walk the stream up to the run.
+- HDF5 shards: opened lazily in the process that reads (a DataLoader worker), kept open for its life, never
+  reused across ``fork``; a run is one ``read_direct`` of a contiguous slice.
+
+Nothing is unpickled: object dtypes are refused, ``np.load`` only ever runs with ``allow_pickle=False``.
+Every failure is a :class:`ShardError` naming the shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from webdataset.gopen import gopen
+from webdataset.handlers import reraise_exception
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+
+from pipelines.errors import ShardError
+from pipelines.sources import ShardRef
+
+VIDEO_FIELD = "video.npy"
+META_FIELD = "meta.json"
+_CACHE_SIZE = 64
+
+
+@dataclass
+class RawRun:
+    """Samples read from one shard in shard order: keys, uint8 videos ``(n, T, H, W, C)``, JSON meta texts."""
+
+    keys: list[str]
+    video: NDArray[np.uint8]
+    meta: list[str] | None
+
+
+# ---------------------------------------------------------------- .npy without pickle
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+
+
+def decode_npy(buf: bytes | memoryview) -> NDArray:
+    """A numpy array viewing ``buf`` (.npy bytes); headers are parsed by numpy, cached, never pickled."""
+    view = memoryview(buf)
+    if bytes(view[:6]) != b"\x93NUMPY":
+        raise ValueError("not a .npy file")
+    major = view[6]
+    if major == 1:
+        end = 10 + int.from_bytes(view[8:10], "little")
+    elif major in (2, 3):
+        end = 12 + int.from_bytes(view[8:12], "little")
+    else:
+        raise ValueError(f"unknown .npy version {major}")
+    header = bytes(view[:end])
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        if len(header) != end:
+            raise ValueError(".npy header is cut short")
+        stream = io.BytesIO(header)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        if dtype.hasobject:
+            raise ValueError(".npy holds Python objects (would need pickle); refused")
+        parsed = (dtype, tuple(shape), fortran, end)
+        if len(_NPY_HEADERS) < 256:
+            _NPY_HEADERS[header] = parsed
+    dtype, shape, fortran, offset = parsed
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(view) - offset < count * dtype.itemsize:
+        raise ValueError(".npy data is cut short")
+    flat = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+# ---------------------------------------------------------------- local tar: header index + span reads
+@dataclass(frozen=True)
+class TarIndex:
+    """Per sample: key, and (offset, size) of its video and meta members (-1 when a meta member is absent)."""
+
+    keys: list[str]
+    video: NDArray[np.int64]  # (n, 2)
+    meta: NDArray[np.int64]  # (n, 2)
+
+
+_TAR_INDEX: OrderedDict[tuple[str, int, int], TarIndex] = OrderedDict()
+
+
+def _scan_tar(path: str) -> TarIndex:
+    size = os.path.getsize(path)
+    keys: list[str] = []
+    video: list[tuple[int, int]] = []
+    meta: list[tuple[int, int]] = []
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, field = base_plus_ext(member.name)
+            if key is None:
+                continue
+            if member.offset_data + member.size > size:
+                raise ValueError(f"member {member.name} runs past the end of the file (truncated)")
+            if not keys or keys[-1] != key:
+                if keys and key < keys[-1]:
+                    raise ValueError(f"keys out of order ({key} after {keys[-1]})")
+                keys.append(key)
+                video.append((-1, -1))
+                meta.append((-1, -1))
+            if field == VIDEO_FIELD:
+                video[-1] = (member.offset_data, member.size)
+            elif field == META_FIELD:
+                meta[-1] = (member.offset_data, member.size)
+    vid = np.array(video, dtype=np.int64).reshape(-1, 2)
+    if len(vid) and vid[:, 0].min() < 0:
+        raise ValueError(f"sample {keys[int(np.argmin(vid[:, 0]))]} has no {VIDEO_FIELD}")
+    return TarIndex(keys, vid, np.array(meta, dtype=np.int64).reshape(-1, 2))
+
+
+def tar_index(path: str) -> TarIndex:
+    """The member index of a local tar shard, cached per process (keyed by path, size and mtime)."""
+    stat = os.stat(path)
+    cache_key = (path, stat.st_size, stat.st_mtime_ns)
+    index = _TAR_INDEX.get(cache_key)
+    if index is None:
+        index = _scan_tar(path)
+        _TAR_INDEX[cache_key] = index
+        while len(_TAR_INDEX) > _CACHE_SIZE:
+            _TAR_INDEX.popitem(last=False)
+    return index
+
+
+def _check_count(shard: ShardRef, n: int, keys_first: str | None, keys_last: str | None) -> None:
+    if shard.n_samples is not None and n != shard.n_samples:
+        raise ShardError(shard.url, f"holds {n} samples but the manifest says {shard.n_samples}")
+    if shard.first_key is not None and keys_first is not None and keys_first != shard.first_key:
+        raise ShardError(shard.url, f"first key {keys_first} but the manifest says {shard.first_key}")
+    if shard.last_key is not None and keys_last is not None and keys_last != shard.last_key:
+        raise ShardError(shard.url, f"last key {keys_last} but the manifest says {shard.last_key}")
+
+
+def _stack(shard: ShardRef, keys: list[str], arrays: list[NDArray]) -> NDArray[np.uint8]:
+    if not arrays:
+        return np.empty((0,), dtype=np.uint8)
+    first = arrays[0]
+    for key, arr in zip(keys, arrays, strict=True):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape != first.shape:
+            raise ShardError(
+                shard.url, f"sample {key}: video {arr.dtype} {arr.shape}, expected uint8 (T, H, W, C)"
+            )
+    return np.stack(arrays)
+
+
+def _read_local_tar(shard: ShardRef, path: str, start: int, stop: int | None, with_meta: bool) -> RawRun:
+    index = tar_index(path)
+    n = len(index.keys)
+    _check_count(shard, n, index.keys[0] if n else None, index.keys[-1] if n else None)
+    stop = n if stop is None else stop
+    if stop > n:
+        raise ShardError(shard.url, f"holds {n} samples, asked for samples up to {stop}")
+    if stop <= start:
+        return RawRun([], np.empty((0,), dtype=np.uint8), [] if with_meta else None)
+    spans = index.video[start:stop]
+    lo = int(spans[:, 0].min())
+    hi = int((spans[:, 0] + spans[:, 1]).max())
+    if with_meta:
+        metas = index.meta[start:stop]
+        present = metas[:, 0] >= 0
+        if present.any():
+            lo = min(lo, int(metas[present, 0].min()))
+            hi = max(hi, int((metas[present, 0] + metas[present, 1]).max()))
+    with open(path, "rb") as fh:
+        fh.seek(lo)
+        data = fh.read(hi - lo)
+    if len(data) != hi - lo:
+        raise ShardError(shard.url, "file ended early (truncated)")
+    view = memoryview(data)
+    keys = index.keys[start:stop]
+    arrays = []
+    for key, (off, size) in zip(keys, spans, strict=True):
+        try:
+            arrays.append(decode_npy(view[off - lo : off - lo + size]))
+        except ValueError as exn:
+            raise ShardError(shard.url, f"sample {key}: {exn}") from None
+    meta = None
+    if with_meta:
+        meta = [
+            bytes(view[off - lo : off - lo + size]).decode("utf-8") if off >= 0 else "{}"
+            for off, size in index.meta[start:stop]
+        ]
+    return RawRun(list(keys), _stack(shard, keys, arrays), meta)
+
+
+def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: bool) -> RawRun:
+    stream = gopen(shard.url)
+    keys: list[str] = []
+    arrays: list[NDArray] = []
+    metas: list[str] = []
+    count = 0
+    complete = False
+    try:
+        expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
+        for sample in group_by_keys(expanded, handler=reraise_exception):
+            if stop is not None and count >= stop:
+                complete = True
+                break
+            if count >= start:
+                key = sample["__key__"]
+                if VIDEO_FIELD not in sample:
+                    raise ShardError(shard.url, f"sample {key} has no {VIDEO_FIELD}")
+                try:
+                    arrays.append(decode_npy(sample[VIDEO_FIELD]))
+                except ValueError as exn:
+                    raise ShardError(shard.url, f"sample {key}: {exn}") from None
+                keys.append(key)
+                if with_meta:
+                    metas.append(sample.get(META_FIELD, b"{}").decode("utf-8"))
+            count += 1
+        else:
+            complete = True
+            _check_count(shard, count, None, keys[-1] if keys and stop is None else None)
+    except ShardError:
+        raise
+    except Exception as exn:  # tar / transport errors from the stream
+        raise ShardError(shard.url, f"cannot read: {exn}") from None
+    finally:
+        try:
+            stream.close()
+        except Exception:
+            # Stopping a pipe early kills its writer (SIGPIPE); only a complete run is accepted then.
+            if not complete:
+                raise
+    if stop is not None and count < stop:
+        raise ShardError(shard.url, f"holds {count} samples, asked for samples up to {stop} (truncated?)")
+    if start == 0 and keys:
+        _check_count(ShardRef(shard.url, shard.fmt, None, shard.first_key), 0, keys[0], None)
+    return RawRun(keys, _stack(shard, keys, arrays), metas if with_meta else None)
+
+
+# ---------------------------------------------------------------- HDF5: lazily opened per process
+_H5_FILES: OrderedDict[tuple[str, bool | None], object] = OrderedDict()
+_H5_OWNER = os.getpid()
+_H5_INHERITED: list[object] = []  # handles a forked child inherited: kept alive, never used or closed there
+
+
+def _h5_file(shard: ShardRef, locking: bool | None):
+    """The open h5py file for a shard in this process; a forked child never touches its parent's handles."""
+    import h5py
+
+    global _H5_OWNER
+    if os.getpid() != _H5_OWNER:
+        _H5_INHERITED.extend(_H5_FILES.values())
+        _H5_FILES.clear()
+        _H5_OWNER = os.getpid()
+    cache_key = (shard.url, locking)
+    handle = _H5_FILES.get(cache_key)
+    if handle is None:
+        kwargs = {} if locking is None else {"locking": locking}
+        path = shard.local_path
+        if path is not None:
+            handle = h5py.File(path, "r", **kwargs)
+        else:
+            with gopen(shard.url) as stream:
+                handle = h5py.File(io.BytesIO(stream.read()), "r", **kwargs)
+        _H5_FILES[cache_key] = handle
+        while len(_H5_FILES) > _CACHE_SIZE:
+            _H5_FILES.popitem(last=False)[1].close()
+    return handle
+
+
+def close_h5_files() -> None:
+    """Close the HDF5 files this process opened (call before forking workers you start yourself)."""
+    if os.getpid() == _H5_OWNER:
+        for handle in _H5_FILES.values():
+            handle.close()
+    _H5_FILES.clear()
+
+
+def _read_h5(shard: ShardRef, start: int, stop: int | None, with_meta: bool, locking: bool | None) -> RawRun:
+    try:
+        handle = _h5_file(shard, locking)
+        video_ds, key_ds = handle["video"], handle["key"]
+        n = video_ds.shape[0]
+        if key_ds.shape[0] != n:
+            raise ShardError(shard.url, f"{n} videos but {key_ds.shape[0]} keys")
+        if shard.n_samples is not None and n != shard.n_samples:
+            raise ShardError(shard.url, f"holds {n} samples but the manifest says {shard.n_samples}")
+        stop = n if stop is None else stop
+        if stop > n:
+            raise ShardError(shard.url, f"holds {n} samples, asked for samples up to {stop}")
+        if video_ds.dtype != np.uint8 or video_ds.ndim != 5:
+            raise ShardError(
+                shard.url, f"video is {video_ds.dtype} {video_ds.shape}, expected uint8 (N,T,H,W,C)"
+            )
+        video = np.empty((stop - start, *video_ds.shape[1:]), dtype=np.uint8)
+        if stop > start:
+            video_ds.read_direct(video, np.s_[start:stop])
+        keys = [str(k) for k in key_ds.asstr()[start:stop]]
+        meta = (
+            [str(m) for m in handle["meta"].asstr()[start:stop]] if with_meta and "meta" in handle else None
+        )
+        if with_meta and meta is None:
+            meta = ["{}"] * len(keys)
+    except ShardError:
+        raise
+    except Exception as exn:  # h5py raises OSError / KeyError / RuntimeError for broken files
+        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+    _check_count(
+        ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
+        0,
+        keys[0] if keys and start == 0 else None,
+        keys[-1] if keys and stop == n else None,
+    )
+    return RawRun(keys, video, meta)
+
+
+def read_run(
+    shard: ShardRef, start: int, stop: int | None, *, with_meta: bool = False, h5_locking: bool | None = None
+) -> RawRun:
+    """Samples ``[start, stop)`` of a shard (``stop=None``: to its end), checked against the manifest."""
+    if shard.fmt == "hdf5":
+        return _read_h5(shard, start, stop, with_meta, h5_locking)
+    path = shard.local_path
+    if path is None:
+        return _read_stream_tar(shard, start, stop, with_meta)
+    try:
+        return _read_local_tar(shard, path, start, stop, with_meta)
+    except ShardError:
+        raise
+    except FileNotFoundError:
+        raise ShardError(shard.url, "missing") from None
+    except (OSError, tarfile.TarError, ValueError) as exn:
+        raise ShardError(shard.url, f"cannot read: {exn}") from None
+
+
+def count_samples(shard: ShardRef, *, h5_locking: bool | None = None) -> int:
+    """Samples in a shard, by reading it (for URL patterns without a manifest)."""
+    if shard.fmt == "hdf5":
+        try:
+            return int(_h5_file(shard, h5_locking)["key"].shape[0])
+        except Exception as exn:
+            raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+    if shard.local_path is not None:
+        try:
+            return len(tar_index(shard.local_path).keys)
+        except FileNotFoundError:
+            raise ShardError(shard.url, "missing") from None
+        except (OSError, tarfile.TarError, ValueError) as exn:
+            raise ShardError(shard.url, f"cannot read: {exn}") from None
+    try:
+        with gopen(shard.url) as stream:
+            expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
+            return sum(1 for _ in group_by_keys(expanded, handler=reraise_exception))
+    except Exception as exn:
+        raise ShardError(shard.url, f"cannot read: {exn}") from None
+
+
+def parse_meta(texts: list[str] | None) -> list[dict] | None:
+    """JSON meta texts to dicts (plain JSON: safe on untrusted data)."""
+    return None if texts is None else [json.loads(text) for text in texts]
