@@ -28,7 +28,7 @@ SourceKind = Literal["video", "stacked", "frames"]
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One input video: its path and how to decode it (a file OpenCV reads, a stacked JPEG, a frame folder)."""
+    """One input video: its path and how to decode it (video file, stacked JPEG, frame folder)."""
 
     path: str
     kind: SourceKind

@@ -67,7 +67,7 @@ def composite_fill(warped: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, n
 
 
 def largest_centred_square(valid: np.ndarray) -> int:
-    """Half-size r of the largest square centred in `valid` (H, W bool) whose pixels are all valid (0 = none)."""
+    """Half-size r of the largest all-valid square centred in `valid` (H, W bool); 0 when there is none."""
     h, w = valid.shape
     cy, cx = h // 2, w // 2
     integral = cv2.integral(valid.astype(np.uint8))
@@ -90,7 +90,7 @@ def largest_centred_square(valid: np.ndarray) -> int:
 def crop_common(
     warped_full: list[np.ndarray], masks_full: list[np.ndarray], size: int, interp: Literal["area", "linear"]
 ) -> tuple[np.ndarray, float]:
-    """Crop every frame to the centred square that all frames cover; returns frames and the kept side fraction."""
+    """Crop every frame to the centred square all frames cover; returns frames and the kept side fraction."""
     common = np.logical_and.reduce([m == 255 for m in masks_full])
     r = largest_centred_square(common)
     h, w = common.shape

@@ -53,7 +53,7 @@ def scaling_matrix(scale_x: float, scale_y: float) -> np.ndarray:
 
 
 class FeatureExtractor:
-    """SIFT on a grayscale copy of the frame, optionally downscaled so its short side is `match_short_side`."""
+    """SIFT on a grayscale copy of the frame, optionally downscaled to a `match_short_side` short side."""
 
     def __init__(self, match_short_side: int | None = None) -> None:
         if match_short_side is not None and match_short_side < 16:

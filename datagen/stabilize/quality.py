@@ -5,7 +5,8 @@
 - Stability score (Liu et al. 2013): camera path P_t = F_1 ... F_t (P_0 = I) from the homographies F_t
   between consecutive frames; translation signal sqrt(P02^2 + P12^2) and rotation signal atan2(P10, P00) (the
   true angle, not DIFRINT's atan2(P00, P11)); E(k) = |FFT|^2; SS = sum_{k=1..5} E(k) / sum_{k=1..N//2} E(k).
-  Liu's figure is min(SS_trans, SS_rot) (`stability`); DIFRINT-style scripts report the mean (`stability_mean`).
+  Liu's figure is min(SS_trans, SS_rot) (`stability`); DIFRINT-style scripts report the mean
+  (`stability_mean`).
   A signal with no energy at all (perfectly still) scores 1.
 - Residual background motion: median dense-flow magnitude (Farneback, output pixels) between consecutive
   frames over pixels that are valid (not filled) in both; the median ignores a small moving foreground.

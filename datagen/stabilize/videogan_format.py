@@ -2,7 +2,8 @@
 
 A clip is one JPEG: its square frames stacked vertically (np.vstack), so frame k is rows [k*W, (k+1)*W).
 A list file names one clip per line, relative to the list's folder (VideoGAN's loader takes the first
-whitespace token of each line). Layout written here: `<root>/<video:06d>/<clip:04d>.jpg` and `<root>/list.txt`.
+whitespace token of each line). Layout written here: `<root>/<video:06d>/<clip:04d>.jpg` and
+`<root>/list.txt`.
 """
 
 from __future__ import annotations
