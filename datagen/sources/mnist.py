@@ -327,11 +327,7 @@ def load_digits(spec: dict[str, Any]) -> DigitSet:
     if kind in ("idx", "npz"):
         if not path:
             raise DatagenError(f"digit source {kind!r} needs a path")
-        try:
-            st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            raise DatagenError(f"{path}: no such file or directory") from None
+        stamp = _stamp(Path(path))
     else:
         stamp = None
     digits = _load_cached(kind, path, split, stamp)
@@ -342,6 +338,15 @@ def load_digits(spec: dict[str, Any]) -> DigitSet:
             f"but {expected[:16]}... was recorded; the digit file changed"
         )
     return digits
+
+
+def _stamp(path: Path) -> tuple:
+    """What must change for a cached load to be stale: mtime and size of the file, or of a folder's files."""
+    try:
+        paths = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    except OSError:
+        raise DatagenError(f"{path}: no such file or directory") from None
 
 
 @functools.lru_cache(maxsize=4)
