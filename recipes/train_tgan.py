@@ -1,0 +1,370 @@
+"""Train TGAN with singular value clipping (Saito et al., ICCV 2017) on any store `pipelines` can stream.
+
+    # one GPU, Moving MNIST store at 64x64 (16-frame random windows, channels read from the store)
+    python -m recipes.train_tgan --data stores/mnist --out-dir runs/tgan_mnist
+    # the authors' exact SVC scope (conv kernels only; identical for this critic) / the weight-clip baseline
+    python -m recipes.train_tgan --data stores/mnist --preset authors
+    python -m recipes.train_tgan --data stores/mnist --preset weight_clip
+    # golf (3 channels) or balls at 64x64, 4 GPUs on one node
+    torchrun --standalone --nproc_per_node 4 -m recipes.train_tgan --data stores/golf --out-dir runs/tgan_golf
+    # conditional on the digit labels stored in each clip's meta (multi-hot for two digits)
+    python -m recipes.train_tgan --data stores/mnist --label-key labels --n-classes 10
+    # resume the latest checkpoint of a run; CPU smoke run on a tiny generated 32x32 store (CI)
+    python -m recipes.train_tgan --out-dir runs/tgan_mnist --data stores/mnist --resume auto
+    python -m recipes.train_tgan --smoke --out-dir /tmp/tgan_smoke
+
+What one iteration does (pfnet-research/tgan, `TGANUpdaterWGANParallelSVC`): draw z0 ~ U(-1, 1)^100, generate
+a fake batch, score fake and real batches with the critic (two forward passes, as the code does, so each has
+its own BN batch statistics), take one RMSprop step of G0+G1 on L_G = -mean D(fake), then one critic step on
+L_D = mean D(fake) - mean D(real) reusing the same fake scores (the critic is unchanged by the G step).
+1:1 updates, no n_critic loop. Every 5th iteration: SVC on the critic weights and BN gamma clipping
+(`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults), batch 32.
+
+Samples every `sample_every` steps: `samples/step-N.gif` (fixed z0), `samples/step-N.png` (one row per video,
+frames left to right) and `samples/step-N-interp.gif`, the paper's frame interpolation: G0's trajectory
+z1 linearly resampled to `interp_frames` steps (31 for 16 frames) and rendered by G1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from recipes.common.ckpt import unwrap
+from recipes.common.cli import run_cli
+from recipes.common.config import TrainConfig, build_parser
+from recipes.common.data import data_source, epoch_batches, smoke_store
+from recipes.common.dist import wrap_ddp
+from recipes.common.run import Run, start_run
+from recipes.common.runtime import make_scaler, maybe_compile
+from recipes.common.samples import save_image_grid, save_video_gif
+from recipes.losses.wgan import apply_lipschitz_constraint_, critic_loss, generator_loss
+from recipes.models.tgan import VideoCritic, VideoGenerator, interpolate_trajectory
+
+
+@dataclasses.dataclass
+class TGANConfig(TrainConfig):
+    """Paper / authors' Moving MNIST config (`mnist_wgan_svd_zdim-100_no-beta-all_init-uniform-all.yml`)."""
+
+    epochs: int = 1000
+    batch_size: int = 32  # per rank
+    log_every: int = 100  # the authors' display_interval
+    sample_every: int = 5000  # the authors' snapshot_interval
+    ckpt_every: int = 5000
+    frames: int = 16  # clip length: a random window of this many frames from each stored clip
+    z_dim: int = 100  # z_slow_dim = z_fast_dim
+    gen_ch: int = 512  # G1's conv_ch (4x4 bottom: 512 -> 256 -> 128 -> 64 -> 32 at 64x64)
+    critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
+    lr: float = 5e-5  # RMSprop for G0, G1 and the critic
+    rms_alpha: float = 0.99  # Chainer RMSprop default (torch's default too)
+    rms_eps: float = 1e-8  # Chainer RMSprop default (added after the square root, as torch does)
+    constraint: Literal["svc", "clip", "none"] = "svc"  # SVC + gamma clipping, or the weight-clip baseline
+    svc_every: int = 5  # SVC period in iterations (freq 5 in the authors' configs)
+    svc_scope: Literal["paper", "code"] = "paper"  # paper: conv + linear weights; code: ndim >= 4 only
+    label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
+    n_classes: int = 0  # classes of the conditional model (10 for MNIST digits)
+    n_samples: int = 16  # videos in each sample GIF
+    interp_frames: int = 0  # frames of the interpolation GIF (0 = 2 * frames - 1, i.e. 31 for 16)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "authors": {"svc_scope": "code"},  # the authors' code clips only ndim >= 4 weights (same for this critic)
+    "weight_clip": {"constraint": "clip"},  # WGAN baseline of the paper: clamp the critic to [-0.01, 0.01]
+}
+
+# --smoke: a few CPU steps at 8 frames of 32x32 (the models are size-generic), past one SVC iteration.
+SMOKE_STORE_PARAMS: dict[str, Any] = {"n_balls": 1, "size": 32, "frames": 16}
+SMOKE: dict[str, Any] = {
+    "device": "cpu",
+    "epochs": 1,
+    "max_steps": 6,
+    "batch_size": 4,
+    "frames": 8,
+    "gen_ch": 32,
+    "critic_ch": 8,
+    "log_every": 1,
+    "sample_every": 3,
+    "ckpt_every": 3,
+    "n_samples": 4,
+}
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGenerator, VideoCritic]:
+    """G0+G1 and the critic for clips of (channels, cfg.frames, size, size)."""
+    gen = VideoGenerator(
+        out_channels=channels,
+        size=size,
+        n_frames=cfg.frames,
+        z_slow_dim=cfg.z_dim,
+        z_fast_dim=cfg.z_dim,
+        conv_ch=cfg.gen_ch,
+        n_classes=cfg.n_classes,
+    )
+    critic = VideoCritic(
+        in_channels=channels, size=size, n_frames=cfg.frames, mid_ch=cfg.critic_ch, n_classes=cfg.n_classes
+    )
+    return gen, critic
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TGANConfig) -> torch.optim.RMSprop:
+    return torch.optim.RMSprop(module.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+
+
+# ----------------------------------------------------------------------------------------------- one step
+
+
+def train_step(
+    gen: torch.nn.Module,
+    critic: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    real: torch.Tensor,
+    *,
+    cfg: TGANConfig,
+    step: int,
+    cond: torch.Tensor | None = None,
+    autocast: Any = None,
+) -> dict[str, float]:
+    """One TGAN iteration (G step, then critic step on the same fake scores, then the Lipschitz constraint).
+
+    `step` is the 1-based iteration number after this update (the authors' `self.it`), which schedules SVC.
+    """
+    ctx = autocast if autocast is not None else contextlib.nullcontext()
+    z0 = unwrap(gen).sample_z(real.shape[0], device=real.device)
+    with ctx:
+        fake = gen(z0, cond)
+        d_fake = critic(fake, cond)
+        d_real = critic(real, cond)
+        loss_g = generator_loss(d_fake.float())
+        loss_d = critic_loss(d_real.float(), d_fake.float())
+    g_params = [p for p in gen.parameters() if p.requires_grad]
+    d_params = [p for p in critic.parameters() if p.requires_grad]
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward(inputs=g_params, retain_graph=True)
+    scaler.step(opt_g)
+    # The critic's graph of d_fake is reused: its gradients w.r.t. the critic never enter G's graph, so the
+    # G update just made does not matter (the authors unchain the fake video for the same reason).
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward(inputs=d_params)
+    scaler.step(opt_d)
+    scaler.update()
+    largest_sv = apply_lipschitz_constraint_(
+        unwrap(critic),
+        method=cfg.constraint,
+        iteration=step,
+        svc_every=cfg.svc_every,
+        svc_scope=cfg.svc_scope,
+    )
+    metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
+    if largest_sv is not None:
+        metrics["sv_max_before_svc"] = largest_sv
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def with_smoke_store(cfg: TGANConfig) -> TGANConfig:
+    """Under --smoke without --data: generate (once) a tiny 32x32 balls store and train on it."""
+    if cfg.smoke and not cfg.data:
+        return dataclasses.replace(cfg, data=str(smoke_store(params=SMOKE_STORE_PARAMS)))
+    return cfg
+
+
+def load_data(cfg: TGANConfig, run: Run) -> Any:
+    """The training loader over `pipelines`: random `frames`-long windows in [-1, 1], full batches only
+    (BN needs more than one clip, and Chainer's iterator never yields a short batch), plus each clip's meta
+    when the model is conditional."""
+    from pipelines.dataset import VideoDataset
+    from pipelines.loader import make_loader
+
+    dataset = VideoDataset(
+        data_source(cfg),
+        mode="clip",
+        frames=cfg.frames,
+        shuffle=True,
+        seed=cfg.seed,
+        with_meta=bool(cfg.label_key),
+    )
+    return make_loader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=run.device, drop_last=True
+    )
+
+
+def video_shape(loader: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of the store's clips, from the loader's dataset (manifest shape, THWC)
+    or else from its first clip (C, T, H, W), without moving the training loader."""
+    dataset = getattr(loader, "dataset", None)
+    shape = getattr(dataset, "sample_shape", None)
+    if shape is not None:
+        _, height, width, channels = shape
+        return int(channels), int(height), int(width)
+    if dataset is None:
+        raise ValueError("cannot tell the clip shape: the loader has no .dataset")
+    first = next(iter(dataset))["video"]
+    return int(first.shape[0]), int(first.shape[-2]), int(first.shape[-1])
+
+
+def batch_condition(batch: Mapping[str, Any], cfg: TGANConfig, device: torch.device) -> torch.Tensor | None:
+    """Multi-hot (B, n_classes) from each clip's `meta[label_key]` (an int or a list of ints)."""
+    if not cfg.label_key:
+        return None
+    cond = torch.zeros(len(batch["meta"]), cfg.n_classes)
+    for i, meta in enumerate(batch["meta"]):
+        if cfg.label_key not in meta:
+            raise ValueError(f"clip {batch['key'][i]} has no meta key {cfg.label_key!r} (--label-key)")
+        labels = meta[cfg.label_key]
+        labels = labels if isinstance(labels, list) else [labels]
+        if not all(isinstance(k, int) and 0 <= k < cfg.n_classes for k in labels):
+            raise ValueError(
+                f"clip {batch['key'][i]}: meta {cfg.label_key!r} = {labels!r} is not class ids in "
+                f"[0, {cfg.n_classes})"
+            )
+        cond[i, labels] = 1.0
+    return cond.to(device)
+
+
+# ----------------------------------------------------------------------------------------------- samples
+
+
+@torch.no_grad()
+def save_samples(
+    gen: VideoGenerator, z0: torch.Tensor, cond: torch.Tensor | None, out: Path, interp_frames: int
+) -> list[Path]:
+    """GIF + PNG strip of the fixed-z videos and the interpolation GIF (BN in inference mode, as infer.py)."""
+    was_training = gen.training
+    gen.eval()
+    try:
+        z1 = gen.g0(z0, cond)
+        videos = gen.render(z0, z1, cond)  # (N, C, T, H, W)
+        fine = gen.render(z0, interpolate_trajectory(z1, interp_frames), cond)
+    finally:
+        gen.train(was_training)
+    n, c, t, h, w = videos.shape
+    strip = videos.transpose(1, 2).reshape(n * t, c, h, w)  # one row per video
+    return [
+        save_video_gif(videos, out.with_suffix(".gif")),
+        save_image_grid(strip, out.with_suffix(".png"), nrow=t),
+        save_video_gif(fine, out.with_name(out.name + "-interp.gif"), fps=20),
+    ]
+
+
+def fixed_noise(gen: VideoGenerator, cfg: TGANConfig, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """The run's sample z0 (from cfg.seed, independent of the training RNG) and conditions cycling classes."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    z0 = gen.sample_z(cfg.n_samples, generator=g, device="cpu").to(device)
+    cond = None
+    if cfg.n_classes:
+        cond = torch.nn.functional.one_hot(torch.arange(cfg.n_samples) % cfg.n_classes, cfg.n_classes)
+        cond = cond.float().to(device)
+    return z0, cond
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
+    if height != size:
+        raise ValueError(f"TGAN needs square frames; the store's clips are {height}x{size}")
+    if size < 8 or 4 * 2 ** round(math.log2(size / 4)) != size:
+        raise ValueError(f"TGAN needs frames of 4 * 2**n pixels (e.g. 64); the store's are {size}x{size}")
+    if bool(cfg.label_key) != (cfg.n_classes > 0):
+        raise ValueError("a conditional model needs both --label-key and --n-classes > 0")
+    if cfg.svc_every < 1:
+        raise ValueError(f"svc_every must be >= 1, got {cfg.svc_every}")
+
+
+def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
+    """Train; returns the last logged metrics. `loader` replaces the store loader (it must yield the same
+    dict batches as `pipelines.make_loader`)."""
+    cfg = with_smoke_store(cfg)
+    run = start_run(cfg)
+    loader = loader if loader is not None else load_data(cfg, run)
+    channels, height, size = video_shape(loader)
+    _check(cfg, channels, size, height)
+    gen, critic = build_models(cfg, channels=channels, size=size)
+    gen.to(run.device)
+    critic.to(run.device)
+    opt_g, opt_d = make_optimizer(gen, cfg), make_optimizer(critic, cfg)
+    scaler = make_scaler(run.device, cfg.precision)
+    models = {"gen": gen, "critic": critic}
+    optimizers = {"gen": opt_g, "critic": opt_d}
+    step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
+    extra = {"channels": channels, "size": size}
+    gen_t = wrap_ddp(maybe_compile(gen, cfg.compile, run.device), run.world, run.device)
+    critic_t = wrap_ddp(maybe_compile(critic, cfg.compile, run.device), run.world, run.device)
+    z_fixed, cond_fixed = fixed_noise(gen, cfg, run.device)
+    interp = cfg.interp_frames or 2 * cfg.frames - 1
+    last: dict[str, float] = {}
+    epoch = start_epoch
+
+    def checkpoint() -> None:
+        run.save(
+            step=step,
+            epoch=epoch,
+            models=models,
+            optimizers=optimizers,
+            scaler=scaler,
+            loader=loader,
+            extra=extra,
+        )
+
+    def samples() -> None:
+        if run.is_main:
+            save_samples(gen, z_fixed, cond_fixed, run.run_dir / "samples" / f"step-{step:09d}", interp)
+
+    if cfg.max_steps and step >= cfg.max_steps:
+        run.close()
+        return last
+    for epoch, batch in epoch_batches(loader, start_epoch, cfg.epochs, resumed=step > 0):
+        real = batch["video"]
+        if real.shape[2] != cfg.frames:
+            raise ValueError(f"the loader gave clips of {real.shape[2]} frames, the model needs {cfg.frames}")
+        cond = batch_condition(batch, cfg, run.device)
+        step += 1
+        last = train_step(
+            gen_t,
+            critic_t,
+            opt_g,
+            opt_d,
+            scaler,
+            real,
+            cfg=cfg,
+            step=step,
+            cond=cond,
+            autocast=run.autocast(),
+        )
+        if run.due(step, cfg.log_every):
+            run.log(step, last, epoch=epoch)
+        if run.due(step, cfg.sample_every):
+            samples()
+        if run.due(step, cfg.ckpt_every):
+            checkpoint()
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    if not run.due(step, cfg.ckpt_every):
+        checkpoint()
+    if not run.due(step, cfg.sample_every):
+        samples()
+    run.close()
+    return last
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return build_parser(TGANConfig, presets=PRESETS, add_help=add_help, description=__doc__)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser(), TGANConfig, presets=PRESETS, smoke=SMOKE)
