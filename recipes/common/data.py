@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recipes.common.config import TrainConfig
 
 # The --smoke store: a few short 30x30 one-ball clips (FrameGAN's frame size), small enough to build in ~1 s.
@@ -59,9 +61,19 @@ def data_source(cfg: TrainConfig) -> str:
 
 
 def build_loader(
-    cfg: TrainConfig, run: Any, *, mode: str, frames: int | None = None, stride: int = 1, shuffle: bool = True
+    cfg: TrainConfig,
+    run: Any,
+    *,
+    mode: str,
+    frames: int | None = None,
+    stride: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = True,
 ) -> Any:
-    """A resumable loader of dict batches {"key", "video" in [-1, 1] on run.device}."""
+    """A resumable loader of dict batches {"key", "video" float32 in [-1, 1] on run.device}.
+
+    `drop_last` defaults to True: a ragged last batch (size 1 in the worst case) breaks BatchNorm in training.
+    """
     from pipelines.dataset import VideoDataset
     from pipelines.loader import make_loader
 
@@ -69,7 +81,12 @@ def build_loader(
         data_source(cfg), mode=mode, frames=frames, stride=stride, shuffle=shuffle, seed=cfg.seed
     )
     return make_loader(
-        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=run.device, dtype=None
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=run.device,
+        dtype=torch.float32,
+        drop_last=drop_last,
     )
 
 

@@ -1,0 +1,514 @@
+"""FrameGAN (Albuquerque, Monteiro & Falk 2019): frame generator, then a video "navigator" through it.
+
+Stage 1 trains G_F on single frames against K random-projection discriminators; stage 2 trains G_V, whose
+per-frame latents drive the FROZEN G_F, against K 3-D random-projection discriminators. Models:
+`recipes/models/framegan.py`; losses: `recipes/losses/multi_d.py`; plumbing: `recipes/common`.
+
+Run (one process; `--device cuda` or `auto` on a GPU machine):
+
+    python -m recipes.train_framegan --stage 1 --data stores/balls-1b-30px --out-dir runs/gf-1b
+    python -m recipes.train_framegan --stage 2 --data stores/balls-1b-30px --out-dir runs/gv-1b \\
+        --gf-checkpoint runs/gf-1b/checkpoints/ckpt-000031250.pt --eval-videos 256
+    python -m recipes.train_framegan --smoke                 # CI: a few CPU steps on a tiny generated store
+    python -m recipes.train_framegan --stage 1 --preset authors   # the authors' code defaults (see below)
+    python -m recipes.train_framegan --config run.yaml --lr 1e-4  # YAML keys, flags override them
+    python -m recipes.train_framegan --resume auto --out-dir runs/gf-1b   # continue the latest checkpoint
+
+DDP (per-rank batch size; gloo on CPU, nccl on CUDA):
+
+    torchrun --standalone --nproc_per_node=8 -m recipes.train_framegan --stage 1 --data ... --out-dir ...
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST --master_port=29500 \\
+        -m recipes.train_framegan ...      # and --node_rank=1 on the second node
+
+G_F swap (a G_V trained with one G_F samples through another, e.g. 3-ball G_V through a 1-ball G_F):
+
+    python -m recipes.train_framegan --stage 2 --sample-only \\
+        --gv-checkpoint runs/gv-3b/checkpoints/ckpt-X.pt --gf-checkpoint runs/gf-1b/checkpoints/ckpt-Y.pt \\
+        --data stores/balls-1b-30px --out-dir runs/swap \\
+        --eval-videos 256
+
+Defaults, paper vs code (`--defaults`/`--preset`, resolved per stage and recorded in config.yaml):
+    paper   stage 1: K=48, RMSprop lr 3e-4, batch 64, 50 epochs, hypervolume (delta 1.5)
+            stage 2: K=16, RMSprop lr 2e-4, batch 8, 15 epochs, hypervolume (delta 1.5)
+    authors stage 1: K=8, Adam 2e-4 betas (0.5, 0.999), batch 64, 50 epochs, `vanilla` = sum of the K losses
+            stage 2: K=8, Adam 3e-4 betas (0.5, 0.999), batch 128, 200 epochs, hypervolume; plus their
+            uniform projection directions and their raw view(30, B, 128) in G_V (mixes batch items).
+An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
+clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from datagen.store.atomic import write_json_atomic
+from recipes.common import ckpt
+from recipes.common.cli import run_cli
+from recipes.common.config import TrainConfig, apply_overrides, build_parser
+from recipes.common.data import build_loader, data_source, epoch_batches
+from recipes.common.dist import wrap_ddp
+from recipes.common.run import Run, start_run
+from recipes.common.runtime import make_scaler, maybe_compile
+from recipes.common.samples import save_image_grid, save_video_gif
+from recipes.losses.multi_d import combine_generator_losses, discriminator_losses, generator_losses
+from recipes.models.framegan import (
+    FrameGenerator,
+    LoopDiscriminators,
+    VideoGenerator,
+    frame_discriminators,
+    freeze,
+    render_video,
+    video_discriminators,
+)
+
+
+@dataclasses.dataclass
+class FrameGANConfig(TrainConfig):
+    out_dir: str = "runs/framegan"
+    stage: int = 1  # 1 = frame generator G_F, 2 = video generator G_V through a frozen G_F
+    defaults: Literal["paper", "authors"] = "paper"  # table that fills the None fields below, per stage
+    # None = the stage's default from STAGE_DEFAULTS[defaults][stage]
+    batch_size: int | None = None
+    epochs: int | None = None
+    k: int | None = None  # number of discriminators (each behind its own fixed random projection)
+    optimizer: Literal["rmsprop", "adam"] | None = None  # same kind for G and the discriminators
+    lr: float | None = None
+    g_loss: Literal["mean", "sum", "hypervolume"] | None = None  # how G combines the K losses
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam only
+    nadir_slack: float = 1.5  # hypervolume delta: eta = delta * max_k l_k
+    # data and model shapes
+    size: int = 30  # frame size: 30 (paper) or 64
+    channels: int = 1
+    z_dim: int = 100
+    frames: int = 30  # stage 2 clip length (G_V emits frames * 128 before the LSTM)
+    g_width: int = 1024  # G_F channels after the first linear layer (paper 1024)
+    d_width: int = 256  # first discriminator conv's channels (paper 256; later layers x2, x4 / x2, x3)
+    projection_init: Literal["gaussian", "uniform"] = "gaussian"  # rpgan Gaussian / authors' default uniform
+    raw_view: bool = False  # stage 2: reproduce the authors' batch-mixing view(30, B, 128)
+    d_impl: Literal["batched", "loop"] = "batched"  # loop = per-discriminator reference (slow; for checks)
+    # stage 2 inputs, sampling and evaluation
+    gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
+    gv_checkpoint: str = ""  # stage 2 checkpoint to start G_V from (with --sample-only: to sample from)
+    sample_only: bool = (
+        False  # stage 2: no training; samples + evaluation of gv_checkpoint through gf_checkpoint
+    )
+    n_samples: int = 16  # frames (stage 1) or videos (stage 2) in each sample grid
+    eval_videos: int = 0  # stage 2: adjacent-frame MSE rows (real / generated / independent) over this many
+
+
+STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
+    "paper": {
+        1: {
+            "k": 48,
+            "optimizer": "rmsprop",
+            "lr": 3e-4,
+            "batch_size": 64,
+            "epochs": 50,
+            "g_loss": "hypervolume",
+        },
+        2: {
+            "k": 16,
+            "optimizer": "rmsprop",
+            "lr": 2e-4,
+            "batch_size": 8,
+            "epochs": 15,
+            "g_loss": "hypervolume",
+        },
+    },
+    "authors": {  # belaalb/frameGAN frames_generator/train.py and bouncing_balls/train.py argparse defaults
+        1: {"k": 8, "optimizer": "adam", "lr": 2e-4, "batch_size": 64, "epochs": 50, "g_loss": "sum"},
+        2: {
+            "k": 8,
+            "optimizer": "adam",
+            "lr": 3e-4,
+            "batch_size": 128,
+            "epochs": 200,
+            "g_loss": "hypervolume",
+        },
+    },
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"defaults": "paper"},
+    "authors": {"defaults": "authors", "projection_init": "uniform", "raw_view": True},
+}
+SMOKE: dict[str, Any] = {
+    "device": "cpu",
+    "out_dir": "runs/framegan-smoke",
+    "epochs": 2,
+    "max_steps": 8,
+    "batch_size": 8,
+    "k": 4,
+    "g_width": 32,
+    "d_width": 8,
+    "log_every": 2,
+    "sample_every": 4,
+    "ckpt_every": 4,
+    "n_samples": 4,
+}
+
+
+def resolve_defaults(cfg: FrameGANConfig) -> FrameGANConfig:
+    """Fill the None fields from STAGE_DEFAULTS[cfg.defaults][cfg.stage]; check the values that matter."""
+    if cfg.stage not in (1, 2):
+        raise ValueError(f"--stage must be 1 or 2, got {cfg.stage}")
+    table = STAGE_DEFAULTS[cfg.defaults][cfg.stage]
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in table.items() if getattr(cfg, k) is None})
+    if cfg.k < 1 or cfg.batch_size < 2:
+        raise ValueError(
+            f"need k >= 1 and batch_size >= 2 (BatchNorm), got k={cfg.k}, batch {cfg.batch_size}"
+        )
+    if cfg.size not in (30, 64):
+        raise ValueError(f"--size must be 30 or 64, got {cfg.size}")
+    if cfg.g_loss == "hypervolume" and cfg.nadir_slack <= 1:
+        raise ValueError(f"--nadir-slack must be > 1, got {cfg.nadir_slack}")
+    return cfg
+
+
+# --- models and optimizers --------------------------------------------------------------------------------
+
+
+def build_discriminators(cfg: FrameGANConfig) -> nn.Module:
+    """K discriminators of the stage, batched (grouped convs) or as the per-discriminator loop reference."""
+    kw = {
+        "channels": cfg.channels,
+        "width": cfg.d_width,
+        "projection_init": cfg.projection_init,
+        "projection_seed": cfg.seed,
+    }
+    d = (
+        frame_discriminators(cfg.k, size=cfg.size, **kw)
+        if cfg.stage == 1
+        else video_discriminators(cfg.k, **kw)
+    )
+    return LoopDiscriminators.from_batched(d) if cfg.d_impl == "loop" else d
+
+
+def build_frame_generator(cfg: FrameGANConfig) -> FrameGenerator:
+    return FrameGenerator(size=cfg.size, channels=cfg.channels, z_dim=cfg.z_dim, width=cfg.g_width)
+
+
+def load_frame_generator(path: str | Path) -> tuple[FrameGenerator, FrameGANConfig]:
+    """G_F (and the config it was trained with) from a stage 1 checkpoint, on CPU."""
+    state = ckpt.load_checkpoint(path)
+    gf_cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
+    if gf_cfg.stage != 1:
+        raise ValueError(f"{path} is a stage {gf_cfg.stage} checkpoint; --gf-checkpoint needs a stage 1 one")
+    gf = build_frame_generator(gf_cfg)
+    gf.load_state_dict(state["models"]["g"])
+    return gf, gf_cfg
+
+
+def build_video_generator(cfg: FrameGANConfig) -> VideoGenerator:
+    return VideoGenerator(z_dim=cfg.z_dim, code_dim=cfg.z_dim, frames=cfg.frames, raw_view=cfg.raw_view)
+
+
+def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
+    """One optimizer for all K discriminators equals K optimizers: Adam/RMSprop act element-wise."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.RMSprop(params, lr=cfg.lr)
+
+
+# --- one iteration ----------------------------------------------------------------------------------------
+
+
+def train_step(
+    fake_fn: Callable[[torch.Tensor], torch.Tensor],
+    d: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    g_loss: str,
+    nadir_slack: float,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], Any],
+) -> dict[str, float]:
+    """One D update (all K at once) on real + detached fake, then one G update on the same fake batch.
+
+    Real and fake go through D as one concatenated batch (D has no BatchNorm, so this is exact) and the G
+    step calls the unwrapped D with its weights' gradients off, so DDP sees one forward/backward per module.
+    """
+    with autocast():
+        fake = fake_fn(z)
+        logits = d(torch.cat([real, fake.detach()]))
+        d_losses = discriminator_losses(logits[: len(real)], logits[len(real) :])
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(d_losses.sum()).backward()
+    scaler.step(opt_d)
+
+    d_plain = ckpt.unwrap(d)
+    d_plain.requires_grad_(False)
+    with autocast():
+        g_losses = generator_losses(d_plain(fake))
+        g_obj = combine_generator_losses(g_losses, g_loss, nadir_slack)
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(g_obj).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    d_plain.requires_grad_(True)
+    return {
+        "d_loss": d_losses.mean().item(),
+        "g_loss": g_losses.mean().item(),
+        "g_objective": g_obj.item(),
+        "g_loss_max": g_losses.max().item(),
+    }
+
+
+# --- sampling and evaluation ------------------------------------------------------------------------------
+
+
+def fixed_noise(n: int, z_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The same z for every sample grid of a run (own generator: the training RNG stream is untouched)."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+@torch.no_grad()
+def sample(g: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Run a generator in eval mode (BN running statistics) and restore its mode."""
+    g = ckpt.unwrap(g)
+    was_training = g.training
+    g.eval()
+    out = g(z)
+    g.train(was_training)
+    return out
+
+
+def save_samples(run: Run, step: int, frames_or_videos: torch.Tensor) -> None:
+    """Stage 1: a PNG grid of frames. Stage 2: an animated GIF grid, plus a PNG with one row per video."""
+    folder = run.run_dir / "samples"
+    x = frames_or_videos.float()
+    if x.ndim == 4:
+        save_image_grid(x, folder / f"frames-{step:09d}.png")
+        return
+    save_video_gif(x, folder / f"videos-{step:09d}.gif")
+    n, c, t, h, w = x.shape
+    save_image_grid(
+        x[: min(n, 4)].transpose(1, 2).reshape(-1, c, h, w), folder / f"videos-{step:09d}.png", nrow=t
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    gv: nn.Module,
+    gf: nn.Module,
+    real: torch.Tensor,
+    *,
+    n_videos: int,
+    z_dim: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """The paper's Table 1 rows (adjacent-frame MSE of binarised frames): real clips, generated videos, and
+    the baseline of independent N(0, I) latents per frame through G_F."""
+    from recipes.metrics.adjacent_mse import adjacent_mse_summary, independent_latent_videos
+
+    z = torch.randn(n_videos, z_dim, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    generated = render_video(gf, sample(gv, z))
+    independent = independent_latent_videos(
+        gf, n_videos=n_videos, n_frames=real.shape[2], z_dim=z_dim, seed=seed + 2, device=device
+    )
+    return {
+        "real": adjacent_mse_summary(real[:n_videos]),
+        "generated": adjacent_mse_summary(generated),
+        "independent": adjacent_mse_summary(independent),
+    }
+
+
+def real_clips(cfg: FrameGANConfig, run: Run, n: int) -> torch.Tensor:
+    """The first n clips of the store in its unshuffled order (epoch 0), for the real-data row."""
+    loader = build_loader(
+        dataclasses.replace(cfg, batch_size=min(n, 64)),
+        run,
+        mode="clip",
+        frames=cfg.frames,
+        shuffle=False,
+        drop_last=False,
+    )
+    loader.set_epoch(0)
+    clips = []
+    for batch in loader:
+        clips.append(batch["video"])
+        if sum(len(c) for c in clips) >= n:
+            break
+    return torch.cat(clips)[:n]
+
+
+def check_batch(real: torch.Tensor, cfg: FrameGANConfig) -> None:
+    want = (
+        (cfg.channels, cfg.size, cfg.size)
+        if cfg.stage == 1
+        else (cfg.channels, cfg.frames, cfg.size, cfg.size)
+    )
+    if tuple(real.shape[1:]) != want:
+        raise ValueError(
+            f"data batches have shape {tuple(real.shape[1:])} per sample but the models expect {want} "
+            "(set --size/--channels/--frames to match the store)"
+        )
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
+
+def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
+    """Train (or, with --sample-only, sample/evaluate) one stage; returns the last metrics and paths."""
+    cfg = resolve_defaults(cfg)
+    if cfg.smoke and not cfg.data:
+        cfg = dataclasses.replace(cfg, data=data_source(cfg))  # generate the tiny store; record its path
+    run = start_run(cfg)
+    device = run.device
+    try:
+        if cfg.stage == 1:
+            g = build_frame_generator(cfg).to(device)
+            gf = None
+            fake_fn_of = lambda g_: g_  # noqa: E731 - G_F makes frames directly
+        else:
+            gf = _stage2_frame_generator(cfg).to(device)
+            g = build_video_generator(cfg).to(device)
+            if cfg.gv_checkpoint:
+                g.load_state_dict(ckpt.load_checkpoint(cfg.gv_checkpoint)["models"]["g"])
+            fake_fn_of = lambda g_: lambda z: render_video(gf, g_(z))  # noqa: E731
+        d = build_discriminators(cfg).to(device)
+        if cfg.sample_only:
+            return _sample_only(cfg, run, g, gf)
+
+        opt_g, opt_d = make_optimizer(cfg, g.parameters()), make_optimizer(cfg, d.parameters())
+        scaler = make_scaler(device, cfg.precision)
+        if loader is None:
+            loader = build_loader(
+                cfg,
+                run,
+                mode="frame" if cfg.stage == 1 else "clip",
+                frames=None if cfg.stage == 1 else cfg.frames,
+            )
+        models = {"g": g, "d": d} | ({"gf": gf} if gf is not None else {})
+        optimizers = {"g": opt_g, "d": opt_d}
+        step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
+        g_train = wrap_ddp(maybe_compile(g, cfg.compile, device), run.world, device)
+        d_train = wrap_ddp(maybe_compile(d, cfg.compile, device), run.world, device)
+        fake_fn = fake_fn_of(g_train)
+        z_fixed = fixed_noise(cfg.n_samples, cfg.z_dim, cfg.seed, device)
+        saved_at, stats, epoch = -1, {}, start_epoch
+
+        def checkpoint() -> None:
+            nonlocal saved_at
+            run.save(
+                step=step, epoch=epoch, models=models, optimizers=optimizers, scaler=scaler, loader=loader
+            )
+            saved_at = step
+
+        def samples() -> None:
+            if run.is_main:
+                save_samples(
+                    run, step, sample(g, z_fixed) if gf is None else render_video(gf, sample(g, z_fixed))
+                )
+
+        done = bool(cfg.max_steps) and step >= cfg.max_steps
+        for epoch, batch in (
+            []
+            if done
+            else epoch_batches(loader, start_epoch, cfg.epochs, resumed=run.resume_state is not None)
+        ):
+            real = batch["video"]
+            check_batch(real, cfg)
+            z = torch.randn(real.shape[0], cfg.z_dim, device=device)
+            stats = train_step(
+                fake_fn,
+                d_train,
+                opt_g,
+                opt_d,
+                real,
+                z,
+                g_loss=cfg.g_loss,
+                nadir_slack=cfg.nadir_slack,
+                scaler=scaler,
+                autocast=run.autocast,
+            )
+            step += 1
+            if run.due(step, cfg.log_every):
+                run.log(step, stats, epoch=epoch)
+            if run.due(step, cfg.sample_every):
+                samples()
+            if run.due(step, cfg.ckpt_every):
+                checkpoint()
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if saved_at != step:
+            checkpoint()
+        samples()
+        result: dict[str, Any] = {
+            "step": step,
+            "stats": stats,
+            "checkpoint": str(ckpt.checkpoint_path(run.run_dir, step)),
+        }
+        if cfg.stage == 2 and cfg.eval_videos > 0:
+            result["eval"] = _evaluate_and_record(cfg, run, g, gf)
+        return result
+    finally:
+        run.close()
+
+
+def _stage2_frame_generator(cfg: FrameGANConfig) -> FrameGenerator:
+    """The frozen G_F of stage 2: from --gf-checkpoint (sizes from its config), random only under --smoke."""
+    if cfg.gf_checkpoint:
+        gf, gf_cfg = load_frame_generator(cfg.gf_checkpoint)
+        if (gf_cfg.size, gf_cfg.channels, gf_cfg.z_dim) != (cfg.size, cfg.channels, cfg.z_dim):
+            raise ValueError(
+                f"G_F in {cfg.gf_checkpoint} makes {gf_cfg.channels}x{gf_cfg.size}x{gf_cfg.size} "
+                f"frames from z_dim {gf_cfg.z_dim}; this run expects {cfg.channels}x{cfg.size}x"
+                f"{cfg.size} from {cfg.z_dim}"
+            )
+    elif cfg.smoke:
+        print("--smoke without --gf-checkpoint: stage 2 runs through a randomly initialised G_F", flush=True)
+        gf = build_frame_generator(cfg)
+    else:
+        raise ValueError("stage 2 needs --gf-checkpoint (a stage 1 checkpoint)")
+    return freeze(gf)
+
+
+def _sample_only(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) -> dict[str, Any]:
+    if cfg.stage != 2 or not cfg.gv_checkpoint:
+        raise ValueError(
+            "--sample-only needs --stage 2 and --gv-checkpoint (and --gf-checkpoint to swap G_F)"
+        )
+    z = fixed_noise(cfg.n_samples, cfg.z_dim, cfg.seed, run.device)
+    if run.is_main:
+        save_samples(run, 0, render_video(gf, sample(gv, z)))
+    result: dict[str, Any] = {"step": 0}
+    if cfg.eval_videos > 0:
+        result["eval"] = _evaluate_and_record(cfg, run, gv, gf)
+    return result
+
+
+def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) -> dict[str, Any]:
+    real = real_clips(cfg, run, cfg.eval_videos)
+    rows = evaluate(gv, gf, real, n_videos=len(real), z_dim=cfg.z_dim, seed=cfg.seed, device=run.device)
+    rows["protocol"] = {
+        "metric": "adjacent_frame_mse_binarised",
+        "frames": cfg.frames,
+        "n_videos": len(real),
+        "data": data_source(cfg),
+        "gf_checkpoint": cfg.gf_checkpoint,
+        "gv_checkpoint": cfg.gv_checkpoint,
+    }
+    if run.is_main:
+        write_json_atomic(run.run_dir / "eval.json", rows)
+        print(json.dumps(rows, sort_keys=True), flush=True)
+    return rows
+
+
+def get_args_parser(add_help: bool = True):
+    return build_parser(FrameGANConfig, presets=PRESETS, add_help=add_help, description=__doc__)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser(), FrameGANConfig, presets=PRESETS, smoke=SMOKE)
