@@ -145,9 +145,14 @@ def reference_clip(
     size: int,
     speed: float,
     overlap: str,
-) -> np.ndarray:
-    """One video (T, H, W) the straightforward way, as the authors' handler: per digit, frame and wall."""
+) -> tuple[np.ndarray, list, list]:
+    """One video (T, H, W) the straightforward way, as the authors' handler: per digit, frame and wall.
+
+    Also returns the top-left corners [t][d] = [y, x] and velocities [t][d] = [vy, vx] in pixels per frame.
+    """
     video = np.zeros((frames, size, size), np.uint8)
+    top_left = [[[0, 0] for _ in images] for _ in range(frames)]
+    velocity = [[[0.0, 0.0] for _ in images] for _ in range(frames)]
     sin, cos = np.sin(theta), np.cos(theta)  # as the authors: one numpy call over all digits
     for d in range(len(images)):
         h, w = images[d].shape
@@ -165,12 +170,36 @@ def reference_clip(
             if y >= 1.0:
                 y, vy = 1.0, -vy
             top, left = int((size - h) * y), int((size - w) * x)
+            top_left[t][d] = [top, left]
+            velocity[t][d] = [vy * (speed * (size - h)), vx * (speed * (size - w))]
             region = video[t, top : top + h, left : left + w]
             if overlap == "max":
                 region[...] = np.maximum(region, images[d])
             else:
                 region[...] = np.minimum(region.astype(np.uint16) + images[d], 255)
-    return video
+    return video, top_left, velocity
+
+
+def reference_sample(digits: DigitSet, params: dict[str, Any], seed: int, index: int) -> Sample:
+    """Sample `index` built by `reference_clip`: the same bytes as `MNIST.generate`, the slow way."""
+    start, theta, ids = draw_sample(seed, index, params["digits"], len(digits.labels))
+    video, top_left, velocity = reference_clip(
+        digits.images[ids],
+        start,
+        theta,
+        frames=params["frames"],
+        size=params["size"],
+        speed=params["speed"],
+        overlap=params["overlap"],
+    )
+    meta = {
+        "index": index,
+        "labels": digits.labels[ids].tolist(),
+        "digit_ids": digits.source_index[ids].tolist(),
+        "positions": top_left,
+        "velocities": velocity,
+    }
+    return Sample(sample_key(index), video[..., None], meta)
 
 
 class MovingMnist:

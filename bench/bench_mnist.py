@@ -1,0 +1,111 @@
+"""Moving MNIST throughput in MB/s of clip bytes: fast path vs per-digit, per-frame reference vs plain writes.
+
+All in one process on one core, into the same folder (so the same disk), in this order:
+1. plain: write the same number of bytes sequentially (1 MiB blocks, one file per shard, fsync), the floor;
+2. fast generate only: `MNIST.generate` for every index, nothing written;
+3. reference generate only: `reference_sample` (the authors' loops) for every index;
+4. fast end to end: the real `datagen mnist --workers 0` path (`generation_job` + `run_store_job`: shards,
+   fsync, sha256, manifest);
+5. reference end to end: reference samples through the same shard writer (`write_shard`, no manifest).
+Both end-to-end runs must give byte-identical shards (checked). Usage:
+
+    python bench/bench_mnist.py                # the full 10,000-video set, 20x64x64
+    python bench/bench_mnist.py --n 2000 --dir /mnt/fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datagen.jobs import generation_job, run_store_job
+from datagen.sim.mnist import MNIST, reference_sample
+from datagen.sources.mnist import load_digits
+from datagen.store.manifest import shard_name, write_shard
+
+
+def plain_write(folder: Path, n_bytes: int, shard_bytes: int) -> float:
+    block = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    start = time.perf_counter()
+    for i, lo in enumerate(range(0, n_bytes, shard_bytes)):
+        left = min(shard_bytes, n_bytes - lo)
+        with open(folder / f"plain-{i:06d}.bin", "wb") as f:
+            while left > 0:
+                left -= f.write(block[: min(left, len(block))])
+            f.flush()
+            os.fsync(f.fileno())
+    return time.perf_counter() - start
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000, help="videos")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to write (the disk)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    params = MNIST.validate({"frames": args.frames})
+    digits = load_digits(params["source"])
+    n, clip_bytes = args.n, int(np.prod(MNIST.sample_shape(params)))
+    total = n * clip_bytes
+    work = Path(tempfile.mkdtemp(prefix="bench_mnist_", dir=args.dir))
+    rows: dict[str, float] = {}
+    try:
+        rows["plain sequential write (fsync)"] = plain_write(work, total, args.shard_size * clip_bytes)
+        for p in work.glob("plain-*"):
+            p.unlink()
+
+        rows["fast: generate only"] = timed(lambda: sum(1 for _ in MNIST.generate(params, args.seed, 0, n)))
+        rows["reference: generate only"] = timed(
+            lambda: [reference_sample(digits, params, args.seed, i) for i in range(n)]
+        )
+
+        job = generation_job(
+            work / "fast", "mnist", params, seed=args.seed, n=n, shard_size=args.shard_size, formats=["wds"]
+        )
+        rows["fast: end to end (datagen mnist --workers 0)"] = timed(lambda: run_store_job(job, workers=0))
+
+        (work / "ref").mkdir()
+
+        def reference_store() -> None:
+            for shard, lo in enumerate(range(0, n, args.shard_size)):
+                hi = min(n, lo + args.shard_size)
+                samples = [reference_sample(digits, params, args.seed, i) for i in range(lo, hi)]
+                write_shard(work / "ref", shard_name("mnist", shard, "wds"), "wds", samples)
+
+        rows["reference: end to end (same shard writer)"] = timed(reference_store)
+        for tar in sorted((work / "fast").glob("*.tar")):
+            assert tar.read_bytes() == (work / "ref" / tar.name).read_bytes(), f"{tar.name} differs"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    mb = total / 1e6
+    print(f"Moving MNIST: {n} videos of {params['frames']}x64x64, {mb:.0f} MB of clips, one core, {args.dir}")
+    print(f"{'':48s} {'seconds':>8s} {'MB/s':>8s} {'videos/s':>9s}")
+    for name, seconds in rows.items():
+        print(f"{name:48s} {seconds:8.2f} {mb / seconds:8.0f} {n / seconds:9.0f}")
+    plain = rows["plain sequential write (fsync)"]
+    fast, ref = rows["fast: generate only"], rows["reference: generate only"]
+    fast_e2e = rows["fast: end to end (datagen mnist --workers 0)"]
+    ref_e2e = rows["reference: end to end (same shard writer)"]
+    print(f"fast / reference, generate only: {ref / fast:.1f}x")
+    print(f"fast / reference, end to end:    {ref_e2e / fast_e2e:.1f}x")
+    print(f"fast end to end / plain write:   {plain / fast_e2e:.2f} of the plain write rate (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
