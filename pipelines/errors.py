@@ -10,7 +10,8 @@ class PipelineError(ValueError):
 class ShardError(PipelineError):
     """A shard is missing, truncated, corrupt or disagrees with the manifest; `shard` names it."""
 
-    def __init__(self, shard: str, reason: str) -> None:
-        super().__init__(f"shard {shard}: {reason}")
+    def __init__(self, shard: str, reason: str | None = None) -> None:
+        # One-argument form: the full message (how DataLoader re-raises a worker's exception).
+        super().__init__(shard if reason is None else f"shard {shard}: {reason}")
         self.shard = shard
         self.reason = reason

@@ -1,7 +1,7 @@
 """Streaming loaders on tiny real stores (both formats), written with the project's own shard writers.
 
-Sample ``i`` has every pixel = ``i % 256`` except pixel (0, 0) of frame ``t``, which holds ``t``: so a batch tells
-which sample (pixel (1, 1)) and which frames (pixel (0, 0)) it contains.
+Sample ``i`` has every pixel = ``i % 256`` except pixel (0, 0) of frame ``t``, which holds ``t``: so a batch
+tells which sample (pixel (1, 1)) and which frames (pixel (0, 0)) it contains.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def make_store(
     shape=SHAPE,
     last: int | None = None,
 ) -> Path:
-    """A store of ``n_shards`` shards of ``per_shard`` samples (``last`` in the final one), in both formats."""
+    """A store of ``n_shards`` shards of ``per_shard`` samples (``last`` in the final one)."""
     root.mkdir(parents=True, exist_ok=True)
     entries, index = [], 0
     for s in range(n_shards):
@@ -96,10 +96,10 @@ def test_exact_blocks_cover_epoch_once_per_rank_set():
 
 
 def test_resampled_blocks_are_endless_and_deterministic():
-    take = lambda: [
-        b
-        for _, b in zip(range(20), resampled_blocks([5, 5, 5], seed=0, epoch=0, world=World(), block_size=4))
-    ]
+    def take():
+        blocks = resampled_blocks([5, 5, 5], seed=0, epoch=0, world=World(), block_size=4)
+        return [next(blocks) for _ in range(20)]
+
     first, second = take(), take()
     assert first == second and len(first) == 20
     assert all(b.known_size == 4 for b in first)
