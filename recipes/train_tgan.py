@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from recipes.common.ckpt import unwrap
@@ -136,13 +137,15 @@ def train_step(
     step: int,
     cond: torch.Tensor | None = None,
     autocast: Any = None,
+    noise: torch.Generator | None = None,
 ) -> dict[str, float]:
     """One TGAN iteration (G step, then critic step on the same fake scores, then the Lipschitz constraint).
 
     `step` is the 1-based iteration number after this update (the authors' `self.it`), which schedules SVC.
+    `noise` draws z0 (the global torch RNG when None).
     """
     ctx = autocast if autocast is not None else contextlib.nullcontext()
-    z0 = unwrap(gen).sample_z(real.shape[0], device=real.device)
+    z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
     with ctx:
         fake = gen(z0, cond)
         d_fake = critic(fake, cond)
@@ -261,6 +264,14 @@ def save_samples(
     ]
 
 
+def step_noise(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of iteration `step`'s z0 on `rank`: a pure function of (seed, rank, step), so a resumed
+    run draws exactly the noise an uninterrupted one would (the global RNG is also consumed by DataLoader
+    iterators, whose number differs between the two) and DDP ranks draw different noise."""
+    state = np.random.SeedSequence((seed, rank, step)).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
 def fixed_noise(gen: VideoGenerator, cfg: TGANConfig, device: torch.device) -> tuple[torch.Tensor, Any]:
     """The run's sample z0 (from cfg.seed, independent of the training RNG) and conditions cycling classes."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -345,6 +356,7 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
             step=step,
             cond=cond,
             autocast=run.autocast(),
+            noise=step_noise(cfg.seed, run.world.rank, step, run.device),
         )
         if run.due(step, cfg.log_every):
             run.log(step, last, epoch=epoch)
