@@ -25,16 +25,19 @@ Ground truth in `meta` (pixel units: x = column, y = row, pixel centres at integ
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from datagen.errors import DatagenError
-from datagen.sim.balls_reference import EPS, pixel_centres, to_uint8
+from datagen.sim.balls_reference import EPS, pixel_centres
 from datagen.store.sample import Sample, sample_key
 
 DEFAULTS: dict[str, Any] = {"n_balls": 3, "frames": 30, "size": 30, "radius": 1.2, "box": 10.0}
@@ -45,6 +48,8 @@ MIN_ACCEPTANCE = 1e-4
 """Smallest acceptance rate of the initial-position rejection sampler that `validate` allows."""
 BATCH = 512
 """Videos simulated together (physics is vectorized over them)."""
+Q_CAP = 5.0
+"""Cap on (d / r)^2 (half of it per axis): exp(-5^4) ~ 4e-272 instead of an underflowing exp(-huge) = 0."""
 RENDER_BYTES = 1 << 19
 """Size of one float64 window block while rendering: small enough to stay in cache."""
 
@@ -193,19 +198,19 @@ def render(positions: np.ndarray, res: int, radius: float, box: float) -> np.nda
 def _render_block(
     pos: np.ndarray, start: np.ndarray, windows: np.ndarray, lo: int, centres: np.ndarray, W: int, r2: float
 ) -> None:
+    """Windows of frames lo.. of `windows`; the frame axis is innermost so numpy's loops run long."""
     F, n, _ = pos.shape
-    span = np.arange(W)
+    span = np.arange(W)[:, None]
     frames = np.arange(lo, lo + F)
-    q = np.empty((F, W, W))
-    total = np.empty((F, W, W))
+    q = np.empty((W, W, F))
+    total = np.empty((W, W, F))
     for b in range(n):
-        cx = centres[start[:, b, 0, None] + span]  # (F, W) window column centres
-        cy = centres[start[:, b, 1, None] + span]
+        cx = centres[start[:, b, 0] + span]  # (W, F): column centres of ball b's window
+        cy = centres[start[:, b, 1] + span]  # (W, F): row centres
         for c in range(n):
-            dx2 = (cx - pos[:, c, 0, None]) ** 2
-            dy2 = (cy - pos[:, c, 1, None]) ** 2
-            np.add(dx2[:, None, :], dy2[:, :, None], out=q)
-            np.divide(q, r2, out=q)
+            qx = _scaled_square_distance(cx, pos[:, c, 0], r2)
+            qy = _scaled_square_distance(cy, pos[:, c, 1], r2)
+            np.add(qx[None, :, :], qy[:, None, :], out=q)  # (row, col, frame)
             np.multiply(q, q, out=q)
             np.multiply(q, q, out=q)
             np.negative(q, out=q)
@@ -214,7 +219,23 @@ def _render_block(
             else:
                 np.exp(q, out=q)
                 np.add(total, q, out=total)
-        windows[frames, start[:, b, 1], start[:, b, 0]] = to_uint8(total)
+        # to_uint8 for values >= 0, in place
+        np.minimum(total, 1.0, out=total)
+        np.multiply(total, 255.0, out=total)
+        np.rint(total, out=total)
+        windows[frames, start[:, b, 1], start[:, b, 0]] = total.astype(np.uint8).transpose(2, 0, 1)
+
+
+def _scaled_square_distance(centres: np.ndarray, x: np.ndarray, r2: float) -> np.ndarray:
+    """min((centres - x)^2 / r^2, Q_CAP / 2) for window centres (W, F) and ball coordinates (F,).
+
+    The cap keeps exp(-q^4) off numpy's slow underflow path. A capped term has q >= Q_CAP / 2, so both the
+    true and the capped value are below exp(-(Q_CAP / 2)^4) ~ 1e-17: no stored byte can tell them apart.
+    """
+    d = centres - x
+    np.multiply(d, d, out=d)
+    np.divide(d, r2, out=d)
+    return np.minimum(d, Q_CAP / 2, out=d)
 
 
 # --- the generator ------------------------------------------------------------------------------------
@@ -232,15 +253,30 @@ def simulate_balls(params: Mapping[str, Any], seed: int, indices: range) -> tupl
 def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[dict[str, Any]]:
     """Per-sample `meta`: positions and velocities in pixels (x = column, y = row), radius in pixels."""
     scale = params["size"] / params["box"]
-    positions = np.round(traj.positions * scale - 0.5, META_DECIMALS).tolist()
-    velocities = np.round(traj.velocities * scale, META_DECIMALS).tolist()
     radius_px = round(params["radius"] * scale, META_DECIMALS)
-    return [
-        {"index": i, "n_balls": params["n_balls"], "radius_px": radius_px, "positions": p, "velocities": v}
-        for i, p, v in zip(indices, positions, velocities, strict=True)
-    ]
+    with _gc_paused():  # ~250 lists per sample: the cyclic GC would rescan them over and over (4x slower)
+        positions = np.round(traj.positions * scale - 0.5, META_DECIMALS).tolist()
+        velocities = np.round(traj.velocities * scale, META_DECIMALS).tolist()
+        n = params["n_balls"]
+        return [
+            {"index": i, "n_balls": n, "radius_px": radius_px, "positions": p, "velocities": v}
+            for i, p, v in zip(indices, positions, velocities, strict=True)
+        ]
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (the lists built here hold only floats: no cycles to find)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@lru_cache(maxsize=64)
 def acceptance_rate(n_balls: int, radius: float, box: float, tries: int = 100_000) -> float:
     """Fraction of initial-position draws the rejection sampler accepts (Monte Carlo, fixed seed)."""
     rng = np.random.default_rng(0)

@@ -118,7 +118,10 @@ def matricize(X: np.ndarray, res: int, r: np.ndarray | None = None, size: float 
 
 def to_uint8(A: np.ndarray) -> np.ndarray:
     """Storage quantization: round(clip(A, 0, 1) * 255), ties to even (np.rint), as uint8."""
-    return np.rint(np.clip(A, 0.0, 1.0) * 255.0).astype(np.uint8)
+    scaled = np.minimum(A, 1.0)
+    np.maximum(scaled, 0.0, out=scaled)
+    np.multiply(scaled, 255.0, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def reference_video(
