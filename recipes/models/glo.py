@@ -128,8 +128,10 @@ class TwoStreamGenerator(nn.Module):
         video = m * f + (1 - m) * b.unsqueeze(2)  # broadcasting replicates m over C and b over T
         return TwoStreamOutput(video, f, b, m)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.parts(z).video
+    def forward(self, z: torch.Tensor, *, parts: bool = False) -> torch.Tensor | TwoStreamOutput:
+        """The video, or with ``parts=True`` all that :meth:`parts` returns (DDP wrappers can ask for it)."""
+        out = self.parts(z)
+        return out if parts else out.video
 
 
 def mask_l1_penalty(mask: torch.Tensor, weight: float = 0.1) -> torch.Tensor:
