@@ -1,4 +1,4 @@
-"""The GLO recipe end to end on CPU: smoke run on a generated balls store, exact resume, CLI errors, FVD table."""
+"""The GLO recipe end to end on CPU: smoke run on a generated balls store, exact resume, CLI errors, table."""
 
 from __future__ import annotations
 
