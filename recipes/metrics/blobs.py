@@ -35,6 +35,8 @@ class Blobs:
     centroid: np.ndarray  # (K, 2) float (row, col) in pixel-centre coordinates
     area: np.ndarray  # (K,) int pixels above the threshold
     bbox: np.ndarray  # (K, 4) int (row0, col0, row1, col1), half-open
+    label: np.ndarray  # (K,) int: the component's value in ``label_image``
+    label_image: np.ndarray  # (B, T, H, W) int: component labels of the (dilated) mask
     shape: tuple[int, int, int, int]  # (B, T, H, W)
 
     def in_frame(self, v: int, t: int) -> np.ndarray:
@@ -61,8 +63,8 @@ def detect_blobs(
         disk = np.zeros((1, 1, 2 * dilate + 1, 2 * dilate + 1), bool)
         disk[0, 0] = _disk(dilate)
         grown = ndimage.binary_dilation(mask, structure=disk)
-    labels, k = ndimage.label(grown, structure=within_frame)
-    labels = np.where(mask, labels, 0)
+    grown_labels, k = ndimage.label(grown, structure=within_frame)
+    labels = np.where(mask, grown_labels, 0)
     idx = np.flatnonzero(labels)
     lab = labels.ravel()[idx]
     v, t, r, c = np.unravel_index(idx, labels.shape)
@@ -91,7 +93,16 @@ def detect_blobs(
     keep = np.flatnonzero(area >= max(min_area, 1))
     keep = keep[keep > 0]
     order = keep[np.lexsort((centroid[keep, 1], centroid[keep, 0], frame[keep], video[keep]))]
-    return Blobs(video[order], frame[order], centroid[order], area[order], bbox[order], frames.shape)
+    return Blobs(
+        video[order],
+        frame[order],
+        centroid[order],
+        area[order],
+        bbox[order],
+        order,
+        grown_labels,
+        frames.shape,
+    )
 
 
 def _disk(radius: int) -> np.ndarray:
