@@ -297,3 +297,34 @@ def test_gmm_uses_at_most_one_component_per_code_and_reloads_its_size(tmp_path):
     assert isinstance(make_mapping("vae", 6), VAEMapping)
     with pytest.raises(ValueError):
         make_mapping("flow", 6)
+
+
+# --- video perceptual distance on I3D features ----------------------------------------------------------
+
+
+def test_i3d_distance_matches_separate_feature_passes():
+    from recipes.losses.i3d_perceptual import I3DDistance
+    from recipes.models.i3d import InceptionI3d
+
+    torch.manual_seed(0)
+    i3d = InceptionI3d().eval()
+    taps = ("Conv3d_2c_3x3", "Mixed_3c")
+    dist = I3DDistance(i3d, taps)
+    x = torch.rand(2, 1, 4, 16, 16) * 2 - 1
+    y = (x.flip(-1) * 0.8).requires_grad_(True)
+    got = dist(y, x)
+    expected = (y - x).abs().flatten(1).mean(1)
+    hx, hy = x.expand(-1, 3, -1, -1, -1), y.expand(-1, 3, -1, -1, -1)
+    for name, layer in i3d.features.items():
+        hx, hy = layer(hx), layer(hy)
+        if name in taps:
+            expected = expected + (hy - hx).abs().flatten(1).mean(1)
+        if name == taps[-1]:
+            break
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    assert y.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in dist.parameters())
+    assert torch.all(dist(x, x) == 0)
+    with pytest.raises(ValueError):
+        I3DDistance(i3d, ("Mixed_9z",))

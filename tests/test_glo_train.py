@@ -110,3 +110,36 @@ def test_fvd_table_has_one_column_per_loss(tmp_path):
     table = fvd_table([tmp_path / "lap", tmp_path / "i3d"]).splitlines()
     assert table[0] == "| mapping | lap | i3d |"
     assert "| imle | 2651.0 | 2305.0 |" in table and "| gmm | 2701.0 | n/a |" in table
+
+
+def test_reconstruction_loss_sums_the_configured_terms(tmp_path):
+    from recipes.losses.laplacian import LaplacianLoss
+    from recipes.losses.vgg_perceptual import VGGDistance, vgg16_features
+    from recipes.models.glo import TwoStreamGenerator
+    from recipes.train_glo import ReconstructionLoss, loss_name
+
+    torch.manual_seed(0)
+    torch.save(vgg16_features().state_dict(), tmp_path / "vgg.pth")
+    weights = str(tmp_path / "vgg.pth")
+    cfg = dataclasses.replace(
+        GLOConfig(), w_l1=0.5, w_vgg=0.25, vgg_weights=weights, vgg_levels=2, w_mask=0.1
+    )
+    assert loss_name(cfg) == "lap+l1+vgg+mask"
+    gen = TwoStreamGenerator(8, frames=4, size=16, channels=1, width=4)
+    out = gen.parts(torch.randn(2, 8))
+    real = torch.rand(2, 1, 4, 16, 16) * 2 - 1
+    total, terms = ReconstructionLoss(cfg)(out, real)
+    vgg = VGGDistance(vgg16_features(), levels=2)
+    vgg.features.load_state_dict(torch.load(tmp_path / "vgg.pth", weights_only=True), strict=False)
+    expected = {
+        "lap": LaplacianLoss(3)(out.video, real).mean(),
+        "l1": 0.5 * (out.video - real).abs().mean(),
+        "vgg": 0.25 * vgg(out.video, real).mean(),
+        "mask": 0.1 * out.mask.mean(),
+    }
+    assert set(terms) == set(expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(terms[k], v, msg=k)
+    torch.testing.assert_close(total, sum(expected.values()))
+    with pytest.raises(ValueError, match="vgg-weights"):
+        ReconstructionLoss(dataclasses.replace(cfg, vgg_weights=""))
