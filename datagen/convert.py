@@ -23,7 +23,6 @@ from datagen.store.sample import Sample, sample_key
 
 TEST_SEQ_FRAMES = 20
 TEST_SEQ_SIZE = 64
-TEST_SEQ_MD5 = "be083ec986bfe91a449d63653c411eb2"  # the published 10,000-sequence file
 CHUNK = 256  # sequences read from the memory map per block
 
 
