@@ -244,7 +244,9 @@ def _scaled_square_distance(centres: np.ndarray, x: np.ndarray, r2: float) -> np
 def simulate_balls(params: Mapping[str, Any], seed: int, indices: range) -> tuple[np.ndarray, Trajectories]:
     """uint8 videos (N, T, H, W, 1) and world-unit trajectories for the given global sample indices."""
     n, r, box = params["n_balls"], params["radius"], params["box"]
-    x0, v0 = initial_states(n, r, box, seed, indices)
+    rate = acceptance_rate(n, r, box)  # draw enough candidates at once that most samples need one block
+    first_block = 256 if rate <= 0 else int(min(256, max(16, math.ceil(4 / rate))))
+    x0, v0 = initial_states(n, r, box, seed, indices, first_block)
     traj = simulate(x0, v0, params["frames"], r, box)
     video = render(traj.positions, params["size"], r, box)
     return video[..., None], traj
