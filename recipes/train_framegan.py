@@ -420,7 +420,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         ):
             real = batch["video"]
             check_batch(real, cfg)
-            z = torch.randn(real.shape[0], cfg.z_dim, device=device)
+            z = run.randn(real.shape[0], cfg.z_dim)  # own generator: resumes bitwise
             stats = train_step(
                 fake_fn,
                 d_train,

@@ -39,8 +39,8 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
             return module
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's torch / CUDA / numpy / python RNG states as tensors and primitives."""
+def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """This process's torch / CUDA / numpy / python RNG states and named generators, as tensors/primitives."""
     np_state = np.random.get_state(legacy=False)
     py_version, py_internal, py_gauss = random.getstate()
     return {
@@ -54,11 +54,12 @@ def rng_state() -> dict[str, Any]:
             "gauss": float(np_state["gauss"]),
         },
         "python": [py_version, list(py_internal), py_gauss],
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what `rng_state()` captured."""
+def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Restore what `rng_state()` captured (named generators included)."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
@@ -73,6 +74,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    for name, g in (generators or {}).items():
+        g.set_state(state["generators"][name])
 
 
 def build_checkpoint(
@@ -129,6 +132,7 @@ def restore_checkpoint(
     optimizers: Mapping[str, torch.optim.Optimizer],
     scaler: torch.amp.GradScaler | None,
     rank: int = 0,
+    generators: Mapping[str, torch.Generator] | None = None,
 ) -> None:
     """Load weights, optimizer/scaler state and this rank's RNG state back into live objects."""
     for name, model in models.items():
@@ -139,7 +143,7 @@ def restore_checkpoint(
         scaler.load_state_dict(state["scaler"])
     rngs = state["rng"]
     if rngs:
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0], generators)
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:

@@ -3,6 +3,10 @@
 `start_run(cfg)` does the set-up every recipe repeats (torchrun env, seeding with seed + rank, run dir,
 `config.yaml`, reading the resume checkpoint once) and returns a `Run`; the recipe's own loop then calls
 `run.restore(...)`, `run.autocast()`, `run.due(step, every)`, `run.log(...)`, `run.save(...)`, `run.close()`.
+
+Draw training noise from `run.noise` (or `run.randn(...)`): a torch.Generator on the device, seeded
+seed + rank, saved and restored with every checkpoint. Never use the global torch RNG for training noise:
+creating a DataLoader iterator consumes a global draw, so global-RNG noise cannot resume bitwise.
 """
 
 from __future__ import annotations
@@ -39,11 +43,16 @@ class Run:
     logger: MetricLogger
     resume_state: dict[str, Any] | None = None  # the checkpoint to resume from, loaded once
     resume_path: Path | None = None
+    noise: torch.Generator | None = None  # the recipe's training-noise stream (set by start_run)
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def is_main(self) -> bool:
         return is_main(self.world)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise on the run's device from `run.noise` (resumes bitwise)."""
+        return torch.randn(*shape, generator=self.noise, device=self.device)
 
     def autocast(self):
         return autocast(self.device, self.cfg.precision)
@@ -71,7 +80,12 @@ class Run:
         if state is None:
             return 0, 0, {}
         ckpt.restore_checkpoint(
-            state, models=models, optimizers=optimizers, scaler=scaler, rank=self.world.rank
+            state,
+            models=models,
+            optimizers=optimizers,
+            scaler=scaler,
+            rank=self.world.rank,
+            generators={"noise": self.noise},
         )
         if loader is not None and state["loader"]:
             loader.load_state_dict(state["loader"])
@@ -91,7 +105,7 @@ class Run:
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes). Returns the path."""
-        rngs = gather_objects(ckpt.rng_state(), self.world)
+        rngs = gather_objects(ckpt.rng_state({"noise": self.noise}), self.world)
         path = ckpt.checkpoint_path(self.run_dir, step)
         if self.is_main:
             state = ckpt.build_checkpoint(
@@ -127,6 +141,7 @@ def start_run(cfg: TrainConfig) -> Run:
     logger = MetricLogger(
         run_dir, enabled=is_main(world), resume_step=state["step"] if state is not None else None
     )
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)
     return Run(
         cfg=cfg,
         world=world,
@@ -135,4 +150,5 @@ def start_run(cfg: TrainConfig) -> Run:
         logger=logger,
         resume_state=state,
         resume_path=resume_path,
+        noise=noise,
     )

@@ -1,0 +1,190 @@
+"""FrameGAN models and multi-discriminator losses: authors' shapes, fixed projections, batched == loop, HV."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from recipes.losses.multi_d import (
+    combine_generator_losses,
+    discriminator_losses,
+    generator_losses,
+    hypervolume_loss,
+)
+from recipes.models.framegan import (
+    FrameGenerator,
+    LoopDiscriminators,
+    MultiDiscriminator,
+    VideoGenerator,
+    frame_discriminators,
+    freeze,
+    render_video,
+    video_discriminators,
+)
+from recipes.train_framegan import train_step
+
+
+def conv_output_shapes(d: MultiDiscriminator, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Spatial shape after every grouped conv (hooks), and check channel counts are K * out."""
+    shapes = []
+    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:]))) for c in d.convs]
+    d(x)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def test_frame_generator_shapes_30_and_64() -> None:
+    g = FrameGenerator()  # paper widths: Linear 100 -> 2*2*1024, ConvT 1024 -> 1024 -> 512 -> 256 -> 1
+    assert g.fc[0].weight.shape == (2 * 2 * 1024, 100)
+    convs = [m for m in g.deconv if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.padding) for c in convs] == [
+        (1024, 1024, (1, 1)),
+        (1024, 512, (1, 1)),
+        (512, 256, (1, 1)),
+        (256, 1, (2, 2)),
+    ]
+    x = g(torch.randn(3, 100))
+    assert x.shape == (3, 1, 30, 30) and x.abs().max() <= 1
+    g64 = FrameGenerator(size=64, channels=3, width=64)
+    assert g64(torch.randn(2, 100)).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="30 or 64"):
+        FrameGenerator(size=32)
+
+
+def test_frame_discriminator_authors_shapes() -> None:
+    d = frame_discriminators(2, width=256)
+    assert [c.out_channels for c in d.convs] == [2 * 256, 2 * 512, 2 * 1024, 2 * 1]
+    assert all(c.groups == 2 for c in d.convs) and d.projection.shape == (2, 1, 8, 8)
+    shapes = conv_output_shapes(d, torch.randn(3, 1, 30, 30))
+    assert shapes == [(512, 8, 8), (1024, 4, 4), (2048, 2, 2), (2, 1, 1)]  # 30 -P-> 15 -> 8 -> 4 -> 2 -> 1
+    d64 = frame_discriminators(3, size=64, channels=3, width=4)
+    assert conv_output_shapes(d64, torch.randn(2, 3, 64, 64))[-1] == (3, 1, 1)
+    assert d64(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_video_discriminator_authors_shapes() -> None:
+    d = video_discriminators(1, width=256)
+    assert d.projection.shape == (1, 1, 1, 8, 8)
+    shapes = conv_output_shapes(d, torch.randn(2, 1, 30, 30, 30))
+    assert shapes == [(256, 15, 4, 4), (512, 7, 3, 3), (768, 4, 2, 2), (1, 1, 1, 1)]
+    assert d(torch.randn(2, 1, 30, 30, 30)).shape == (2, 1)
+
+
+def test_video_generator_shapes_and_per_sample_view() -> None:
+    gv = VideoGenerator()
+    linears = [m for m in gv.fc if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias) for m in linears] == [
+        (100, 512, None),
+        (512, 1024, None),
+        (1024, 2048, None),
+        (2048, 3840, None),
+    ]
+    assert (gv.lstm.input_size, gv.lstm.hidden_size, gv.lstm.num_layers, gv.lstm.bidirectional) == (
+        128,
+        256,
+        2,
+        True,
+    )
+    assert (gv.out.in_features, gv.out.out_features) == (512, 100)
+    z = torch.randn(4, 100)
+    codes = gv(z)
+    assert codes.shape == (4, 30, 100) and codes.abs().max() <= 1
+    gv.eval()  # BN running stats: each sample's codes must depend on that sample only
+    assert torch.allclose(gv(z)[1], gv(z[1:2])[0], atol=1e-6)
+    quirk = VideoGenerator(raw_view=True)
+    quirk.load_state_dict(gv.state_dict())
+    quirk.eval()
+    assert not torch.allclose(quirk(z)[1], quirk(z[1:2])[0], atol=1e-3)  # authors' view mixes batch items
+    video = render_video(freeze(FrameGenerator(width=16)), codes.detach())
+    assert video.shape == (4, 1, 30, 30, 30)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "uniform"])
+def test_projections_unit_norm_buffers_fixed_after_training(init: str) -> None:
+    g = FrameGenerator(width=16)
+    d = frame_discriminators(3, width=4, projection_init=init, projection_seed=7)
+    before = d.projection.clone()
+    assert torch.allclose(before.flatten(1).norm(dim=1), torch.ones(3))
+    assert "projection" in dict(d.named_buffers()) and "projection" in d.state_dict()
+    assert all(p is not d.projection for p in d.parameters())
+    opt_g, opt_d = torch.optim.RMSprop(g.parameters(), lr=1e-2), torch.optim.RMSprop(d.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    w0 = d.convs[0].weight.clone()
+    for _ in range(3):
+        train_step(
+            g,
+            d,
+            opt_g,
+            opt_d,
+            torch.rand(4, 1, 30, 30) * 2 - 1,
+            torch.randn(4, 100),
+            g_loss="hypervolume",
+            nadir_slack=1.5,
+            scaler=scaler,
+            autocast=contextlib.nullcontext,
+        )
+    assert torch.equal(d.projection, before)
+    assert not torch.equal(d.convs[0].weight, w0)  # the discriminators themselves did train
+    again = frame_discriminators(3, width=4, projection_init=init, projection_seed=7)
+    assert torch.equal(again.projection, before)  # reproducible from the seed
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_batched_discriminators_equal_per_discriminator_loop(stage: int) -> None:
+    torch.manual_seed(0)
+    if stage == 1:
+        d, x = frame_discriminators(5, width=4), torch.randn(3, 1, 30, 30)
+    else:
+        d, x = video_discriminators(4, width=3), torch.randn(2, 1, 30, 30, 30)
+    loop = LoopDiscriminators.from_batched(d)
+    assert loop.k == d.k and all(
+        torch.equal(m.projection[0], d.projection[i]) for i, m in enumerate(loop.discriminators)
+    )
+    xb, xl = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_b, out_l = d(xb), loop(xl)
+    assert out_b.shape == out_l.shape == (x.shape[0], d.k)
+    torch.testing.assert_close(out_b, out_l, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(out_b)
+    (out_b * w).sum().backward()
+    (out_l * w).sum().backward()
+    torch.testing.assert_close(xb.grad, xl.grad, rtol=1e-4, atol=1e-6)
+    for i, grouped in enumerate(d.convs):
+        n = grouped.out_channels // d.k
+        for k, single in enumerate(loop.discriminators):
+            conv = [m for m in single.net if isinstance(m, nn.Conv2d | nn.Conv3d)][i]
+            torch.testing.assert_close(
+                grouped.weight.grad[k * n : (k + 1) * n], conv.weight.grad, rtol=1e-4, atol=1e-6
+            )
+
+
+def test_hypervolume_gradient_weighting() -> None:
+    losses = torch.tensor([0.3, 0.9, 0.6, 1.2], requires_grad=True)
+    hv = hypervolume_loss(losses, delta=1.5)
+    hv.backward()
+    eta = 1.5 * 1.2 + 1e-8
+    expected = 1.0 / (eta - losses.detach())  # d/dl_k of -sum log(eta - l): eta is detached
+    torch.testing.assert_close(losses.grad, expected)
+    torch.testing.assert_close(hv, -torch.log(eta - losses.detach()).sum())
+    assert losses.grad.argmax() == 3 and losses.grad.argmin() == 0  # the worst-faring D weighs most
+    # proportional to 1 / (eta - l_k): the normalised weights are the hGAN "proba"
+    w = losses.grad / losses.grad.sum()
+    torch.testing.assert_close(w * (eta - losses.detach()), torch.full((4,), 1 / expected.sum().item()))
+    with pytest.raises(ValueError, match="> 1"):
+        hypervolume_loss(losses, delta=1.0)
+
+
+def test_mean_sum_modes_and_bce_losses() -> None:
+    losses = torch.tensor([0.5, 1.5], requires_grad=True)
+    combine_generator_losses(losses, "mean").backward()
+    torch.testing.assert_close(losses.grad, torch.tensor([0.5, 0.5]))
+    assert combine_generator_losses(losses, "sum").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        combine_generator_losses(losses, "gman")
+    real, fake = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.0, 3.0]])
+    sp = torch.nn.functional.softplus
+    torch.testing.assert_close(discriminator_losses(real, fake), sp(-real[0]) + sp(fake[0]))
+    torch.testing.assert_close(generator_losses(fake), sp(-fake[0]))

@@ -1,0 +1,208 @@
+"""FrameGAN recipe end to end on a tiny balls store made by datagen: smoke training of both stages, bitwise
+resume, weights_only checkpoints, the G_F swap, presets and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from recipes.common.config import config_from_args
+from recipes.common.data import smoke_store
+from recipes.train_framegan import PRESETS, SMOKE, FrameGANConfig, main, resolve_defaults
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return smoke_store(tmp_path_factory.mktemp("framegan") / "balls")
+
+
+def smoke_cfg(store: Path, out: Path, **overrides: Any) -> FrameGANConfig:
+    given = {"smoke": True, "data": str(store), "out_dir": str(out)} | overrides
+    return config_from_args(FrameGANConfig, given, presets=PRESETS, smoke=SMOKE)
+
+
+def d_losses(run_dir: Path) -> list[float]:
+    return [float(r["d_loss"]) for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+
+
+def load(path: Path | str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_resumed_equal(a: dict, b: dict) -> None:
+    """Everything bitwise equal except the global torch RNG state: a DataLoader iterator consumes one global
+    draw when created, and the resumed run creates one more; training noise comes from the checkpointed
+    `noise` generator instead, which must match. Configs differ only in where and how the runs were made."""
+    for state in (a, b):
+        for r in state["rng"]:
+            r.pop("torch")
+        for key in ("out_dir", "resume", "ckpt_every", "log_every", "eval_videos"):
+            state["config"].pop(key)
+    assert_state_equal(a, b)
+
+
+def assert_state_equal(a: Any, b: Any, where: str = "") -> None:
+    """Bitwise equality of nested checkpoint contents."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_state_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_state_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def stage1(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke stage 1 run: 8 steps over 2 epochs, checkpoints at 3, 6 and 8."""
+    out = tmp_path_factory.mktemp("stage1")
+    result = main(smoke_cfg(store, out, ckpt_every=3, log_every=1, max_steps=8))
+    assert result["step"] == 8
+    return out
+
+
+def test_stage1_smoke_trains_discriminators(stage1: Path) -> None:
+    losses = d_losses(stage1)
+    assert len(losses) == 8
+    assert sum(losses[-2:]) < sum(losses[:2])  # the discriminators learn on real balls vs G_F's frames
+    assert sorted(p.name for p in (stage1 / "checkpoints").iterdir()) == [
+        "ckpt-000000003.pt",
+        "ckpt-000000006.pt",
+        "ckpt-000000008.pt",
+    ]
+    assert (stage1 / "config.yaml").is_file() and list((stage1 / "samples").glob("frames-*.png"))
+
+
+def test_checkpoint_is_weights_only_and_complete(stage1: Path) -> None:
+    state = load(stage1 / "checkpoints" / "ckpt-000000008.pt")
+    assert set(state) >= {"models", "optimizers", "scaler", "step", "epoch", "loader", "rng", "config"}
+    assert set(state["models"]) == {"g", "d"} and state["step"] == 8 and state["epoch"] == 1
+    assert state["loader"]["epoch"] == 1 and state["loader"]["sample_in_epoch"] == 32
+    assert "projection" in state["models"]["d"]
+    assert state["config"]["k"] == 4 and state["config"]["optimizer"] == "rmsprop"  # resolved, recorded
+
+
+@pytest.mark.parametrize("resume_at", [3, 6])
+def test_resume_continues_bitwise(stage1: Path, store: Path, tmp_path: Path, resume_at: int) -> None:
+    ckpt = stage1 / "checkpoints" / f"ckpt-{resume_at:09d}.pt"
+    main(smoke_cfg(store, tmp_path, resume=str(ckpt), ckpt_every=0, log_every=1, max_steps=8))
+    assert_resumed_equal(
+        load(stage1 / "checkpoints" / "ckpt-000000008.pt"),
+        load(tmp_path / "checkpoints" / "ckpt-000000008.pt"),
+    )
+    assert d_losses(tmp_path) == d_losses(stage1)[resume_at:]
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1: Path, store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A smoke stage 2 run through the stage 1 G_F: 6 steps, checkpoints at 3 and 6, evaluated on 4 videos."""
+    out = tmp_path_factory.mktemp("stage2")
+    gf = str(stage1 / "checkpoints" / "ckpt-000000008.pt")
+    result = main(
+        smoke_cfg(
+            store, out, stage=2, gf_checkpoint=gf, log_every=1, max_steps=6, ckpt_every=3, eval_videos=4
+        )
+    )
+    return out, result
+
+
+def test_stage2_smoke_trains_with_frozen_gf(stage1: Path, stage2: tuple[Path, dict]) -> None:
+    out, result = stage2
+    losses = d_losses(out)
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2])
+    state = load(result["checkpoint"])
+    gf_path = stage1 / "checkpoints" / "ckpt-000000008.pt"
+    assert_state_equal(state["models"]["gf"], load(gf_path)["models"]["g"])  # G_F stayed frozen
+    assert "gf" not in state["optimizers"] and state["config"]["g_loss"] == "hypervolume"
+    assert set(result["eval"]) >= {"real", "generated", "independent"} and result["eval"]["real"]["n"] == 4
+    assert 0 < result["eval"]["real"]["mean"] < 0.2  # one moving ball: a few pixels flip per frame
+    assert list((out / "samples").glob("videos-*.gif")) and (out / "eval.json").is_file()
+
+
+def test_stage2_resume_bitwise(stage1: Path, stage2: tuple[Path, dict], store: Path, tmp_path: Path) -> None:
+    out, _ = stage2
+    gf = str(stage1 / "checkpoints" / "ckpt-000000008.pt")
+    resume = str(out / "checkpoints" / "ckpt-000000003.pt")
+    main(smoke_cfg(store, tmp_path, stage=2, gf_checkpoint=gf, max_steps=6, log_every=1, resume=resume))
+    assert_resumed_equal(
+        load(out / "checkpoints" / "ckpt-000000006.pt"), load(tmp_path / "checkpoints" / "ckpt-000000006.pt")
+    )
+    assert d_losses(tmp_path) == d_losses(out)[3:]
+
+
+def test_gf_swap_samples_through_another_gf(
+    stage1: Path, stage2: tuple[Path, dict], store: Path, tmp_path: Path
+) -> None:
+    """The same G_V through another G_F (here the stage 1 G_F from step 3) gives other videos."""
+    gv = stage2[1]["checkpoint"]
+    gifs = {}
+    for name, step in (("same", 8), ("swap", 3)):
+        gf = str(stage1 / "checkpoints" / f"ckpt-{step:09d}.pt")
+        main(smoke_cfg(store, tmp_path / name, stage=2, sample_only=True, gv_checkpoint=gv, gf_checkpoint=gf))
+        gifs[name] = (tmp_path / name / "samples" / "videos-000000000.gif").read_bytes()
+    assert gifs["same"] != gifs["swap"]
+
+
+def test_presets_paper_vs_authors() -> None:
+    paper1 = resolve_defaults(FrameGANConfig())
+    assert (paper1.k, paper1.optimizer, paper1.lr, paper1.batch_size, paper1.epochs, paper1.g_loss) == (
+        48,
+        "rmsprop",
+        3e-4,
+        64,
+        50,
+        "hypervolume",
+    )
+    paper2 = resolve_defaults(FrameGANConfig(stage=2))
+    assert (paper2.k, paper2.optimizer, paper2.lr, paper2.batch_size, paper2.epochs) == (
+        16,
+        "rmsprop",
+        2e-4,
+        8,
+        15,
+    )
+    authors = resolve_defaults(config_from_args(FrameGANConfig, {"preset": "authors"}, presets=PRESETS))
+    assert (authors.k, authors.optimizer, authors.lr, authors.betas, authors.g_loss) == (
+        8,
+        "adam",
+        2e-4,
+        (0.5, 0.999),
+        "sum",
+    )
+    assert authors.projection_init == "uniform" and authors.raw_view
+    override = resolve_defaults(
+        config_from_args(FrameGANConfig, {"preset": "authors", "k": 3}, presets=PRESETS)
+    )
+    assert override.k == 3
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, store: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "recipes.train_framegan", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    res = cli("--stage", "2", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--device", "cpu")
+    assert res.returncode == 2 and res.stderr.strip().endswith(
+        "stage 2 needs --gf-checkpoint (a stage 1 checkpoint)"
+    )
+    assert res.stderr.strip().count("\n") == 0
+    res = cli("--smoke", "--data", str(store), "--size", "64", "--out-dir", str(tmp_path / "y"))
+    assert res.returncode == 2 and "models expect (1, 64, 64)" in res.stderr
