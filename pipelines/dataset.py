@@ -32,7 +32,7 @@ from pipelines.order import (
     resampled_blocks,
     worker_blocks,
 )
-from pipelines.readers import close_h5_files, count_samples, parse_meta, read_run
+from pipelines.readers import Placement, close_h5_files, count_samples, fill_run, parse_meta, read_run
 from pipelines.sources import check_local_shards, resolve_source
 from pipelines.world import World
 
@@ -45,20 +45,12 @@ MAX_BLOCK = 256
 FALLBACK_BLOCK = 64
 
 
-def _window(
-    video: NDArray[np.uint8],
-    order: NDArray[np.int64],
-    rng: np.random.Generator,
-    mode: str,
-    frames: int | None,
-    stride: int,
-    offset: int | str,
-) -> NDArray[np.uint8]:
-    """Reorder a block ``(n, T, H, W, C)``, cut each clip's window (clip mode) or one frame (frame)."""
-    n, t = len(order), video.shape[1]
+def _draw_windows(
+    rng: np.random.Generator, n: int, t: int, mode: str, frames: int | None, stride: int, offset: int | str
+) -> tuple[NDArray[np.int64], int]:
+    """First frame of each output sample's window, and the window length (frame mode: a random frame, 1)."""
     if mode == "frame":
-        picks = rng.integers(0, t, size=n)
-        return video[order, picks]
+        return rng.integers(0, t, size=n), 1
     length = t if frames is None else frames
     span = (length - 1) * stride + 1
     if span > t:
@@ -66,15 +58,22 @@ def _window(
             f"window of {length} frames with stride {stride} needs {span} frames, clips have {t}"
         )
     if offset == "random":
-        starts = rng.integers(0, t - span + 1, size=n)
+        return rng.integers(0, t - span + 1, size=n), length
+    if not 0 <= int(offset) <= t - span:
+        raise PipelineError(f"offset {offset} out of range [0, {t - span}] for clips of {t} frames")
+    return np.full(n, int(offset), dtype=np.int64), length
+
+
+def _alloc_block(shape: tuple[int, ...]) -> tuple[torch.Tensor, NDArray[np.uint8]]:
+    """A uint8 block (and its numpy view); in a DataLoader worker it lives in shared memory from the start, so
+    shipping it to the main process copies nothing (what torch's default_collate does for its batches)."""
+    if get_worker_info() is not None:
+        nbytes = int(np.prod(shape))
+        storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+        tensor = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
     else:
-        if not 0 <= int(offset) <= t - span:
-            raise PipelineError(f"offset {offset} out of range [0, {t - span}] for clips of {t} frames")
-        starts = np.full(n, int(offset))
-    if span == t:
-        return video[order]
-    picks = starts[:, None] + stride * np.arange(length)
-    return video[order[:, None], picks]
+        tensor = torch.empty(shape, dtype=torch.uint8)
+    return tensor, tensor.numpy()
 
 
 class VideoDataset(IterableDataset):
@@ -223,20 +222,97 @@ class VideoDataset(IterableDataset):
             yield block
 
     # ------------------------------------------------------------ reading
+    def _kept(self, block: Block, size: int, start: int) -> tuple[int, int]:
+        """Output positions ``[lo, hi)`` of a block to keep: none before ``start`` or past epoch_length."""
+        lo = max(0, start - block.position) if block.position >= 0 else 0
+        hi = size
+        if self.epoch_length is not None and block.position >= 0:
+            hi = min(hi, self.epoch_length - block.position)
+        return lo, max(lo, hi)
+
+    def _result(self, block: Block, video, keys, metas, skipped: int) -> dict[str, Any]:
+        if self.mode == "frame" and video is not None:
+            video = video[:, 0]
+        return {
+            "block": block.index,
+            "key": keys,
+            "video": video,
+            "meta": parse_meta(metas) if self.with_meta else None,
+            "skipped": skipped,
+        }
+
     def read_block(self, block: Block, start: int = 0) -> dict[str, Any]:
         """One block, shuffled and windowed: ``{"block", "key", "video" (n, T, H, W, C), "meta", "skipped"}``.
 
         Samples before rank position ``start`` are dropped (resumption), as are those past ``epoch_length``.
+        With known sizes each sample is read straight into its output row (and only if it is kept).
         """
+        size = block.known_size
+        if size is None or self.sample_shape is None:
+            return self._read_block_generic(block, start)
+        rng = block_rng(block)
+        order = block_order(block, size, shuffle=self.shuffle, rng=rng)
+        starts, length = _draw_windows(
+            rng, size, self.sample_shape[0], self.mode, self.frames, self.stride, self.offset
+        )
+        lo, hi = self._kept(block, size, start)
+        position = np.empty(size, dtype=np.int64)  # read order -> output position
+        position[order] = np.arange(size)
+        rows = np.where((position >= lo) & (position < hi), position - lo, -1)
+        window_starts = starts[position]
+        video, out = _alloc_block((hi - lo, length, *self.sample_shape[1:]))
+        keys: list[str | None] = [None] * (hi - lo)
+        metas: list[str | None] = [None] * (hi - lo)
+        filled = np.zeros(hi - lo, dtype=bool)
+        skipped, first = 0, 0
+        for seg in block.segments:
+            count = seg.stop - seg.start  # type: ignore[operator]
+            place = Placement(
+                rows[first : first + count], window_starts[first : first + count], length, self.stride
+            )
+            first += count
+            if not (place.rows >= 0).any():
+                continue
+            try:
+                run_keys, run_meta = fill_run(
+                    self.shards[seg.shard],
+                    seg.start,
+                    seg.stop,  # type: ignore[arg-type]
+                    out,
+                    place,
+                    with_meta=self.with_meta,
+                    h5_locking=self.h5_locking,
+                )
+            except ShardError as exn:
+                if self.handler(exn):
+                    skipped += int((place.rows >= 0).sum())
+                    continue
+                raise
+            for j in np.flatnonzero(place.rows >= 0):
+                row = place.rows[j]
+                keys[row], filled[row] = run_keys[j], True
+                if run_meta is not None:
+                    metas[row] = run_meta[j]
+        if skipped:
+            kept = np.flatnonzero(filled)
+            video = video[torch.from_numpy(kept)]
+            keys, metas = [keys[i] for i in kept], [metas[i] for i in kept]
+        return self._result(block, video if len(keys) else None, keys, metas, skipped)
+
+    def _read_block_generic(self, block: Block, start: int) -> dict[str, Any]:
+        """Blocks of unknown size or sample shape: read every run, then shuffle and cut windows."""
         keys: list[str] = []
         videos: list[NDArray[np.uint8]] = []
         metas: list[str] = []
         skipped = 0
         for seg in block.segments:
-            shard = self.shards[seg.shard]
             try:
                 run = read_run(
-                    shard, seg.start, seg.stop, with_meta=self.with_meta, h5_locking=self.h5_locking
+                    self.shards[seg.shard],
+                    seg.start,
+                    seg.stop,
+                    with_meta=self.with_meta,
+                    h5_locking=self.h5_locking,
                 )
             except ShardError as exn:
                 if self.handler(exn):
@@ -246,32 +322,23 @@ class VideoDataset(IterableDataset):
             if len(run.keys):
                 keys.extend(run.keys)
                 videos.append(run.video)
-                if run.meta is not None:
-                    metas.extend(run.meta)
+                metas.extend(run.meta or [])
         if not videos:
-            return {
-                "block": block.index,
-                "key": [],
-                "video": None,
-                "meta": [] if self.with_meta else None,
-                "skipped": skipped,
-            }
+            return self._result(block, None, [], [], skipped)
         video = videos[0] if len(videos) == 1 else np.concatenate(videos)
         rng = block_rng(block)
         order = block_order(block, len(keys), shuffle=self.shuffle, rng=rng)
-        out = _window(video, order, rng, self.mode, self.frames, self.stride, self.offset)
-        lo = max(0, start - block.position) if block.position >= 0 else 0
-        hi = len(order)
-        if self.epoch_length is not None and block.position >= 0:
-            hi = min(hi, self.epoch_length - block.position)
+        starts, length = _draw_windows(
+            rng, len(keys), video.shape[1], self.mode, self.frames, self.stride, self.offset
+        )
+        lo, hi = self._kept(block, len(keys), start)
+        picks = starts[lo:hi, None] + self.stride * np.arange(length)
+        out_tensor, out = _alloc_block((hi - lo, length, *video.shape[2:]))
+        out[...] = video[order[lo:hi, None], picks]
         order = order[lo:hi]
-        return {
-            "block": block.index,
-            "key": [keys[i] for i in order],
-            "video": torch.from_numpy(np.ascontiguousarray(out[lo:hi])),
-            "meta": parse_meta([metas[i] for i in order]) if self.with_meta else None,
-            "skipped": skipped,
-        }
+        return self._result(
+            block, out_tensor, [keys[i] for i in order], [metas[i] for i in order] if metas else [], skipped
+        )
 
     def iter_blocks(self, start: int = 0, worker: int = 0, num_workers: int = 1, epoch: int | None = None):
         """Blocks worker ``worker`` of ``num_workers`` reads from rank position ``start`` (as dicts)."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -68,7 +69,10 @@ class HostBatcher:
 
     def assemble(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, int | None]:
         if self.ring is None:
-            return (pieces[0].clone() if len(pieces) == 1 else torch.cat(pieces)), None
+            # A batch inside one block is a view of it (the block is never written again); else one copy.
+            if len(pieces) == 1:
+                return pieces[0], None
+            return torch.from_numpy(np.concatenate([piece.numpy() for piece in pieces])), None
         n = sum(len(p) for p in pieces)
         slot, out = self.ring.take((n, *pieces[0].shape[1:]))
         torch.cat(pieces, out=out)

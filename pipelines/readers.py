@@ -47,8 +47,12 @@ class RawRun:
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
 
 
-def decode_npy(buf: bytes | memoryview) -> NDArray:
-    """A numpy array viewing ``buf`` (.npy bytes); headers are parsed by numpy, cached, never pickled."""
+def parse_npy_header(buf: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """``(dtype, shape, fortran_order, data_offset)`` of .npy bytes (at least the header), parsed by numpy.
+
+    Object dtypes are refused (they would need pickle). Results are cached by the header's bytes: every sample
+    of a store shares one header, so the parse runs once per process.
+    """
     view = memoryview(buf)
     if bytes(view[:6]) != b"\x93NUMPY":
         raise ValueError("not a .npy file")
@@ -75,7 +79,13 @@ def decode_npy(buf: bytes | memoryview) -> NDArray:
         parsed = (dtype, tuple(shape), fortran, end)
         if len(_NPY_HEADERS) < 256:
             _NPY_HEADERS[header] = parsed
-    dtype, shape, fortran, offset = parsed
+    return parsed
+
+
+def decode_npy(buf: bytes | memoryview) -> NDArray:
+    """A numpy array viewing ``buf`` (.npy bytes), without a copy and without pickle."""
+    view = memoryview(buf)
+    dtype, shape, fortran, offset = parse_npy_header(view)
     count = int(np.prod(shape, dtype=np.int64))
     if len(view) - offset < count * dtype.itemsize:
         raise ValueError(".npy data is cut short")
@@ -96,30 +106,81 @@ class TarIndex:
 _TAR_INDEX: OrderedDict[tuple[str, int, int], TarIndex] = OrderedDict()
 
 
-def _scan_tar(path: str) -> TarIndex:
+class _NotPlainUstar(Exception):
+    """A member this fast scanner does not handle (pax / GNU long names, links...): use tarfile instead."""
+
+
+def _ustar_members(path: str) -> list[tuple[str, int, int]]:
+    """``(name, data_offset, size)`` of the regular members of a plain USTAR tar, one ``pread`` per header.
+
+    Checks every header's checksum and that data lies inside the file; raises _NotPlainUstar for headers it
+    does not parse, so :mod:`tarfile` takes over.
+    """
+    members = []
     size = os.path.getsize(path)
+    with open(path, "rb", buffering=0) as fh:
+        fd = fh.fileno()
+        offset = 0
+        while offset + 512 <= size:
+            header = os.pread(fd, 512, offset)
+            if len(header) < 512:
+                raise ValueError(f"tar header at byte {offset} is cut short (truncated)")
+            if header == bytes(512):
+                return members  # end-of-archive marker
+            stored = header[148:156].split(b"\0", 1)[0].strip()
+            if not stored or sum(header[:148]) + 256 + sum(header[156:]) != int(stored, 8):
+                raise ValueError(f"bad tar header checksum at byte {offset}")
+            kind = header[156:157]
+            if kind not in (b"0", b"\0") or header[124] & 0x80 or not header[257:262] == b"ustar":
+                raise _NotPlainUstar
+            length = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
+            if prefix:
+                name = f"{prefix}/{name}"
+            if offset + 512 + length > size:
+                raise ValueError(f"member {name} runs past the end of the file (truncated)")
+            members.append((name, offset + 512, length))
+            offset += 512 + (length + 511) // 512 * 512
+    if offset < size or not members and size:
+        raise ValueError("tar ends inside a header (truncated)")
+    return members
+
+
+def _tarfile_members(path: str) -> list[tuple[str, int, int]]:
+    size = os.path.getsize(path)
+    members = []
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if member.isreg():
+                if member.offset_data + member.size > size:
+                    raise ValueError(f"member {member.name} runs past the end of the file (truncated)")
+                members.append((member.name, member.offset_data, member.size))
+    return members
+
+
+def _scan_tar(path: str) -> TarIndex:
+    try:
+        members = _ustar_members(path)
+    except _NotPlainUstar:
+        members = _tarfile_members(path)
     keys: list[str] = []
     video: list[tuple[int, int]] = []
     meta: list[tuple[int, int]] = []
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            key, field = base_plus_ext(member.name)
-            if key is None:
-                continue
-            if member.offset_data + member.size > size:
-                raise ValueError(f"member {member.name} runs past the end of the file (truncated)")
-            if not keys or keys[-1] != key:
-                if keys and key < keys[-1]:
-                    raise ValueError(f"keys out of order ({key} after {keys[-1]})")
-                keys.append(key)
-                video.append((-1, -1))
-                meta.append((-1, -1))
-            if field == VIDEO_FIELD:
-                video[-1] = (member.offset_data, member.size)
-            elif field == META_FIELD:
-                meta[-1] = (member.offset_data, member.size)
+    for name, offset, length in members:
+        key, field = base_plus_ext(name)
+        if key is None:
+            continue
+        if not keys or keys[-1] != key:
+            if keys and key < keys[-1]:
+                raise ValueError(f"keys out of order ({key} after {keys[-1]})")
+            keys.append(key)
+            video.append((-1, -1))
+            meta.append((-1, -1))
+        if field == VIDEO_FIELD:
+            video[-1] = (offset, length)
+        elif field == META_FIELD:
+            meta[-1] = (offset, length)
     vid = np.array(video, dtype=np.int64).reshape(-1, 2)
     if len(vid) and vid[:, 0].min() < 0:
         raise ValueError(f"sample {keys[int(np.argmin(vid[:, 0]))]} has no {VIDEO_FIELD}")
@@ -367,3 +428,264 @@ def count_samples(shard: ShardRef, *, h5_locking: bool | None = None) -> int:
 def parse_meta(texts: list[str] | None) -> list[dict] | None:
     """JSON meta texts to dicts (plain JSON: safe on untrusted data)."""
     return None if texts is None else [json.loads(text) for text in texts]
+
+
+# ---------------------------------------------------------------- placing runs straight into a block's output
+@dataclass(frozen=True)
+class Placement:
+    """Where each sample of a run goes: output ``rows`` (-1: not needed), first frame ``starts``, and the
+    window (``length`` frames, ``stride`` apart). The output array is ``(rows, length, H, W, C)`` uint8."""
+
+    rows: NDArray[np.int64]
+    starts: NDArray[np.int64]
+    length: int
+    stride: int
+
+
+_FDS: OrderedDict[str, int] = OrderedDict()
+_FD_OWNER = os.getpid()
+
+
+def _fd(path: str) -> int:
+    """A read-only descriptor for ``pread``, cached per process (a forked child opens its own)."""
+    global _FD_OWNER
+    if os.getpid() != _FD_OWNER:
+        _FDS.clear()  # the parent's descriptors stay the parent's business
+        _FD_OWNER = os.getpid()
+    fd = _FDS.get(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
+        _FDS[path] = fd
+        while len(_FDS) > _CACHE_SIZE:
+            os.close(_FDS.popitem(last=False)[1])
+    return fd
+
+
+class _Gather:
+    """Reads ``(offset, buffer)`` pieces of one file with few ``preadv`` calls (one copy from the page cache).
+
+    Pieces come in increasing offset order; a gap under ``_GAP`` bytes (tar headers, meta members) is read
+    into a scratch buffer rather than starting a new call; a longer gap, a step back or a full iovec starts
+    one.
+    """
+
+    def __init__(self, shard: ShardRef, fd: int) -> None:
+        self.shard, self.fd = shard, fd
+        self.start = self.pos = -1
+        self.buffers: list[memoryview] = []
+        self.expected = 0
+
+    def add(self, offset: int, buffer: memoryview) -> None:
+        if self.buffers:
+            gap = offset - self.pos
+            if gap < 0 or gap > _GAP or len(self.buffers) >= _IOV_MAX - 1:
+                self.flush()
+            elif gap:
+                self.buffers.append(_SCRATCH[:gap])
+                self.expected += gap
+        if not self.buffers:
+            self.start = offset
+        self.buffers.append(buffer)
+        self.expected += len(buffer)
+        self.pos = offset + len(buffer)
+
+    def add_window(self, base: int, dest: NDArray[np.uint8], first: int, stride: int) -> None:
+        """Frames ``first, first + stride, ...`` of a C-order clip stored at byte ``base``, into ``dest``."""
+        frame_bytes = dest[0].nbytes
+        if stride == 1:
+            self.add(base + first * frame_bytes, memoryview(dest).cast("B"))
+            return
+        for k in range(len(dest)):
+            self.add(base + (first + k * stride) * frame_bytes, memoryview(dest[k]).cast("B"))
+
+    def flush(self) -> None:
+        if self.buffers:
+            got = os.preadv(self.fd, self.buffers, self.start)
+            if got != self.expected:
+                raise ShardError(self.shard.url, "file ended early (truncated)")
+        self.buffers, self.expected = [], 0
+
+
+_GAP = 16 << 10
+_IOV_MAX = 512
+_SCRATCH = memoryview(bytearray(_GAP))
+
+
+def _check_window(shard: ShardRef, key: str, t: int, start: int, place: Placement) -> None:
+    if start + (place.length - 1) * place.stride >= t:
+        raise ShardError(shard.url, f"sample {key}: {t} frames, too few for the requested window")
+
+
+def _fill_local_tar(
+    shard: ShardRef, path: str, start: int, stop: int, out: NDArray, place: Placement
+) -> list[str]:
+    index = tar_index(path)
+    n = len(index.keys)
+    _check_count(shard, n, index.keys[0] if n else None, index.keys[-1] if n else None)
+    if stop > n:
+        raise ShardError(shard.url, f"holds {n} samples, asked for samples up to {stop}")
+    needed = np.flatnonzero(place.rows >= 0)
+    if not len(needed):
+        return index.keys[start:stop]
+    fd = _fd(path)
+    frame_shape = out.shape[2:]
+    first_offset = int(index.video[start + needed[0], 0])
+    header = os.pread(fd, 256, first_offset)
+    try:
+        dtype, shape, fortran, header_len = parse_npy_header(header)
+    except ValueError as exn:
+        raise ShardError(shard.url, f"sample {index.keys[start + needed[0]]}: {exn}") from None
+    if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != frame_shape:
+        raise ShardError(
+            shard.url,
+            f"sample {index.keys[start + needed[0]]}: video {dtype} {shape}, not uint8 (T, *{frame_shape})",
+        )
+    expected_size = header_len + int(np.prod(shape))
+    # Every sample is read with its .npy header, which must equal the first one: same dtype, shape and layout.
+    headers = np.empty((len(needed), header_len), dtype=np.uint8)
+    gather = _Gather(shard, fd)
+    for k, j in enumerate(needed):
+        i = start + int(j)
+        offset, size = (int(v) for v in index.video[i])
+        if size != expected_size:
+            raise ShardError(
+                shard.url, f"sample {index.keys[i]}: .npy of {size} bytes, expected {expected_size}"
+            )
+        _check_window(shard, index.keys[i], shape[0], int(place.starts[j]), place)
+        gather.add(offset, memoryview(headers[k]))
+        gather.add_window(offset + header_len, out[place.rows[j]], int(place.starts[j]), place.stride)
+    gather.flush()
+    bad = np.flatnonzero((headers != np.frombuffer(header[:header_len], dtype=np.uint8)).any(axis=1))
+    if len(bad):
+        key = index.keys[start + int(needed[bad[0]])]
+        raise ShardError(shard.url, f"sample {key}: .npy header differs from the shard's first (corrupt?)")
+    return index.keys[start:stop]
+
+
+_H5_CHUNKS: OrderedDict[tuple[str, int], NDArray[np.int64] | None] = OrderedDict()
+
+
+def _h5_chunk_offsets(shard: ShardRef, handle) -> NDArray[np.int64] | None:
+    """File offsets of each clip's chunk when chunks are one plain clip (no filters), else None (use h5py)."""
+    cache_key = (shard.url, os.getpid())
+    if cache_key in _H5_CHUNKS:
+        return _H5_CHUNKS[cache_key]
+    ds = handle["video"]
+    offsets = None
+    plain = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
+    if plain and ds.dtype == np.uint8 and shard.local_path is not None:
+        clip_bytes = int(np.prod(ds.shape[1:]))
+        offsets = np.full(ds.shape[0], -1, dtype=np.int64)
+
+        def visit(info) -> None:
+            if info.size == clip_bytes and info.filter_mask == 0:
+                offsets[info.chunk_offset[0]] = info.byte_offset
+
+        ds.id.chunk_iter(visit)
+        if (offsets < 0).any():
+            offsets = None  # unallocated or odd chunks: let h5py handle them
+    _H5_CHUNKS[cache_key] = offsets
+    while len(_H5_CHUNKS) > _CACHE_SIZE:
+        _H5_CHUNKS.popitem(last=False)
+    return offsets
+
+
+def _fill_h5(
+    shard: ShardRef,
+    start: int,
+    stop: int,
+    out: NDArray,
+    place: Placement,
+    with_meta: bool,
+    locking: bool | None,
+) -> tuple[list[str], list[str] | None]:
+    try:
+        handle = _h5_file(shard, locking)
+        offsets = _h5_chunk_offsets(shard, handle)
+    except Exception as exn:
+        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+    if offsets is None:
+        run = _read_h5(shard, start, stop, with_meta, locking)
+        copy_rows(shard, run, out, place)
+        return run.keys, run.meta
+    try:
+        n, key_ds = handle["video"].shape[0], handle["key"]
+        if shard.n_samples is not None and n != shard.n_samples:
+            raise ShardError(shard.url, f"holds {n} samples but the manifest says {shard.n_samples}")
+        if stop > n or key_ds.shape[0] != n:
+            raise ShardError(
+                shard.url, f"holds {n} videos and {key_ds.shape[0]} keys, asked for up to {stop}"
+            )
+        if handle["video"].shape[2:] != out.shape[2:]:
+            raise ShardError(
+                shard.url, f"video is {handle['video'].shape}, expected clips of {out.shape[2:]}"
+            )
+        keys = [str(k) for k in key_ds.asstr()[start:stop]]
+        meta = None
+        if with_meta:
+            has_meta = "meta" in handle
+            meta = [str(m) for m in handle["meta"].asstr()[start:stop]] if has_meta else ["{}"] * len(keys)
+        t = handle["video"].shape[1]
+    except ShardError:
+        raise
+    except Exception as exn:
+        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+    _check_count(
+        ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
+        0,
+        keys[0] if keys and start == 0 else None,
+        keys[-1] if keys and stop == n else None,
+    )
+    gather = _Gather(shard, _fd(shard.local_path))  # type: ignore[arg-type]
+    for j in np.flatnonzero(place.rows >= 0):
+        _check_window(shard, keys[j], t, int(place.starts[j]), place)
+        gather.add_window(int(offsets[start + j]), out[place.rows[j]], int(place.starts[j]), place.stride)
+    gather.flush()
+    return keys, meta
+
+
+def copy_rows(shard: ShardRef, run: RawRun, out: NDArray, place: Placement) -> None:
+    """Copy the placed samples' windows of an already-read run into ``out`` (the generic path)."""
+    for j, row in enumerate(place.rows):
+        if row < 0:
+            continue
+        clip = run.video[j]
+        if clip.shape[1:] != out.shape[2:]:
+            raise ShardError(
+                shard.url, f"sample {run.keys[j]}: video {clip.shape}, expected (T, *{out.shape[2:]})"
+            )
+        begin = int(place.starts[j])
+        _check_window(shard, run.keys[j], len(clip), begin, place)
+        out[row] = clip[begin : begin + (place.length - 1) * place.stride + 1 : place.stride]
+
+
+def fill_run(
+    shard: ShardRef,
+    start: int,
+    stop: int,
+    out: NDArray[np.uint8],
+    place: Placement,
+    *,
+    with_meta: bool = False,
+    h5_locking: bool | None = None,
+) -> tuple[list[str], list[str] | None]:
+    """Read samples ``[start, stop)`` of a shard straight into their rows of ``out``; return keys and meta.
+
+    Local tar and plain-chunked local HDF5 shards are read with one ``preadv`` per sample into the output (one
+    copy from the page cache); anything else goes through :func:`read_run` and a copy.
+    """
+    if shard.fmt == "hdf5":
+        return _fill_h5(shard, start, stop, out, place, with_meta, h5_locking)
+    path = shard.local_path
+    if path is None or with_meta:
+        run = read_run(shard, start, stop, with_meta=with_meta, h5_locking=h5_locking)
+        copy_rows(shard, run, out, place)
+        return run.keys, run.meta
+    try:
+        return _fill_local_tar(shard, path, start, stop, out, place), None
+    except ShardError:
+        raise
+    except FileNotFoundError:
+        raise ShardError(shard.url, "missing") from None
+    except (OSError, tarfile.TarError, ValueError) as exn:
+        raise ShardError(shard.url, f"cannot read: {exn}") from None
