@@ -20,7 +20,9 @@ float value lies within ~1e-14 of a rounding boundary; tests compare bytes with 
 
 Ground truth in `meta` (pixel units: x = column, y = row, pixel centres at integer coordinates, so
 `col = x * res / box - 0.5`; velocities in pixels per frame), rounded to 6 decimals to keep JSON small:
-`{"index", "n_balls", "radius_px", "positions": [T][n][x, y], "velocities": [T][n][vx, vy]}`.
+`{"index", "n_balls", "radius_px", "positions": [T][n][x, y], "velocities": [T][n][vx, vy]}`. The dicts
+also carry their JSON text (`datagen.sim.fast_json.EncodedMeta`), produced for a whole batch with numpy:
+`json.dumps` of 360 floats per clip would cost more than simulating and rendering it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from datagen.errors import DatagenError
 from datagen.sim.balls_reference import EPS, pixel_centres
+from datagen.sim.fast_json import EncodedMeta, rounded_json
 from datagen.store.sample import Sample, sample_key
 
 DEFAULTS: dict[str, Any] = {"n_balls": 3, "frames": 30, "size": 30, "radius": 1.2, "box": 10.0}
@@ -252,17 +255,27 @@ def simulate_balls(params: Mapping[str, Any], seed: int, indices: range) -> tupl
     return video[..., None], traj
 
 
-def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[dict[str, Any]]:
-    """Per-sample `meta`: positions and velocities in pixels (x = column, y = row), radius in pixels."""
+def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[EncodedMeta]:
+    """Per-sample `meta`: positions and velocities in pixels (x = column, y = row), radius in pixels.
+
+    Each dict also carries its JSON text (`EncodedMeta.encoded_json`), made for the whole batch at once.
+    """
     scale = params["size"] / params["box"]
+    n = params["n_balls"]
     radius_px = round(params["radius"] * scale, META_DECIMALS)
+    pixels = traj.positions * scale - 0.5
+    speeds = traj.velocities * scale
+    texts = zip(rounded_json(pixels, META_DECIMALS), rounded_json(speeds, META_DECIMALS), strict=True)
     with _gc_paused():  # ~250 lists per sample: the cyclic GC would rescan them over and over (4x slower)
-        positions = np.round(traj.positions * scale - 0.5, META_DECIMALS).tolist()
-        velocities = np.round(traj.velocities * scale, META_DECIMALS).tolist()
-        n = params["n_balls"]
+        positions = np.round(pixels, META_DECIMALS).tolist()
+        velocities = np.round(speeds, META_DECIMALS).tolist()
         return [
-            {"index": i, "n_balls": n, "radius_px": radius_px, "positions": p, "velocities": v}
-            for i, p, v in zip(indices, positions, velocities, strict=True)
+            EncodedMeta(
+                {"index": i, "n_balls": n, "radius_px": radius_px, "positions": p, "velocities": v},
+                b'{"index":%d,"n_balls":%d,"positions":%s,"radius_px":%s,"velocities":%s}'
+                % (i, n, p_json, repr(radius_px).encode(), v_json),
+            )
+            for i, p, v, (p_json, v_json) in zip(indices, positions, velocities, texts, strict=True)
         ]
 
 

@@ -1,0 +1,175 @@
+"""Bouncing balls throughput: the batched simulator against the straightforward reference port, same run.
+
+Reference: `datagen.sim.balls_reference.reference_video` (the RTRBM generator's per-ball Python loops and
+full-frame rendering), one video at a time, with the same per-sample seeding and the same `meta`.
+Fast: `datagen.sim.balls.BALLS.generate` (physics vectorized over a batch of videos, windowed rendering).
+Both give the same bytes: the end-to-end runs write one shard each for the same indices and compare them.
+
+Per configuration (1 and 3 balls, 30x30 and 64x64, 30 frames), single process, one core, in this order:
+1. generate: simulate + render + meta dict + JSON encoding of the meta (what the shard writer does);
+2. end to end: samples written as WebDataset shards (tar, fsync, sha256): the reference through the store's
+   `write_shard`, the fast path through the real `datagen balls --workers 0` job (`generation_job` +
+   `run_store_job`: shards of 1000, journal, manifest).
+Each figure is the best of --repeat interleaved rounds (the machine may be shared). A breakdown of the fast
+path's stages (seconds per 100,000 videos, CPU time) follows the table.
+
+    python bench/bench_balls.py            # ~1-2 minutes
+    python bench/bench_balls.py --quick    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datagen.jobs import generation_job, run_store_job
+from datagen.sim import balls
+from datagen.sim.balls import BALLS, Trajectories, ground_truth
+from datagen.sim.balls_reference import reference_video
+from datagen.store.manifest import shard_name, write_shard
+from datagen.store.sample import Sample, sample_key
+from datagen.store.wds import meta_bytes
+
+CONFIGS = [(1, 30), (3, 30), (1, 64), (3, 64)]
+SHARD_SIZE = 1000  # the CLI's default
+
+
+def reference_samples(params: dict, seed: int, indices: range) -> list[Sample]:
+    """The classic generator, one video at a time, with the fast path's seeding and ground truth."""
+    out = []
+    for i in indices:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+        frames, X, V = reference_video(
+            rng,
+            n_balls=params["n_balls"],
+            frames=params["frames"],
+            res=params["size"],
+            radius=params["radius"],
+            size=params["box"],
+        )
+        (meta,) = ground_truth(params, Trajectories(X[None], V[None]), range(i, i + 1))
+        out.append(Sample(sample_key(i), frames[..., None], meta))
+    return out
+
+
+def encode_all(samples) -> int:
+    """Consume samples, JSON-encoding each meta as the writers do; returns the count."""
+    return sum(1 for s in samples if meta_bytes(s.meta))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def stage_breakdown(params: dict, seed: int, n: int) -> dict[str, float]:
+    """CPU seconds per 100,000 videos of each fast-path stage."""
+    indices = range(n)
+    clock = time.process_time
+    t0 = clock()
+    x0, v0 = balls.initial_states(params["n_balls"], params["radius"], params["box"], seed, indices)
+    t1 = clock()
+    traj = balls.simulate(x0, v0, params["frames"], params["radius"], params["box"])
+    t2 = clock()
+    balls.render(traj.positions, params["size"], params["radius"], params["box"])
+    t3 = clock()
+    metas = ground_truth(params, traj, indices)
+    t4 = clock()
+    for m in metas:
+        meta_bytes(m)
+    t5 = clock()
+    scale = 1e5 / n
+    stages = ("initial state", "physics", "render", "meta dict", "meta JSON")
+    return {
+        k: (b - a) * scale for k, a, b in zip(stages, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True)
+    }
+
+
+def bench_config(n_balls: int, res: int, n_fast: int, n_ref: int, repeat: int, work: Path) -> dict:
+    params = BALLS.validate({"n_balls": n_balls, "size": res, "frames": 30})
+    seed = 1234
+    fast_dir, ref_dir = work / f"fast-{n_balls}-{res}", work / f"ref-{n_balls}-{res}"
+    name = shard_name("balls", 0, "wds")
+
+    def fast_store() -> None:
+        shutil.rmtree(fast_dir, ignore_errors=True)
+        shard_size = min(n_fast, SHARD_SIZE)
+        job = generation_job(
+            fast_dir, "balls", params, seed=seed, n=n_fast, shard_size=shard_size, formats=["wds"]
+        )
+        run_store_job(job, workers=0)
+
+    def ref_store() -> None:
+        ref_dir.mkdir(exist_ok=True)
+        write_shard(ref_dir, name, "wds", reference_samples(params, seed, range(n_ref)))
+
+    runs = {
+        "ref gen": (n_ref, lambda: encode_all(reference_samples(params, seed, range(n_ref)))),
+        "fast gen": (n_fast, lambda: encode_all(BALLS.generate(params, seed, 0, n_fast))),
+        "ref e2e": (n_ref, ref_store),
+        "fast e2e": (n_fast, fast_store),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeat):
+        for key, (_, fn) in runs.items():
+            best[key] = min(best[key], timed(fn))
+    check = work / "check"
+    check.mkdir(exist_ok=True)
+    write_shard(check, name, "wds", list(BALLS.generate(params, seed, 0, n_ref)))  # same indices as ref
+    same = (check / name).read_bytes() == (ref_dir / name).read_bytes()
+    rates = {k: runs[k][0] / best[k] for k in runs}
+    return {"rates": rates, "same_bytes": same, "stages": stage_breakdown(params, seed, min(n_fast, 4096))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small runs: a few seconds")
+    ap.add_argument("--repeat", type=int, default=None, help="rounds; each figure is the best [2, quick: 1]")
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where shards are written")
+    args = ap.parse_args()
+    repeat = args.repeat or (1 if args.quick else 2)
+    work = Path(tempfile.mkdtemp(prefix="bench_balls_", dir=args.dir))
+    results = {}
+    try:
+        for n_balls, res in CONFIGS:
+            small = res <= 32
+            n_ref = (40 if args.quick else 200) if small else (20 if args.quick else 100)
+            n_fast = (1000 if args.quick else 5000) if small else (200 if args.quick else 1000)
+            results[(n_balls, res)] = bench_config(n_balls, res, n_fast, n_ref, repeat, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"bouncing balls, 30 frames, videos/s on one core ({platform.processor() or platform.machine()}), "
+        f"best of {repeat}"
+    )
+    head = f"{'balls':>5s} {'size':>5s} | {'ref gen':>8s} {'fast gen':>9s} {'ratio':>6s} | "
+    print(head + f"{'ref e2e':>8s} {'fast e2e':>9s} {'ratio':>6s} | same bytes")
+    for (n_balls, res), r in results.items():
+        x = r["rates"]
+        gen, e2e = x["fast gen"] / x["ref gen"], x["fast e2e"] / x["ref e2e"]
+        print(
+            f"{n_balls:5d} {res:5d} | {x['ref gen']:8.0f} {x['fast gen']:9.0f} {gen:5.0f}x | "
+            f"{x['ref e2e']:8.0f} {x['fast e2e']:9.0f} {e2e:5.0f}x | {r['same_bytes']}"
+        )
+    print("\nfast path, CPU seconds per 100,000 videos by stage:")
+    stages = next(iter(results.values()))["stages"]
+    print(f"{'balls':>5s} {'size':>5s} | " + " ".join(f"{k:>13s}" for k in stages) + f" {'total':>8s}")
+    for (n_balls, res), r in results.items():
+        s = r["stages"]
+        print(
+            f"{n_balls:5d} {res:5d} | "
+            + " ".join(f"{v:13.2f}" for v in s.values())
+            + f" {sum(s.values()):8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""JSON text of many rounded float arrays at once, byte-identical to `json.dumps` of their `.tolist()`.
+
+`json.dumps` spends ~250 ns per float (Python's shortest-repr formatting), which makes the per-frame ground
+truth of a bouncing-balls clip (360 floats) cost more to encode than to simulate and render. Here the digits
+of every number of a batch are produced with integer numpy arithmetic and the texts cut out of one buffer.
+
+Exactness: for x = round(v, d) = k / 10^d (numpy's `round`: `rint(v * 10^d) / 10^d`, a correctly rounded
+division), Python's repr is the decimal k / 10^d with trailing zeros dropped: fixed notation for
+1e-4 <= |x| < 1e16 ('12.5', '3.0', '-0.25'), scientific below 1e-4 ('5e-05', '1.2e-05', '7e-06'), and
+'0.0' / '-0.0' for zero. Only d <= 6 is supported (so that every non-zero |x| >= 1e-6 has at most 2
+significant digits below 1e-4), and |x| * 10^d < 1e18 (int64 digits; repr turns scientific only at 1e16).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_DECIMALS = 6
+_PAD = 0  # marks unused character cells; removed before the text is cut out
+
+
+def rounded_json(values: np.ndarray, decimals: int = MAX_DECIMALS) -> list[bytes]:
+    """`json.dumps(np.round(values[i], decimals).tolist(), separators=(",", ":"))` for every i, as bytes."""
+    if not 0 <= decimals <= MAX_DECIMALS:
+        raise ValueError(f"decimals must be in [0, {MAX_DECIMALS}], got {decimals}")
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 2 or values.shape[0] == 0:
+        raise ValueError(f"need an array (N, ...) with N >= 1 and >= 1 axis per item, got {values.shape}")
+    scaled = np.rint(values * 10.0**decimals)
+    if not np.isfinite(scaled).all() or np.abs(scaled).max(initial=0) >= 1e18:
+        raise ValueError(f"values must be finite and below 1e{18 - decimals} in magnitude")
+    numbers = _number_cells(scaled.ravel(), decimals)  # (M, W) characters of each number
+    prefix, suffix = _bracket_cells(values.shape[1:])  # (per item, 0..ndim) opening / closing characters
+    per_item = int(np.prod(values.shape[1:]))
+    cells = np.concatenate(
+        [
+            np.broadcast_to(prefix, (values.shape[0], *prefix.shape)).reshape(-1, prefix.shape[-1]),
+            numbers,
+            np.broadcast_to(suffix, (values.shape[0], *suffix.shape)).reshape(-1, suffix.shape[-1]),
+        ],
+        axis=1,
+    ).reshape(values.shape[0], per_item * (prefix.shape[-1] + numbers.shape[1] + suffix.shape[-1]))
+    keep = cells != _PAD
+    ends = np.cumsum(keep.sum(axis=1))
+    text = cells[keep].tobytes()
+    starts = np.concatenate([[0], ends[:-1]])
+    return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _number_cells(scaled: np.ndarray, decimals: int) -> np.ndarray:
+    """Characters of repr(k / 10^decimals) for each float k in `scaled`, padded with _PAD: (M, W) uint8.
+
+    Built one column at a time with scalar divisors (numpy's fast integer division path).
+    """
+    negative = np.signbit(scaled)  # keeps -0.0 (np.round gives it for tiny negatives)
+    k = np.abs(scaled).astype(np.int64)
+    unit = 10**decimals
+    whole, frac = np.divmod(k, unit)
+    int_width = max(1, len(str(int(whole.max(initial=0)))))
+    W = max(1 + int_width + 1 + max(decimals, 1), 8)  # 8: room for '-D.De-05'
+    cells = np.zeros((k.size, W), np.uint8)
+    cells[:, 0] = np.where(negative, ord("-"), _PAD)
+    # fixed notation: integer digits without leading zeros, '.', fraction digits without trailing zeros
+    for j in range(int_width):
+        place = 10 ** (int_width - 1 - j)
+        digit = (whole // place % 10).astype(np.uint8) + ord("0")
+        cells[:, 1 + j] = digit if place == 1 else np.where(whole >= place, digit, _PAD)  # '0.5' keeps its 0
+    cells[:, 1 + int_width] = ord(".")
+    if decimals:
+        for j in range(decimals):
+            digit = (frac // 10 ** (decimals - 1 - j) % 10).astype(np.uint8) + ord("0")
+            kept = digit if j == 0 else np.where(frac % 10 ** (decimals - j) != 0, digit, _PAD)  # '3.0'
+            cells[:, 2 + int_width + j] = kept
+    else:
+        cells[:, 2 + int_width] = ord("0")
+    # scientific notation below 1e-4: k has 1 or 2 digits ('7e-06', '1.2e-05', '5e-05' for 6 decimals)
+    small = (k > 0) & (k < unit // 10**4)
+    if small.any():
+        ks = k[small]
+        two = ks >= 10
+        second = np.where(two, ks % 10, 0)
+        sci = np.full((ks.size, W - 1), _PAD, np.uint8)
+        sci[:, 0] = np.where(two, ks // 10, ks) + ord("0")
+        sci[:, 1] = np.where(second != 0, ord("."), _PAD)
+        sci[:, 2] = np.where(second != 0, second + ord("0"), _PAD)
+        sci[:, 3:6] = np.frombuffer(b"e-0", np.uint8)
+        sci[:, 6] = decimals - two + ord("0")
+        cells[small, 1:] = sci
+    return cells
+
+
+def _bracket_cells(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Opening brackets before and closing brackets + comma after each number of one nested list."""
+    depth = len(shape)
+    index = np.indices(shape).reshape(depth, -1).T  # (numbers, depth)
+    first = index == 0
+    last = index == np.array(shape) - 1
+    # '[' for every axis from the innermost outwards while this number is the first along all inner axes
+    opens = np.cumprod(first[:, ::-1], axis=1)[:, ::-1].astype(bool)
+    closes = np.cumprod(last[:, ::-1], axis=1)[:, ::-1].astype(bool)
+    prefix = np.where(opens, ord("["), _PAD).astype(np.uint8)
+    suffix = np.zeros((index.shape[0], depth + 1), np.uint8)
+    suffix[:, :depth] = np.where(closes[:, ::-1], ord("]"), _PAD)
+    suffix[:, depth] = np.where(closes[:, 0], _PAD, ord(","))
+    return prefix, suffix
+
+
+class EncodedMeta(dict):
+    """A sample's `meta` dict that also carries its JSON text, so shard writers need not encode it again.
+
+    `encoded_json` equals `json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()` (the writers'
+    encoding; tests check it), so using it changes no byte. Treat the dict as read-only.
+    """
+
+    __slots__ = ("encoded_json",)
+
+    def __init__(self, content: dict, encoded_json: bytes) -> None:
+        super().__init__(content)
+        self.encoded_json = encoded_json
