@@ -29,17 +29,17 @@ def rounded_json(values: np.ndarray, decimals: int = MAX_DECIMALS) -> list[bytes
     scaled = np.rint(values * 10.0**decimals)
     if not np.isfinite(scaled).all() or np.abs(scaled).max(initial=0) >= 1e18:
         raise ValueError(f"values must be finite and below 1e{18 - decimals} in magnitude")
-    numbers = _number_cells(scaled.ravel(), decimals)  # (M, W) characters of each number
-    prefix, suffix = _bracket_cells(values.shape[1:])  # (per item, 0..ndim) opening / closing characters
-    per_item = int(np.prod(values.shape[1:]))
-    cells = np.concatenate(
-        [
-            np.broadcast_to(prefix, (values.shape[0], *prefix.shape)).reshape(-1, prefix.shape[-1]),
-            numbers,
-            np.broadcast_to(suffix, (values.shape[0], *suffix.shape)).reshape(-1, suffix.shape[-1]),
-        ],
-        axis=1,
-    ).reshape(values.shape[0], per_item * (prefix.shape[-1] + numbers.shape[1] + suffix.shape[-1]))
+    prefix, suffix = _bracket_cells(values.shape[1:])  # (per item, depth) / (per item, depth + 1)
+    k = np.abs(scaled.ravel()).astype(np.int64)
+    whole, frac = np.divmod(k, 10**decimals)
+    W = _number_width(whole, decimals)
+    P, S = prefix.shape[1], suffix.shape[1]
+    cells = np.empty((values.shape[0], prefix.shape[0], P + W + S), np.uint8)
+    cells[:, :, :P] = prefix
+    cells[:, :, P + W :] = suffix
+    flat = cells.reshape(-1, P + W + S)
+    _fill_number_cells(flat[:, P : P + W], np.signbit(scaled.ravel()), k, whole, frac, decimals)
+    cells = cells.reshape(values.shape[0], -1)
     keep = cells != _PAD
     ends = np.cumsum(keep.sum(axis=1))
     text = cells[keep].tobytes()
@@ -47,18 +47,25 @@ def rounded_json(values: np.ndarray, decimals: int = MAX_DECIMALS) -> list[bytes
     return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
-def _number_cells(scaled: np.ndarray, decimals: int) -> np.ndarray:
-    """Characters of repr(k / 10^decimals) for each float k in `scaled`, padded with _PAD: (M, W) uint8.
+def _number_width(whole: np.ndarray, decimals: int) -> int:
+    """Characters per number: sign, integer digits, '.', fraction digits; at least 8 for '-D.De-05'."""
+    int_width = max(1, len(str(int(whole.max(initial=0)))))
+    return max(1 + int_width + 1 + max(decimals, 1), 8)
+
+
+def _fill_number_cells(
+    cells: np.ndarray, negative: np.ndarray, k: np.ndarray, whole: np.ndarray, frac: np.ndarray, decimals: int
+) -> None:
+    """Write repr(±k / 10^decimals) into each row of `cells` (M, W), padded with _PAD.
 
     Built one column at a time with scalar divisors (numpy's fast integer division path).
     """
-    negative = np.signbit(scaled)  # keeps -0.0 (np.round gives it for tiny negatives)
-    k = np.abs(scaled).astype(np.int64)
+    W = cells.shape[1]
+    int_width = W - 2 - max(decimals, 1)
     unit = 10**decimals
-    whole, frac = np.divmod(k, unit)
-    int_width = max(1, len(str(int(whole.max(initial=0)))))
-    W = max(1 + int_width + 1 + max(decimals, 1), 8)  # 8: room for '-D.De-05'
-    cells = np.zeros((k.size, W), np.uint8)
+    if whole.max(initial=0) < 2**31:
+        whole = whole.astype(np.int32)
+    frac = frac.astype(np.int32)
     cells[:, 0] = np.where(negative, ord("-"), _PAD)
     # fixed notation: integer digits without leading zeros, '.', fraction digits without trailing zeros
     for j in range(int_width):
@@ -86,7 +93,6 @@ def _number_cells(scaled: np.ndarray, decimals: int) -> np.ndarray:
         sci[:, 3:6] = np.frombuffer(b"e-0", np.uint8)
         sci[:, 6] = decimals - two + ord("0")
         cells[small, 1:] = sci
-    return cells
 
 
 def _bracket_cells(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
