@@ -206,3 +206,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, store: Path) -> None:
     assert res.stderr.strip().count("\n") == 0
     res = cli("--smoke", "--data", str(store), "--size", "64", "--out-dir", str(tmp_path / "y"))
     assert res.returncode == 2 and "models expect (1, 64, 64)" in res.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_gloo_and_resume(store: Path, tmp_path: Path) -> None:
+    """DDP on CPU (gloo) through torchrun: 2 ranks train, rank 0 checkpoints, a second launch resumes."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    base = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "recipes.train_framegan",
+        "--smoke",
+        "--data",
+        str(store),
+        "--out-dir",
+        str(tmp_path),
+        "--log-every",
+        "1",
+    ]
+    first = subprocess.run([*base, "--max-steps", "3"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    state = load(tmp_path / "checkpoints" / "ckpt-000000003.pt")
+    assert len(state["rng"]) == 2 and state["loader"]["world_size"] == 2  # one RNG state per rank
+    second = subprocess.run(
+        [*base, "--resume", "auto"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == [1, 2, 3, 4]

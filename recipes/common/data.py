@@ -6,6 +6,7 @@ epoch except the one a checkpoint resumed in the middle of (the loader's restore
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,18 +38,27 @@ def smoke_store(
     root: str | Path | None = None, *, params: Mapping[str, Any] | None = None, n: int = SMOKE_SAMPLES
 ) -> Path:
     """Generate (once; later calls reuse it) a tiny balls store with datagen and return its root."""
-    from datagen.jobs import generation_job, run_store_job
-
     params = dict(SMOKE_PARAMS if params is None else params)
     tag = hashlib.sha256(json.dumps([SMOKE_GENERATOR, params, n], sort_keys=True).encode()).hexdigest()[:12]
     out = Path(root) if root is not None else cache_root() / "smoke" / f"{SMOKE_GENERATOR}-{tag}"
     if (out / "manifest.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # torchrun ranks (or parallel test runs) may ask at once: one generates, the others wait and reuse it.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            _generate_smoke_store(out, params, n)
+    return out
+
+
+def _generate_smoke_store(out: Path, params: dict[str, Any], n: int) -> None:
+    from datagen.jobs import generation_job, run_store_job
+
     job = generation_job(
         out, SMOKE_GENERATOR, params, seed=SMOKE_SEED, n=n, shard_size=SMOKE_SHARD_SIZE, formats=["wds"]
     )
     run_store_job(job, resume=True, workers=0)
-    return out
 
 
 def data_source(cfg: TrainConfig) -> str:

@@ -88,7 +88,8 @@ class Run:
             generators={"noise": self.noise},
         )
         if loader is not None and state["loader"]:
-            loader.load_state_dict(state["loader"])
+            # rank 0's position is every rank's: the loaders give each rank the same number of samples
+            loader.load_state_dict({**state["loader"], "rank": self.world.rank})
         if self.is_main:
             print(f"resumed from {self.resume_path} at step {state['step']}", flush=True)
         return state["step"], state["epoch"], state["extra"]
