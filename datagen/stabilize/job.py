@@ -117,6 +117,8 @@ def stabilization_job(
     if len(sources) * CLIPS_PER_VIDEO_SLOT >= 10**9:
         raise DatagenError(f"at most {10**9 // CLIPS_PER_VIDEO_SLOT - 1} input videos per store")
     formats = sorted(set(formats))
+    if not p.pad and "hdf5" in formats:
+        raise DatagenError("unpadded clips vary in length; HDF5 shards need pad=True (or use --format wds)")
     params = p.to_json()
     shape = [p.max_frames if p.pad else None, p.size, p.size, 3]
     record = {

@@ -159,7 +159,7 @@ def stabilize_video(source: VideoSource, video_index: int, p: StabilizeParams, s
                 continue
             video = pad_frames(video, p.max_frames) if p.pad else video
             result.samples.append(Sample(sample_key(index), np.ascontiguousarray(video), meta))
-    except (DatagenError, cv2.error, OSError) as e:
+    except (DatagenError, cv2.error, OSError, ValueError) as e:  # a bad input, never a reason to stop the run
         result.error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     result.n_decoded, result.n_expected = reader.n_decoded, reader.n_expected
     if result.error is None and reader.n_expected and reader.n_decoded < reader.n_expected:
