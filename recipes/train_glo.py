@@ -68,6 +68,7 @@ from recipes.latent_mappings import load_mapping, make_mapping, save_mapping
 from recipes.latents import LatentStore
 from recipes.losses.laplacian import LaplacianLoss
 from recipes.models.glo import TwoStreamGenerator, TwoStreamOutput
+from recipes.models.i3d import MIN_FRAMES
 
 
 @dataclasses.dataclass
@@ -401,7 +402,10 @@ def mapping_options(cfg: GLOConfig, name: str) -> tuple[dict[str, Any], dict[str
 def fit_mappings(
     cfg: GLOConfig, codes: torch.Tensor, out_dir: Path, log: Any = print
 ) -> dict[str, nn.Module]:
-    """Fit (or reload, when ``out_dir/<name>.pt`` exists) every configured mapping on the codes."""
+    """Fit (or reload, when ``out_dir/<name>.pt`` exists) every configured mapping on the codes.
+
+    ``out_dir`` is per GLO step (``mappings/step-N``), so mappings are never reused for other codes.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     fitted = {}
     for name in cfg.mappings:
@@ -494,7 +498,12 @@ def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mapp
         result["reconstruction"]["physics"] = physics_balls_metrics(f, geometry)
         for name, fake in fakes.items():
             result["mappings"][name]["physics"] = physics_balls_metrics(fake[: cfg.eval_clips], geometry)
-    if cfg.fvd_clips:
+    if cfg.fvd_clips and cfg.frames < MIN_FRAMES:
+        print(
+            f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
+            flush=True,
+        )
+    elif cfg.fvd_clips:
         features = fvd_features(device)
         if features is not None:
             from recipes.metrics.fvd import fvd_from_features, fvd_protocol
@@ -625,8 +634,9 @@ def main(cfg: GLOConfig, loader: Iterable | None = None) -> dict[str, Any]:
         if run.is_main:
             latents.flush()
             codes = torch.from_numpy(latents.read_all()).to(run.device)
-            mappings = fit_mappings(cfg, codes, run.run_dir / "mappings")
-            last = json_safe(evaluate(cfg, gen, latents, mappings, run.device, run.run_dir / "samples"))
+            mappings = fit_mappings(cfg, codes, run.run_dir / "mappings" / f"step-{step:09d}")
+            result = evaluate(cfg, gen, latents, mappings, run.device, run.run_dir / "samples")
+            last = json_safe({"step": step, **result})
             write_json_atomic(run.run_dir / "eval.json", last)
             fvd = {k: v.get("fvd") for k, v in last["mappings"].items()}
             rec = {k: last["reconstruction"][k] for k in ("l1", "mse", "lap1")}

