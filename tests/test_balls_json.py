@@ -43,8 +43,9 @@ def test_bad_input():
         rounded_json(np.zeros((1, 2)), 7)
     with pytest.raises(ValueError, match="finite"):
         rounded_json(np.array([[1.0, np.nan]]))
-    with pytest.raises(ValueError, match="N >= 1"):
+    with pytest.raises(ValueError, match="one or more axes per item"):
         rounded_json(np.zeros(3))
+    assert rounded_json(np.zeros((0, 4, 2))) == []
 
 
 @pytest.mark.parametrize(("n_balls", "size"), [(1, 30), (3, 30), (5, 64), (2, 7)])

@@ -24,8 +24,10 @@ def rounded_json(values: np.ndarray, decimals: int = MAX_DECIMALS) -> list[bytes
     if not 0 <= decimals <= MAX_DECIMALS:
         raise ValueError(f"decimals must be in [0, {MAX_DECIMALS}], got {decimals}")
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim < 2 or values.shape[0] == 0:
-        raise ValueError(f"need an array (N, ...) with N >= 1 and >= 1 axis per item, got {values.shape}")
+    if values.ndim < 2:
+        raise ValueError(f"need an array (N, ...) with one or more axes per item, got {values.shape}")
+    if values.shape[0] == 0:
+        return []
     scaled = np.rint(values * 10.0**decimals)
     if not np.isfinite(scaled).all() or np.abs(scaled).max(initial=0) >= 1e18:
         raise ValueError(f"values must be finite and below 1e{18 - decimals} in magnitude")
