@@ -209,6 +209,21 @@ def build_video_generator(cfg: FrameGANConfig) -> VideoGenerator:
     return VideoGenerator(z_dim=cfg.z_dim, code_dim=cfg.z_dim, frames=cfg.frames, raw_view=cfg.raw_view)
 
 
+def load_video_generator(path: str | Path) -> tuple[VideoGenerator, FrameGANConfig]:
+    """G_V (built from the config it was trained with) from a stage 2 checkpoint, on CPU.
+
+    With `load_frame_generator` this is what evaluation needs: `render_video(gf, sample(gv, z))` gives videos,
+    `sample(gv, z)` the latent sequences (for isomap plots); any stage 1 G_F can stand in (the G_F swap).
+    """
+    state = ckpt.load_checkpoint(path)
+    gv_cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
+    if gv_cfg.stage != 2:
+        raise ValueError(f"{path} is a stage {gv_cfg.stage} checkpoint; --gv-checkpoint needs a stage 2 one")
+    gv = build_video_generator(gv_cfg)
+    gv.load_state_dict(state["models"]["g"])
+    return gv, gv_cfg
+
+
 def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
     """One optimizer for all K discriminators equals K optimizers: Adam/RMSprop act element-wise."""
     params = [p for p in params if p.requires_grad]
@@ -373,9 +388,12 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
             fake_fn_of = lambda g_: g_  # noqa: E731 - G_F makes frames directly
         else:
             gf = _stage2_frame_generator(cfg).to(device)
-            g = build_video_generator(cfg).to(device)
-            if cfg.gv_checkpoint:
-                g.load_state_dict(ckpt.load_checkpoint(cfg.gv_checkpoint)["models"]["g"])
+            g = (
+                load_video_generator(cfg.gv_checkpoint)[0]
+                if cfg.gv_checkpoint
+                else build_video_generator(cfg)
+            )
+            g = g.to(device)
             fake_fn_of = lambda g_: lambda z: render_video(gf, g_(z))  # noqa: E731
         d = build_discriminators(cfg).to(device)
         if cfg.sample_only:

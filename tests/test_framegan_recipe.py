@@ -14,7 +14,15 @@ import torch
 
 from recipes.common.config import config_from_args
 from recipes.common.data import smoke_store
-from recipes.train_framegan import PRESETS, SMOKE, FrameGANConfig, main, resolve_defaults
+from recipes.train_framegan import (
+    PRESETS,
+    SMOKE,
+    FrameGANConfig,
+    load_frame_generator,
+    load_video_generator,
+    main,
+    resolve_defaults,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -154,6 +162,12 @@ def test_gf_swap_samples_through_another_gf(
         main(smoke_cfg(store, tmp_path / name, stage=2, sample_only=True, gv_checkpoint=gv, gf_checkpoint=gf))
         gifs[name] = (tmp_path / name / "samples" / "videos-000000000.gif").read_bytes()
     assert gifs["same"] != gifs["swap"]
+    gv_model, gv_cfg = load_video_generator(gv)
+    assert gv_cfg.stage == 2 and gv_model.frames == 30
+    with pytest.raises(ValueError, match="needs a stage 2"):
+        load_video_generator(stage1 / "checkpoints" / "ckpt-000000003.pt")
+    with pytest.raises(ValueError, match="needs a stage 1"):
+        load_frame_generator(gv)
 
 
 def test_presets_paper_vs_authors() -> None:
