@@ -72,7 +72,7 @@ from recipes.models.framegan import (
 @dataclasses.dataclass
 class FrameGANConfig(TrainConfig):
     out_dir: str = "runs/framegan"
-    stage: int = 1  # 1 = frame generator G_F, 2 = video generator G_V through a frozen G_F
+    stage: Literal[1, 2] = 1  # 1 = frame generator G_F, 2 = video generator G_V through a frozen G_F
     defaults: Literal["paper", "authors"] = "paper"  # table that fills the None fields below, per stage
     # None = the stage's default from STAGE_DEFAULTS[defaults][stage]
     batch_size: int | None = None
