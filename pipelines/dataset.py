@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ log = logging.getLogger("pipelines")
 
 MODES = ("clip", "frame")
 EPOCH_MODES = ("exact", "resampled")
-DEFAULT_BLOCK_BYTES = 32 << 20
+DEFAULT_BLOCK_BYTES = 16 << 20
 MAX_BLOCK = 256
 FALLBACK_BLOCK = 64
 
@@ -62,6 +62,9 @@ def _draw_windows(
     if not 0 <= int(offset) <= t - span:
         raise PipelineError(f"offset {offset} out of range [0, {t - span}] for clips of {t} frames")
     return np.full(n, int(offset), dtype=np.int64), length
+
+
+Allocator = Callable[[tuple[int, ...]], tuple[torch.Tensor, NDArray[np.uint8]]]
 
 
 def _alloc_block(shape: tuple[int, ...]) -> tuple[torch.Tensor, NDArray[np.uint8]]:
@@ -93,7 +96,7 @@ class VideoDataset(IterableDataset):
         epoch_mode: "exact" (each sample once per epoch; ranks get equal counts, padded by repeating the first
             samples: ``pad_count`` says how many) or "resampled" (shards drawn with replacement, endless
             unless ``epoch_length`` samples per rank is given).
-        block_size: samples shuffled together and shipped per worker step (default: <= 256 and <= 32 MiB).
+        block_size: samples shuffled together and shipped per worker step (default: <= 256 and <= 16 MiB).
         world: a :class:`World`; default ``World.detect()`` (torch.distributed, then RANK / WORLD_SIZE).
         on_error: "raise" (default: a clear error naming the shard), "skip" (warn, skip, count in ``skipped``)
             or a handler callable ``(exception) -> bool``.
@@ -221,6 +224,15 @@ class VideoDataset(IterableDataset):
                 return
             yield block
 
+    def item_shape(self) -> tuple[int, ...] | None:
+        """Shape ``(T', H, W, C)`` of one output sample as read (frame mode: T' = 1); None if unknown."""
+        if self.sample_shape is None:
+            return None
+        t, *frame = self.sample_shape
+        if self.mode == "frame":
+            return (1, *frame)
+        return (t if self.frames is None else self.frames, *frame)
+
     # ------------------------------------------------------------ reading
     def _kept(self, block: Block, size: int, start: int) -> tuple[int, int]:
         """Output positions ``[lo, hi)`` of a block to keep: none before ``start`` or past epoch_length."""
@@ -241,15 +253,17 @@ class VideoDataset(IterableDataset):
             "skipped": skipped,
         }
 
-    def read_block(self, block: Block, start: int = 0) -> dict[str, Any]:
+    def read_block(self, block: Block, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
         """One block, shuffled and windowed: ``{"block", "key", "video" (n, T, H, W, C), "meta", "skipped"}``.
 
         Samples before rank position ``start`` are dropped (resumption), as are those past ``epoch_length``.
         With known sizes each sample is read straight into its output row (and only if it is kept).
+        ``alloc(shape)`` may provide the output (the loader's shared-memory ring); default: a fresh block.
         """
+        alloc = alloc or _alloc_block
         size = block.known_size
         if size is None or self.sample_shape is None:
-            return self._read_block_generic(block, start)
+            return self._read_block_generic(block, start, alloc)
         rng = block_rng(block)
         order = block_order(block, size, shuffle=self.shuffle, rng=rng)
         starts, length = _draw_windows(
@@ -260,7 +274,7 @@ class VideoDataset(IterableDataset):
         position[order] = np.arange(size)
         rows = np.where((position >= lo) & (position < hi), position - lo, -1)
         window_starts = starts[position]
-        video, out = _alloc_block((hi - lo, length, *self.sample_shape[1:]))
+        video, out = alloc((hi - lo, length, *self.sample_shape[1:]))
         keys: list[str | None] = [None] * (hi - lo)
         metas: list[str | None] = [None] * (hi - lo)
         filled = np.zeros(hi - lo, dtype=bool)
@@ -299,7 +313,7 @@ class VideoDataset(IterableDataset):
             keys, metas = [keys[i] for i in kept], [metas[i] for i in kept]
         return self._result(block, video if len(keys) else None, keys, metas, skipped)
 
-    def _read_block_generic(self, block: Block, start: int) -> dict[str, Any]:
+    def _read_block_generic(self, block: Block, start: int, alloc: Allocator) -> dict[str, Any]:
         """Blocks of unknown size or sample shape: read every run, then shuffle and cut windows."""
         keys: list[str] = []
         videos: list[NDArray[np.uint8]] = []
@@ -333,7 +347,7 @@ class VideoDataset(IterableDataset):
         )
         lo, hi = self._kept(block, len(keys), start)
         picks = starts[lo:hi, None] + self.stride * np.arange(length)
-        out_tensor, out = _alloc_block((hi - lo, length, *video.shape[2:]))
+        out_tensor, out = alloc((hi - lo, length, *video.shape[2:]))
         out[...] = video[order[lo:hi, None], picks]
         order = order[lo:hi]
         return self._result(

@@ -16,28 +16,93 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipelines.dataset import VideoDataset
+from pipelines.dataset import VideoDataset, _alloc_block
 from pipelines.device import HostBatcher, feed_device
 from pipelines.errors import PipelineError
+from pipelines.order import worker_blocks
 
+PREFETCH_FACTOR = 2
 STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_size")
 
 
-class _BlockStream(IterableDataset):
-    """What the DataLoader workers run: this worker's blocks of one epoch, from one start position."""
+class BlockRing:
+    """Shared-memory slots (per worker) that workers write blocks into, made once and reused.
 
-    def __init__(self, dataset: VideoDataset, epoch: int, start: int) -> None:
+    A fresh shared-memory segment per block costs a page fault per 4 KiB on both sides (measured 5x the
+    read itself); slots are faulted in once. Worker ``w`` writes its ``m``-th block into slot ``m % slots``:
+    the DataLoader sends worker ``w`` its task ``m`` only once the main process has taken its block
+    ``m - prefetch_factor``, and the main process copies a block out before asking for more, so
+    ``prefetch_factor + 2`` slots are never overwritten while read. Each slot carries a stamp (0 while being
+    written, then the block's number), checked before and after the copy: a broken assumption raises instead
+    of corrupting data.
+    """
+
+    def __init__(self, workers: int, slots: int, capacity: int) -> None:
+        self.slots, self.capacity = slots, capacity
+        self.data = torch.empty((workers, slots, capacity), dtype=torch.uint8).share_memory_()
+        self.stamp = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
+
+    def writer(self, worker: int, number: int):
+        """An allocator for read_block that hands out slot ``number % slots`` of ``worker`` (when it fits)."""
+        slot = number % self.slots
+        self.stamp[worker, slot] = 0
+
+        def alloc(shape: tuple[int, ...]):
+            nbytes = int(np.prod(shape))
+            if nbytes > self.capacity:
+                return _alloc_block(shape)
+            tensor = self.data[worker, slot, :nbytes].view(shape)
+            return tensor, tensor.numpy()
+
+        return alloc
+
+    def publish(self, item: dict[str, Any], worker: int, number: int) -> dict[str, Any]:
+        """Replace a block that lives in the ring by a reference to its slot (stamped as complete)."""
+        video, slot = item["video"], number % self.slots
+        region = self.data[worker, slot]
+        if video is not None and video.is_contiguous() and video.data_ptr() == region.data_ptr():
+            self.stamp[worker, slot] = number + 1
+            item["video"], item["ring"] = None, (worker, slot, number + 1, tuple(video.shape))
+        return item
+
+    def take(self, ref: tuple[int, int, int, tuple[int, ...]]) -> torch.Tensor:
+        """A private copy of a published block."""
+        worker, slot, stamp, shape = ref
+        nbytes = int(np.prod(shape))
+        if int(self.stamp[worker, slot]) == stamp:
+            copy = self.data[worker, slot, :nbytes].numpy().copy()
+            if int(self.stamp[worker, slot]) == stamp:
+                return torch.from_numpy(copy.reshape(shape))
+        raise PipelineError(f"worker {worker} overwrote block slot {slot} while it was read (loader bug)")
+
+
+class _BlockStream(IterableDataset):
+    """What the DataLoader workers run: this worker's blocks of one epoch, from one start position.
+
+    Epoch and start are read at every ``iter`` from a small shared tensor, so persistent workers (which keep
+    their open files, tar indexes and ring mappings) follow ``set_epoch`` and ``load_state_dict``.
+    """
+
+    def __init__(self, dataset: VideoDataset, control: torch.Tensor, ring: BlockRing | None = None) -> None:
         super().__init__()
-        self.dataset, self.epoch, self.start = dataset, epoch, start
+        self.dataset, self.control, self.ring = dataset, control, ring
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        epoch, start = (int(v) for v in self.control)
+        blocks = worker_blocks(self.dataset.blocks(start, epoch), worker, num_workers)
         # Exactly one item per block, even an empty one, keeps the round-robin hand-back in block order.
-        yield from self.dataset.iter_blocks(self.start, worker, num_workers, epoch=self.epoch)
+        for number, block in enumerate(blocks):
+            if self.ring is None or info is None:
+                yield self.dataset.read_block(block, start)
+                continue
+            item = self.dataset.read_block(block, start, alloc=self.ring.writer(worker, number))
+            yield self.ring.publish(item, worker, number)
 
 
 def _passthrough(item: dict[str, Any]) -> dict[str, Any]:
@@ -59,14 +124,19 @@ class VideoLoader:
         prefetch: int,
         timeout: float,
         multiprocessing_context: str | None,
+        persistent_workers: bool,
     ) -> None:
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.device, self.dtype, self.drop_last, self.prefetch = device, dtype, drop_last, prefetch
         self.timeout, self.multiprocessing_context = timeout, multiprocessing_context
+        self.persistent_workers = persistent_workers
         self.skipped = 0
         self._position = 0  # samples of the current epoch handed to the caller
         self._epoch = dataset.epoch
         self._resume: tuple[int, int] | None = None
+        self._block_ring: BlockRing | None = None
+        self._control = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, start for the workers
+        self._dataloader: DataLoader | None = None
 
     # ------------------------------------------------------------ epochs and checkpoints
     def set_epoch(self, epoch: int) -> None:
@@ -107,6 +177,16 @@ class VideoLoader:
         self._resume = (self._epoch, self._position)
 
     # ------------------------------------------------------------ iteration
+    def _ring(self) -> BlockRing | None:
+        """The shared-memory block ring for the workers (made on first use, kept for later epochs)."""
+        shape = self.dataset.item_shape()
+        if not self.num_workers or shape is None:
+            return None
+        capacity = self.dataset.block_size * int(np.prod(shape))
+        if self._block_ring is None or self._block_ring.capacity != capacity:
+            self._block_ring = BlockRing(self.num_workers, PREFETCH_FACTOR + 2, capacity)
+        return self._block_ring
+
     def _limit(self) -> int | None:
         return self.dataset.num_samples
 
@@ -118,17 +198,23 @@ class VideoLoader:
         return total // self.batch_size if self.drop_last else -(-total // self.batch_size)
 
     def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
-        workers = self.num_workers
-        loader = DataLoader(
-            _BlockStream(self.dataset, epoch, start),
-            batch_size=None,
-            num_workers=workers,
-            collate_fn=_passthrough,
-            prefetch_factor=2 if workers else None,
-            timeout=self.timeout if workers else 0,
-            multiprocessing_context=self.multiprocessing_context if workers else None,
-            in_order=True,
-        )
+        self._control[0], self._control[1] = epoch, start
+        loader = self._dataloader
+        if loader is None:
+            workers = self.num_workers
+            loader = DataLoader(
+                _BlockStream(self.dataset, self._control, self._ring()),
+                batch_size=None,
+                num_workers=workers,
+                collate_fn=_passthrough,
+                prefetch_factor=PREFETCH_FACTOR if workers else None,
+                persistent_workers=self.persistent_workers and workers > 0,
+                timeout=self.timeout if workers else 0,
+                multiprocessing_context=self.multiprocessing_context if workers else None,
+                in_order=True,
+            )
+            if self.persistent_workers:
+                self._dataloader = loader
         return iter(loader)
 
     def _host_batches(self, epoch: int, start: int, batcher: HostBatcher):
@@ -150,6 +236,8 @@ class VideoLoader:
             self.skipped += item["skipped"]
             if left == 0:
                 break
+            if "ring" in item:
+                item["video"] = self._block_ring.take(item["ring"])  # type: ignore[union-attr]
             if item["video"] is None:
                 continue
             video, n = item["video"], len(item["key"])
@@ -198,13 +286,15 @@ def make_loader(
     prefetch: int = 2,
     timeout: float = 0,
     multiprocessing_context: str | None = None,
+    persistent_workers: bool = True,
 ) -> VideoLoader:
     """Batches of ``dataset`` on ``device``: ``"video"`` float in [-1, 1] (uint8 with ``dtype=torch.uint8``).
 
     ``(B, C, T, H, W)`` in clip mode, ``(B, C, H, W)`` in frame mode; ``"key"`` a list of str. The same
     batches come out for any ``num_workers``; ``prefetch`` batches are in flight to the device (at least 2);
     ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly; ``timeout`` (s) bounds a worker's
-    silence.
+    silence. Workers persist across epochs (open files and indexes stay warm; the dataset object they hold
+    is the one of the first epoch: change settings by making a new loader).
     """
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
@@ -227,4 +317,5 @@ def make_loader(
         prefetch=prefetch,
         timeout=timeout,
         multiprocessing_context=multiprocessing_context,
+        persistent_workers=persistent_workers,
     )

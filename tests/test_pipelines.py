@@ -182,6 +182,10 @@ def test_resume_mid_epoch_yields_exactly_the_rest(store, fmt):
     assert len(rest) == len(expected) - 5
     for (k1, v1), (k2, v2) in zip(expected[5:], rest, strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
+    # the interrupted loader itself (persistent workers, abandoned iterator) resumes the same way
+    interrupted.load_state_dict(state)
+    assert [batch["key"] for batch in interrupted] == [k for k, _ in expected[5:]]
+    assert [batch["key"] for batch in interrupted] == [k for k, _ in expected]  # next pass: whole epoch
 
 
 def test_resume_state_must_match_the_loader(store):
