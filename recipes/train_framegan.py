@@ -235,6 +235,13 @@ def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
 # --- one iteration ----------------------------------------------------------------------------------------
 
 
+def make_fake_fn(g: nn.Module, gf: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Stage 1: G_F itself. Stage 2: G_V's per-frame codes rendered through the frozen G_F."""
+    if gf is None:
+        return g
+    return lambda z: render_video(gf, g(z))
+
+
 def train_step(
     fake_fn: Callable[[torch.Tensor], torch.Tensor],
     d: nn.Module,
@@ -383,9 +390,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
     device = run.device
     try:
         if cfg.stage == 1:
-            g = build_frame_generator(cfg).to(device)
-            gf = None
-            fake_fn_of = lambda g_: g_  # noqa: E731 - G_F makes frames directly
+            g, gf = build_frame_generator(cfg).to(device), None
         else:
             gf = _stage2_frame_generator(cfg).to(device)
             g = (
@@ -394,7 +399,6 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 else build_video_generator(cfg)
             )
             g = g.to(device)
-            fake_fn_of = lambda g_: lambda z: render_video(gf, g_(z))  # noqa: E731
         d = build_discriminators(cfg).to(device)
         if cfg.sample_only:
             return _sample_only(cfg, run, g, gf)
@@ -413,7 +417,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         g_train = wrap_ddp(maybe_compile(g, cfg.compile, device), run.world, device)
         d_train = wrap_ddp(maybe_compile(d, cfg.compile, device), run.world, device)
-        fake_fn = fake_fn_of(g_train)
+        fake_fn = make_fake_fn(g_train, gf)
         z_fixed = fixed_noise(cfg.n_samples, cfg.z_dim, cfg.seed, device)
         saved_at, stats, epoch = -1, {}, start_epoch
 
@@ -431,11 +435,9 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 )
 
         done = bool(cfg.max_steps) and step >= cfg.max_steps
-        for epoch, batch in (
-            []
-            if done
-            else epoch_batches(loader, start_epoch, cfg.epochs, resumed=run.resume_state is not None)
-        ):
+        resumed = run.resume_state is not None
+        batches = iter(()) if done else epoch_batches(loader, start_epoch, cfg.epochs, resumed=resumed)
+        for epoch, batch in batches:
             real = batch["video"]
             check_batch(real, cfg)
             z = run.randn(real.shape[0], cfg.z_dim)  # own generator: resumes bitwise

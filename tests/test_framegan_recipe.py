@@ -204,22 +204,22 @@ def test_presets_paper_vs_authors() -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, store: Path) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "recipes.train_framegan", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-        )
-
-    res = cli("--stage", "2", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--device", "cpu")
-    assert res.returncode == 2 and res.stderr.strip().endswith(
-        "stage 2 needs --gf-checkpoint (a stage 1 checkpoint)"
+    args = ["--stage", "2", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--device", "cpu"]
+    res = subprocess.run(
+        [sys.executable, "-m", "recipes.train_framegan", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("stage 2 needs --gf-checkpoint (a stage 1 checkpoint)")
     assert res.stderr.strip().count("\n") == 0
-    res = cli("--smoke", "--data", str(store), "--size", "64", "--out-dir", str(tmp_path / "y"))
-    assert res.returncode == 2 and "models expect (1, 64, 64)" in res.stderr
+
+
+def test_data_shape_mismatch_is_a_clear_error(tmp_path: Path, store: Path) -> None:
+    with pytest.raises(ValueError, match=r"models expect \(1, 64, 64\).*--size"):
+        main(smoke_cfg(store, tmp_path, size=64))
 
 
 @pytest.mark.slow
