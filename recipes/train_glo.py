@@ -467,13 +467,53 @@ def fvd_features(device: torch.device) -> Any | None:
         return None
 
 
+def video_metrics(videos: torch.Tensor, *, cfg: GLOConfig, geometry: Any, features: Any,
+                  real_features: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
+    """Physics metrics (balls stores) and FVD against the real features, for one set of videos."""
+    out: dict[str, Any] = {}
+    if geometry is not None:
+        from recipes.metrics.physics_balls import physics_balls_metrics
+
+        out["physics"] = physics_balls_metrics(videos[: cfg.eval_clips], geometry)
+    if features is not None and real_features is not None:
+        from recipes.metrics.fvd import fvd_from_features
+
+        out["fvd"] = fvd_from_features(real_features, features(videos[: cfg.fvd_clips]))
+    return out
+
+
 @torch.no_grad()
 def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mappings: Mapping[str, nn.Module],
              device: torch.device, sample_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """Reconstruction error, FVD per mapping and physics metrics; writes one GIF per mapping."""
+    """Reconstruction error, FVD and physics metrics of the reconstructions and of every mapping's samples.
+
+    One set of generated videos is held at a time (256 clips of 3x32x64x64 are 400 MB); a GIF per mapping.
+    """
     result: dict[str, Any] = {"loss": loss_name(cfg), "mappings": {}}
-    n_eval = max(cfg.eval_clips, cfg.fvd_clips)
-    real, index = first_clips(cfg, device, n_eval)
+    real, index = first_clips(cfg, device, max(cfg.eval_clips, cfg.fvd_clips, 2))
+    geometry = balls_geometry(read_manifest(cfg), cfg.size)
+    features = real_features = None
+    if cfg.fvd_clips and cfg.frames < MIN_FRAMES:
+        print(
+            f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
+            flush=True,
+        )
+    elif cfg.fvd_clips:
+        features = fvd_features(device)
+    if features is not None:
+        from recipes.metrics.fvd import fvd_protocol
+
+        real_features = features(real[: cfg.fvd_clips])
+        n_fvd = len(real_features)
+        result["fvd_protocol"] = fvd_protocol(
+            clips_real=n_fvd, clips_fake=n_fvd, frames=cfg.frames, resolution=(cfg.size, cfg.size),
+            resize=features.resize,
+        )  # fmt: skip
+    measure = dict(cfg=cfg, geometry=geometry, features=features, real_features=real_features)
+    if geometry is not None:
+        from recipes.metrics.physics_balls import physics_balls_metrics
+
+        result["physics_real"] = physics_balls_metrics(real[: cfg.eval_clips], geometry)
     recon = generate(gen, torch.from_numpy(latents.gather(index)).to(device), cfg.eval_batch_size)
     r, f = real[: cfg.eval_clips], recon[: cfg.eval_clips]
     lap = LaplacianLoss(cfg.lap_levels, weighting=cfg.lap_weighting)
@@ -482,42 +522,15 @@ def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mapp
         "l1": (f - r).abs().mean().item(),
         "mse": (f - r).square().mean().item(),
         "lap1": lap(f, r).mean().item(),
+        **video_metrics(recon, **measure),
     }
-    gen_cpu = torch.Generator().manual_seed(cfg.seed + 1)
-    fakes = {}
+    del recon
+    noise = torch.Generator().manual_seed(cfg.seed + 1)
     for name, mapping in mappings.items():
-        z = mapping.sample(max(n_eval, cfg.n_samples), generator=gen_cpu).to(device)  # type: ignore[operator]
-        fakes[name] = generate(gen, z, cfg.eval_batch_size)
-        save_video_gif(fakes[name][: cfg.n_samples], sample_dir / f"{name}.gif")
-        result["mappings"][name] = {}
-    geometry = balls_geometry(read_manifest(cfg), cfg.size)
-    if geometry is not None:
-        from recipes.metrics.physics_balls import physics_balls_metrics
-
-        result["physics_real"] = physics_balls_metrics(r, geometry)
-        result["reconstruction"]["physics"] = physics_balls_metrics(f, geometry)
-        for name, fake in fakes.items():
-            result["mappings"][name]["physics"] = physics_balls_metrics(fake[: cfg.eval_clips], geometry)
-    if cfg.fvd_clips and cfg.frames < MIN_FRAMES:
-        print(
-            f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
-            flush=True,
-        )
-    elif cfg.fvd_clips:
-        features = fvd_features(device)
-        if features is not None:
-            from recipes.metrics.fvd import fvd_from_features, fvd_protocol
-
-            real_feat = features(real[: cfg.fvd_clips])
-            result["reconstruction"]["fvd"] = fvd_from_features(real_feat, features(recon[: cfg.fvd_clips]))
-            for name, fake in fakes.items():
-                result["mappings"][name]["fvd"] = fvd_from_features(
-                    real_feat, features(fake[: cfg.fvd_clips])
-                )
-            result["fvd_protocol"] = fvd_protocol(
-                clips_real=cfg.fvd_clips, clips_fake=cfg.fvd_clips, frames=cfg.frames,
-                resolution=(cfg.size, cfg.size), resize=features.resize,
-            )  # fmt: skip
+        z = mapping.sample(max(len(real), cfg.n_samples), generator=noise).to(device)  # type: ignore[operator]
+        fake = generate(gen, z, cfg.eval_batch_size)
+        save_video_gif(fake[: cfg.n_samples], sample_dir / f"{name}.gif")
+        result["mappings"][name] = video_metrics(fake, **measure)
     return result
 
 
