@@ -85,9 +85,7 @@ class GLOConfig(TrainConfig):
     size: int = 64  # frames are resized to size x size (bilinear) when the store's differ
     nz: int = 100  # code dimension
     width: int = 64  # generator channels at the last hidden layer (512 -> 256 -> 128 -> 64 at 64 px)
-    init: Literal["xavier", "videogan"] = (
-        "xavier"  # GLANN-VIDEO's Xavier(gain sqrt 2) or VideoGAN's N(0, 0.01)
-    )
+    init: Literal["xavier", "videogan"] = "xavier"  # GLANN-VIDEO's Xavier(gain 2**.5) / VideoGAN's N(0, .01)
     lr_z: float = 0.01  # Adam lr of the codes
     lr_g: float = 0.001  # Adam lr of the generator (0.01 x factor 0.1)
     beta1: float = 0.5
