@@ -489,14 +489,32 @@ class _Gather:
         self.expected += len(buffer)
         self.pos = offset + len(buffer)
 
-    def add_window(self, base: int, dest: NDArray[np.uint8], first: int, stride: int) -> None:
-        """Frames ``first, first + stride, ...`` of a C-order clip stored at byte ``base``, into ``dest``."""
-        frame_bytes = dest[0].nbytes
-        if stride == 1:
-            self.add(base + first * frame_bytes, memoryview(dest).cast("B"))
-            return
-        for k in range(len(dest)):
-            self.add(base + (first + k * stride) * frame_bytes, memoryview(dest[k]).cast("B"))
+    def add_windows(
+        self,
+        out: NDArray[np.uint8],
+        bases: list[int],
+        rows: list[int],
+        firsts: list[int],
+        stride: int,
+        headers: memoryview | None = None,
+    ) -> None:
+        """For each sample: frames ``first, first + stride, ...`` of the C-order clip stored at byte ``base``,
+        into row ``row`` of ``out`` ``(rows, length, H, W, C)``; with ``headers`` (k equal slots), also the
+        bytes just before each clip (its .npy header) into slot k."""
+        length = out.shape[1]
+        frame_bytes = out[0, 0].nbytes
+        row_bytes = length * frame_bytes
+        flat = memoryview(out.reshape(-1))
+        header_len = len(headers) // max(1, len(bases)) if headers is not None else 0
+        for k, (base, row, first) in enumerate(zip(bases, rows, firsts, strict=True)):
+            if headers is not None:
+                self.add(base - header_len, headers[k * header_len : (k + 1) * header_len])
+            if stride == 1:
+                self.add(base + first * frame_bytes, flat[row * row_bytes : (row + 1) * row_bytes])
+                continue
+            for k in range(length):
+                at = row * row_bytes + k * frame_bytes
+                self.add(base + (first + k * stride) * frame_bytes, flat[at : at + frame_bytes])
 
     def flush(self) -> None:
         if self.buffers:
@@ -514,6 +532,12 @@ _SCRATCH = memoryview(bytearray(_GAP))
 def _check_window(shard: ShardRef, key: str, t: int, start: int, place: Placement) -> None:
     if start + (place.length - 1) * place.stride >= t:
         raise ShardError(shard.url, f"sample {key}: {t} frames, too few for the requested window")
+
+
+def _check_windows(shard: ShardRef, key: str, t: int, starts: NDArray[np.int64], place: Placement) -> None:
+    """All windows fit clips of ``t`` frames (``key`` names a sample of the run in the error)."""
+    if len(starts):
+        _check_window(shard, key, t, int(starts.max()), place)
 
 
 def _fill_local_tar(
@@ -542,18 +566,20 @@ def _fill_local_tar(
         )
     expected_size = header_len + int(np.prod(shape))
     # Every sample is read with its .npy header, which must equal the first one: same dtype, shape and layout.
+    spans = index.video[start + needed]
+    wrong = np.flatnonzero(spans[:, 1] != expected_size)
+    if len(wrong):
+        key = index.keys[start + int(needed[wrong[0]])]
+        raise ShardError(
+            shard.url, f"sample {key}: .npy of {spans[wrong[0], 1]} bytes, expected {expected_size}"
+        )
+    _check_windows(shard, index.keys[start + int(needed[0])], shape[0], place.starts[needed], place)
     headers = np.empty((len(needed), header_len), dtype=np.uint8)
+    header_views = memoryview(headers.reshape(-1))
     gather = _Gather(shard, fd)
-    for k, j in enumerate(needed):
-        i = start + int(j)
-        offset, size = (int(v) for v in index.video[i])
-        if size != expected_size:
-            raise ShardError(
-                shard.url, f"sample {index.keys[i]}: .npy of {size} bytes, expected {expected_size}"
-            )
-        _check_window(shard, index.keys[i], shape[0], int(place.starts[j]), place)
-        gather.add(offset, memoryview(headers[k]))
-        gather.add_window(offset + header_len, out[place.rows[j]], int(place.starts[j]), place.stride)
+    bases = (spans[:, 0] + header_len).tolist()
+    rows, firsts = place.rows[needed].tolist(), place.starts[needed].tolist()
+    gather.add_windows(out, bases, rows, firsts, place.stride, headers=header_views)
     gather.flush()
     bad = np.flatnonzero((headers != np.frombuffer(header[:header_len], dtype=np.uint8)).any(axis=1))
     if len(bad):
@@ -636,11 +662,15 @@ def _fill_h5(
         keys[0] if keys and start == 0 else None,
         keys[-1] if keys and stop == n else None,
     )
-    gather = _Gather(shard, _fd(shard.local_path))  # type: ignore[arg-type]
-    for j in np.flatnonzero(place.rows >= 0):
-        _check_window(shard, keys[j], t, int(place.starts[j]), place)
-        gather.add_window(int(offsets[start + j]), out[place.rows[j]], int(place.starts[j]), place.stride)
-    gather.flush()
+    needed = np.flatnonzero(place.rows >= 0)
+    if len(needed):
+        _check_windows(shard, keys[int(needed[0])], t, place.starts[needed], place)
+        gather = _Gather(shard, _fd(shard.local_path))  # type: ignore[arg-type]
+        bases = offsets[start + needed].tolist()
+        gather.add_windows(
+            out, bases, place.rows[needed].tolist(), place.starts[needed].tolist(), place.stride
+        )
+        gather.flush()
     return keys, meta
 
 
