@@ -277,3 +277,13 @@ def test_url_pattern_and_pipe_sources(store):
     resampled = VideoDataset(piped, epoch_mode="resampled", world=World())
     it = iter(make_loader(resampled, batch_size=4, num_workers=0))
     assert len(next(it)["key"]) == 4
+
+
+def test_plain_dataloader_over_samples_and_hdf5_without_locking(store):
+    ds = VideoDataset(store, format="hdf5", h5_locking=False, world=World(), block_size=4)
+    keys = []
+    for batch in torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2):
+        assert batch["video"].shape[1:] == (1, 4, 8, 8)
+        assert [int(k) for k in batch["key"]] == indices(batch["video"])
+        keys += batch["key"]
+    assert sorted(keys) == [sample_key(i) for i in range(38)]

@@ -54,7 +54,10 @@ def _rank_main(rank: int, world_size: int, port: int, store: str, out: str) -> N
 
 def test_two_process_gloo_run_equal_disjoint_complete(tmp_path):
     store = make_store(tmp_path / "store", last=4, formats=("wds",))
-    mp.spawn(_rank_main, args=(2, free_port(), str(store), str(tmp_path)), nprocs=2, join=True)
+    # fork: the ranks inherit the imported modules (spawn would re-import torch twice: ~10 s on 2 cores)
+    mp.start_processes(
+        _rank_main, args=(2, free_port(), str(store), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["all"] == ranks[1]["all"] == [[5, 20], [5, 20]]  # equal steps and samples
     assert ranks[0]["pad"] == 1
