@@ -51,8 +51,16 @@ def _checked_dtype(*args: Any) -> np.dtype:
     return dt
 
 
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to carry an array's raw bytes (latin-1 text)."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise UnsafePickleError("pickle calls _codecs.encode other than for latin-1 array bytes")
+    return text.encode("latin1")
+
+
 # (module, name) -> what the unpickler hands back. Both numpy 1 (numpy.core) and numpy 2 (numpy._core)
-# spellings of the array reconstructor are admitted; nothing else (no builtins, no os, no custom classes).
+# spellings of the array reconstructor are admitted, and latin-1 encoding of array bytes (protocol 2);
+# nothing else (no builtins, no os, no custom classes).
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -60,6 +68,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "scalar"): scalar,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _checked_dtype,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 
 
