@@ -12,6 +12,7 @@ Checkpoint state is a few JSON ints, taken after the batches the caller has rece
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,8 @@ from pipelines.errors import PipelineError
 from pipelines.order import worker_blocks
 
 PREFETCH_FACTOR = 2
+# Blocks must come back round-robin (torch < 2.6 always does so and has no `in_order` argument).
+_IN_ORDER = {"in_order": True} if "in_order" in inspect.signature(DataLoader).parameters else {}
 STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_size")
 
 
@@ -211,7 +214,7 @@ class VideoLoader:
                 persistent_workers=self.persistent_workers and workers > 0,
                 timeout=self.timeout if workers else 0,
                 multiprocessing_context=self.multiprocessing_context if workers else None,
-                in_order=True,
+                **_IN_ORDER,
             )
             if self.persistent_workers:
                 self._dataloader = loader

@@ -607,7 +607,11 @@ def _h5_chunk_offsets(shard: ShardRef, handle) -> NDArray[np.int64] | None:
             if info.size == clip_bytes and info.filter_mask == 0:
                 offsets[info.chunk_offset[0]] = info.byte_offset
 
-        ds.id.chunk_iter(visit)
+        try:
+            ds.id.chunk_iter(visit)
+        except (AttributeError, NotImplementedError, RuntimeError):  # HDF5 < 1.12.3 / old h5py
+            for index in range(ds.shape[0]):
+                visit(ds.id.get_chunk_info_by_coord((index, 0, 0, 0, 0)))
         if (offsets < 0).any():
             offsets = None  # unallocated or odd chunks: let h5py handle them
     _H5_CHUNKS[cache_key] = offsets
