@@ -26,8 +26,17 @@ def scale_video(video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     moved = to_model_layout(video)
     if dtype == torch.uint8:
         return moved.contiguous()
+    if moved.device.type == "cpu" and dtype in _NUMPY_FLOATS:
+        # numpy: single-threaded and reuses freed memory; torch's CPU path measured 10x slower on a busy host
+        out = np.empty(moved.shape, dtype=_NUMPY_FLOATS[dtype])
+        np.divide(moved.numpy(), out.dtype.type(127.5), out=out, casting="unsafe")
+        out -= 1
+        return torch.from_numpy(out)
     out = moved.to(dtype=dtype, memory_format=torch.contiguous_format)
     return out.div_(127.5).sub_(1.0)
+
+
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 @dataclass

@@ -287,3 +287,14 @@ def test_plain_dataloader_over_samples_and_hdf5_without_locking(store):
         assert [int(k) for k in batch["key"]] == indices(batch["video"])
         keys += batch["key"]
     assert sorted(keys) == [sample_key(i) for i in range(38)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_scale_video_hits_both_ends_exactly(dtype):
+    from pipelines.device import scale_video
+
+    video = torch.tensor([0, 255, 128], dtype=torch.uint8).reshape(1, 3, 1, 1, 1)  # (B, T, H, W, C)
+    out = scale_video(video, dtype)
+    assert out.dtype == dtype and out.shape == (1, 1, 3, 1, 1)
+    assert out.flatten()[:2].tolist() == [-1.0, 1.0]
+    assert abs(float(out.flatten()[2]) - (128 / 127.5 - 1)) < 1e-2
