@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from recipes.common.cli import run_cli
 from recipes.common.config import apply_overrides
 from recipes.common.data import smoke_store
 from recipes.latents import LatentStore
-from recipes.train_glo import SMOKE, GLOConfig, fvd_table, main
+from recipes.train_glo import PRESETS, SMOKE, GLOConfig, fvd_table, get_args_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,16 +86,25 @@ def test_resume_continues_exactly(store, tmp_path, case):
     np.testing.assert_array_equal(np.asarray(za.m), np.asarray(zb.m))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recipes.train_glo", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+def _cli_error(capsys, *args: str) -> str:
+    """Run the recipe's CLI entry in-process; it must exit 2 with one line on stderr."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, get_args_parser(), GLOConfig, presets=PRESETS, smoke=SMOKE, argv=list(args))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
 
 
-def test_cli_errors_are_one_line_and_exit_2(store, tmp_path):
-    res = _cli("--smoke", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--stage", "post")
-    assert res.returncode == 2 and "--resume" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    res = _cli("--smoke", "--data", str(store), "--out-dir", str(tmp_path / "y"), "--w-lap", "0")
-    assert res.returncode == 2 and "no reconstruction loss" in res.stderr
+def test_cli_errors_are_one_line_and_exit_2(store, tmp_path, capsys):
+    base = ["--smoke", "--data", str(store)]
+    assert "--resume" in _cli_error(capsys, *base, "--out-dir", str(tmp_path / "x"), "--stage", "post")
+    assert "no reconstruction loss" in _cli_error(
+        capsys, *base, "--out-dir", str(tmp_path / "y"), "--w-lap", "0"
+    )
+    assert "unknown mappings" in _cli_error(
+        capsys, *base, "--out-dir", str(tmp_path / "z"), "--mappings", "flow"
+    )
+    assert "vgg-weights" in _cli_error(capsys, *base, "--out-dir", str(tmp_path / "w"), "--preset", "vgg")
 
 
 def test_fvd_table_has_one_column_per_loss(tmp_path):
