@@ -67,7 +67,7 @@ def _draw_windows(
 Allocator = Callable[[tuple[int, ...]], tuple[torch.Tensor, NDArray[np.uint8]]]
 
 
-def _alloc_block(shape: tuple[int, ...]) -> tuple[torch.Tensor, NDArray[np.uint8]]:
+def alloc_block(shape: tuple[int, ...]) -> tuple[torch.Tensor, NDArray[np.uint8]]:
     """A uint8 block (and its numpy view); in a DataLoader worker it lives in shared memory from the start, so
     shipping it to the main process copies nothing (what torch's default_collate does for its batches)."""
     if get_worker_info() is not None:
@@ -260,7 +260,7 @@ class VideoDataset(IterableDataset):
         With known sizes each sample is read straight into its output row (and only if it is kept).
         ``alloc(shape)`` may provide the output (the loader's shared-memory ring); default: a fresh block.
         """
-        alloc = alloc or _alloc_block
+        alloc = alloc or alloc_block
         size = block.known_size
         if size is None or self.sample_shape is None:
             return self._read_block_generic(block, start, alloc)
