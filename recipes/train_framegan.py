@@ -90,6 +90,7 @@ class FrameGANConfig(TrainConfig):
     frames: int = 30  # stage 2 clip length (G_V emits frames * 128 before the LSTM)
     g_width: int = 1024  # G_F channels after the first linear layer (paper 1024)
     d_width: int = 256  # first discriminator conv's channels (paper 256; later layers x2, x4 / x2, x3)
+    gv_width: int = 512  # G_V's first FC width (paper 512; then x2, x4, and frames * 128)
     projection_init: Literal["gaussian", "uniform"] = "gaussian"  # rpgan Gaussian / authors' default uniform
     raw_view: bool = False  # stage 2: reproduce the authors' batch-mixing view(30, B, 128)
     d_impl: Literal["batched", "loop"] = "batched"  # loop = per-discriminator reference (slow; for checks)
@@ -147,6 +148,7 @@ SMOKE: dict[str, Any] = {
     "k": 4,
     "g_width": 32,
     "d_width": 8,
+    "gv_width": 32,
     "log_every": 2,
     "sample_every": 4,
     "ckpt_every": 4,
@@ -206,7 +208,14 @@ def load_frame_generator(path: str | Path) -> tuple[FrameGenerator, FrameGANConf
 
 
 def build_video_generator(cfg: FrameGANConfig) -> VideoGenerator:
-    return VideoGenerator(z_dim=cfg.z_dim, code_dim=cfg.z_dim, frames=cfg.frames, raw_view=cfg.raw_view)
+    w = cfg.gv_width
+    return VideoGenerator(
+        z_dim=cfg.z_dim,
+        code_dim=cfg.z_dim,
+        frames=cfg.frames,
+        hidden=(w, 2 * w, 4 * w),
+        raw_view=cfg.raw_view,
+    )
 
 
 def load_video_generator(path: str | Path) -> tuple[VideoGenerator, FrameGANConfig]:
