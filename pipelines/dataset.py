@@ -104,6 +104,11 @@ class VideoDataset(IterableDataset):
         h5_locking: passed to ``h5py.File(locking=...)``; False for NFS/Lustre (None keeps HDF5's default).
 
     Items: ``{"key": str, "video": uint8 tensor, "meta": dict}`` (``meta`` only with ``with_meta``).
+
+    With :func:`pipelines.loader.make_loader` the sequence never depends on ``num_workers``; a plain DataLoader
+    over these items gets the same samples, interleaved per worker. Ranks and workers split sample ranges,
+    not whole shards, so no setting needs at least ranks x workers shards (workers without a block idle).
+    Build the dataset after ``torch.distributed.init_process_group`` (the world is read then).
     """
 
     def __init__(
@@ -184,7 +189,7 @@ class VideoDataset(IterableDataset):
                     f"padding the epoch with {self.pad_count} repeated samples; "
                     f"each rank gets {self.num_samples}"
                 )
-                log.warning(message)
+                log.info(message)  # for run logs; the warning is what a user sees by default
                 warnings.warn(message, stacklevel=2)
 
     # ------------------------------------------------------------ order

@@ -23,8 +23,8 @@ def raise_error(exn: Exception) -> bool:
 
 
 def skip_and_warn(exn: Exception) -> bool:
-    """Warn (once per message) and skip the bad part; samples skipped are counted by the reader."""
-    log.warning("skipping bad data: %s", exn)
+    """Warn and skip the bad part; samples skipped are counted by the reader."""
+    log.info("skipping bad data: %s", exn)  # for run logs; the warning is what a user sees by default
     warnings.warn(f"skipping bad data: {exn}", RuntimeWarning, stacklevel=2)
     return True
 
