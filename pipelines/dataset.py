@@ -105,9 +105,10 @@ class VideoDataset(IterableDataset):
 
     Items: ``{"key": str, "video": uint8 tensor, "meta": dict}`` (``meta`` only with ``with_meta``).
 
-    With :func:`pipelines.loader.make_loader` the sequence never depends on ``num_workers``; a plain DataLoader
-    over these items gets the same samples, interleaved per worker. Ranks and workers split sample ranges,
-    not whole shards, so no setting needs at least ranks x workers shards (workers without a block idle).
+    With :func:`pipelines.loader.make_loader` the sequence never depends on ``num_workers``; a plain
+    DataLoader over these items gets the same samples, interleaved per worker. Ranks and workers split
+    sample ranges, not whole shards, so no setting needs ranks x workers shards (workers without a block
+    idle).
     Build the dataset after ``torch.distributed.init_process_group`` (the world is read then).
     """
 
