@@ -296,8 +296,12 @@ def _gc_paused() -> Iterator[None]:
 
 
 @lru_cache(maxsize=64)
-def acceptance_rate(n_balls: int, radius: float, box: float, tries: int = 100_000) -> float:
-    """Fraction of initial-position draws the rejection sampler accepts (Monte Carlo, fixed seed)."""
+def acceptance_rate(n_balls: int, radius: float, box: float) -> float:
+    """Fraction of initial-position draws the rejection sampler accepts (Monte Carlo, fixed seed).
+
+    100,000 draws up to 30 balls, fewer beyond (the pair test is quadratic), never under 2,000.
+    """
+    tries = max(2000, min(100_000, 100_000 * 30**2 // n_balls**2))
     rng = np.random.default_rng(0)
     accepted, done = 0, 0
     chunk = max(1, min(tries, (1 << 21) // (2 * n_balls)))
@@ -335,7 +339,7 @@ class BallsGenerator:
         n, r, box = p["n_balls"], p["radius"], p["box"]
         if 2 * r >= box:
             raise DatagenError(f"radius {r} does not fit the box of side {box}: need 2 * radius < box")
-        if n * math.pi * r * r > 0.5 * box * box or acceptance_rate(n, r, box) < MIN_ACCEPTANCE:
+        if n * math.pi * r * r > box * box or acceptance_rate(n, r, box) < MIN_ACCEPTANCE:
             raise DatagenError(
                 f"{n} balls of radius {r} do not fit a box of side {box}: random placement almost never "
                 "succeeds; use fewer balls or a smaller radius"
