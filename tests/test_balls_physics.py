@@ -223,6 +223,11 @@ def test_bad_params_raise_one_clear_error(params, message):
     assert "\n" not in str(info.value)
 
 
+def test_validate_accepts_tight_but_placeable_set_ups():
+    assert BALLS.validate({"n_balls": 1, "radius": 4.9})["radius"] == 4.9  # ~1 in 2000 draws fits
+    assert BALLS.validate({"n_balls": 6})["n_balls"] == 6  # ~1 in 3000 draws fits
+
+
 def test_validate_fills_defaults_and_normalises_types():
     p = BALLS.validate({"box": 10, "size": np.int64(32)})
     assert p == {"n_balls": 3, "frames": 30, "size": 32, "radius": 1.2, "box": 10.0}
