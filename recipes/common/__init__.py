@@ -32,7 +32,8 @@ A recipe, top-down (torchvision references layout):
         loader = loader or build_loader(cfg, run, mode="clip", frames=16)
         model = ...; opt = ...; scaler = make_scaler(run.device, cfg.precision)
         step, epoch, extra = run.restore(models={"g": g}, optimizers={"g": opt}, scaler=scaler, loader=loader)
-        for epoch, batch in epoch_batches(loader, epoch, cfg.epochs):
+        resumed = run.resume_state is not None   # a resumed epoch keeps the loader's restored position
+        for epoch, batch in epoch_batches(loader, epoch, cfg.epochs, resumed=resumed):
             z = run.randn(len(batch["video"]), 100)
             with run.autocast():
                 loss = ...
@@ -40,6 +41,8 @@ A recipe, top-down (torchvision references layout):
             if run.due(step, cfg.log_every): run.log(step, {"loss": loss.item()}, epoch=epoch)
             if run.due(step, cfg.ckpt_every): run.save(step=step, epoch=epoch, models=..., optimizers=...,
                                                        scaler=scaler, loader=loader)
+            if cfg.max_steps and step >= cfg.max_steps:
+                break                             # after the step: the loader position matches the weights
         run.close()
 
     def get_args_parser(add_help=True): return build_parser(MyConfig, presets=PRESETS, add_help=add_help)
