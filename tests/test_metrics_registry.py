@@ -1,0 +1,135 @@
+"""Metric names as protocols, frozen options, sources, the stats cache and the evaluate entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datagen.errors import DatagenError
+from datagen.jobs import generation_job, run_store_job
+from recipes import evaluate
+from recipes.metrics.fvd import cached_stats
+from recipes.metrics.registry import MetricOptions, calc_metric, families, parse_metric
+from recipes.metrics.sources import ArrayVideos, StoreVideos
+
+SIZE, FRAMES = 32, 30
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stores") / "balls"
+    job = generation_job(
+        out, "balls", {"size": SIZE, "frames": FRAMES}, seed=4, n=12, shard_size=6, formats=["wds"]
+    )
+    run_store_job(job, workers=0)
+    return out
+
+
+def test_metric_names_carry_their_protocol():
+    fn, clips, frames = parse_metric("fvd2048_16f")
+    assert (fn.__name__, clips, frames) == ("fvd", 2048, 16)
+    fn, clips, frames = parse_metric("adjacent_mse4_30f")
+    assert (fn.__name__, clips, frames) == ("adjacent_mse", 4, 30)
+    assert {"fvd", "adjacent_mse", "physics_balls", "mnist_identity"} <= set(families())
+    for bad in ("fvd", "fid50k_full", "fvd2048_16"):
+        with pytest.raises(DatagenError, match="unknown metric"):
+            parse_metric(bad)
+
+
+def test_options_are_frozen_and_copied_not_mutated():
+    opts = MetricOptions(seed=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 2  # type: ignore[misc]
+    other = dataclasses.replace(opts, seed=2)
+    assert (opts.seed, other.seed) == (1, 2)
+
+
+def test_array_source_windows_are_seeded_and_checked():
+    videos = torch.arange(5 * 1 * 10 * 2 * 2, dtype=torch.float32).reshape(5, 1, 10, 2, 2) / 200 - 1
+    src = ArrayVideos(videos)
+    a, b = src.clips(3, 4, seed=7), src.clips(3, 4, seed=7)
+    assert a.shape == (3, 1, 4, 2, 2) and torch.equal(a, b)
+    assert not torch.equal(a, src.clips(3, 4, seed=8))
+    u8 = ArrayVideos(np.full((2, 3, 2, 2, 1), 255, np.uint8))  # store layout THWC -> model layout in [-1, 1]
+    assert u8.shape == (1, 3, 2, 2) and float(u8.clips(2, None, seed=0).min()) == 1.0
+    with pytest.raises(DatagenError, match="holds 5 clips"):
+        src.clips(6, 4, seed=0)
+
+
+def test_store_source_reads_through_the_loader(store):
+    src = StoreVideos(store)
+    assert len(src) == 12 and src.generator == "balls" and src.params["size"] == SIZE
+    clips = src.clips(4, 16, seed=0)
+    assert clips.shape == (4, 1, 16, SIZE, SIZE) and clips.min() >= -1 and clips.max() <= 1
+    assert torch.equal(clips, src.clips(4, 16, seed=0))
+
+
+def test_real_stats_cache_is_npz_and_computed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOGEN_CACHE", str(tmp_path))
+    calls = []
+    feats = np.random.default_rng(0).normal(size=(10, 4))
+
+    def compute():
+        calls.append(1)
+        return feats
+
+    key = {"digest": "sha256:x", "detector": "d", "clips": 10, "frames": 16}
+    first, second = cached_stats(key, compute), cached_stats(key, compute)
+    assert len(calls) == 1 and np.array_equal(first.sigma, second.sigma)
+    (path,) = (tmp_path / "fvd").glob("*.npz")
+    np.load(path, allow_pickle=False).close()
+    cached_stats({**key, "clips": 11}, compute)
+    assert len(calls) == 2
+
+
+def test_evaluate_store_vs_samples_writes_report_and_plot(store, tmp_path):
+    real = StoreVideos(store).clips(8, FRAMES, seed=3).numpy()
+    np.save(tmp_path / "good.npy", real)
+    np.save(tmp_path / "shuffled.npy", real[:, :, np.random.default_rng(0).permutation(FRAMES)])
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "codes.npy", np.cumsum(rng.normal(size=(6, FRAMES, 16)) * 0.1, axis=1))
+    out = tmp_path / "eval"
+    code = evaluate.main(
+        [
+            "--real", str(store),
+            "--fake", str(tmp_path / "shuffled.npy"),
+            "--baseline", str(tmp_path / "good.npy"),
+            "--metrics", "adjacent_mse8_30f,physics_balls8_30f", "--latents", str(tmp_path / "codes.npy"),
+            "-o", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sources"]["real"]["digest"].startswith("sha256:")
+    mse, physics = report["metrics"]
+    assert mse["protocol"]["clips"] == 8 and mse["protocol"]["frames"] == FRAMES
+    assert mse["results"]["fake/mean"] > 2 * mse["results"]["real/mean"]
+    assert physics["protocol"]["geometry"]["radius_px"] == pytest.approx(1.2 * SIZE / 10)
+    r = physics["results"]
+    assert r["real/ballistic_fraction"] > 0.99 and r["baseline/ballistic_fraction"] > 0.99
+    assert r["fake/ballistic_fraction"] < 0.5 and r["fake/link_rate"] < 0.5
+    img = cv2.imread(str(out / "isomap.png"))
+    assert img.shape == (512, 512, 3) and (img < 250).any()
+
+
+def test_evaluate_errors_are_one_line_and_exit_2(store, tmp_path, capsys):
+    assert evaluate.main(["--real", str(store), "--metrics", "nope1_2f", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown metric") and "\n" not in err
+    assert evaluate.main(["--real", str(store), "--metrics", "adjacent_mse99_30f", "-o", str(tmp_path)]) == 2
+    assert "holds 12 clips" in capsys.readouterr().err
+    assert evaluate.main(["--real", str(store), "--metrics", "fvd4_16f", "-o", str(tmp_path)]) == 2
+    assert "needs a 'real' and a 'fake'" in capsys.readouterr().err
+
+
+def test_calc_metric_reports_nan_as_null():
+    static = ArrayVideos(-torch.ones(2, 1, 5, 8, 8))  # no balls at all
+    result = calc_metric("physics_balls2_5f", MetricOptions(sources={"fake": static}))
+    assert result["results"]["fake/count_accuracy"] == 0.0
+    assert result["results"]["fake/ballistic_fraction"] is None
+    json.dumps(result, allow_nan=False)
