@@ -228,3 +228,23 @@ def test_unpickler_rejects_torch_style_persistent_ids():
     P(buf, protocol=2).dump({"params": b"raw"})
     with pytest.raises(UnsafePickleError):
         load_array_pickle(buf.getvalue())
+
+
+@needs_weights
+def test_registry_fvd_records_protocol_and_separates_sets(i3d, monkeypatch):
+    from recipes.metrics.registry import MetricOptions, calc_metric
+    from recipes.metrics.sources import ArrayVideos
+
+    _, npz = i3d
+    monkeypatch.setenv("VIDEOGEN_CACHE", str(npz.parents[1]))  # reuse the converted weights
+    gen = torch.Generator().manual_seed(2)
+    real = ArrayVideos(torch.rand(2, 1, 10, 16, 16, generator=gen) * 2 - 1, name="real")
+    other = ArrayVideos(torch.rand(2, 1, 10, 16, 16, generator=gen).round() * 2 - 1, name="other")
+    same = calc_metric("fvd2_10f", MetricOptions(sources={"real": real, "fake": real}))
+    assert same["results"]["fvd2_10f"] == pytest.approx(0.0, abs=1e-3)
+    protocol = same["protocol"]
+    assert (protocol["clips_real"], protocol["clips_fake"], protocol["frames"]) == (2, 2, 10)
+    assert protocol["input_resolution"] == [16, 16] and protocol["resize"].startswith("tf1 bilinear to 224")
+    differ = calc_metric("fvd2_10f", MetricOptions(sources={"real": real, "fake": other}))
+    assert differ["results"]["fvd2_10f"] > 1.0
+    assert len(list((npz.parents[1] / "fvd").glob("*.npz"))) == 1  # real statistics computed once, cached

