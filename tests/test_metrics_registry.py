@@ -133,3 +133,11 @@ def test_calc_metric_reports_nan_as_null():
     assert result["results"]["fake/count_accuracy"] == 0.0
     assert result["results"]["fake/ballistic_fraction"] is None
     json.dumps(result, allow_nan=False)
+
+
+def test_chunked_clips_equal_the_whole_protocol(store):
+    for src in (StoreVideos(store), ArrayVideos(torch.rand(7, 1, 12, 4, 4) * 2 - 1)):
+        whole = src.clips(5, 8, seed=3)
+        chunks = list(src.iter_clips(5, 8, seed=3, chunk=2))
+        assert [len(c) for c in chunks] == [2, 2, 1]
+        assert torch.equal(torch.cat(chunks), whole)

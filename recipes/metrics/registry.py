@@ -158,12 +158,16 @@ def fvd(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
     detector = I3DFeatures(device=opts.device, resize=resize, batch_size=opts.batch_size)
     real, fake = opts.sources["real"], opts.sources["fake"]
 
+    def features(source: VideoSource) -> np.ndarray:
+        chunks = source.iter_clips(clips, frames, seed=opts.seed, chunk=16 * opts.batch_size)
+        return np.concatenate([detector(chunk) for chunk in chunks])
+
     def real_features() -> np.ndarray:
-        return detector(real.clips(clips, frames, seed=opts.seed))
+        return features(real)
 
     key = {"digest": real.digest, "detector": detector.detector_id, "clips": clips, "frames": frames}
     real_stats = cached_stats({**key, "seed": opts.seed}, real_features)
-    fake_stats = GaussianStats.of(detector(fake.clips(clips, frames, seed=opts.seed)))
+    fake_stats = GaussianStats.of(features(fake))
     value = frechet_distance(real_stats, fake_stats)
     protocol = {
         **_protocol(opts, clips, frames),

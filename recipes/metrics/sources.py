@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,10 @@ class ArrayVideos:
 
     def clips(self, n: int, frames: int | None, *, seed: int) -> torch.Tensor:
         """``n`` distinct videos (a seeded random subset) and a random window of ``frames`` from each."""
+        return torch.cat(list(self.iter_clips(n, frames, seed=seed, chunk=max(n, 1))))
+
+    def iter_clips(self, n: int, frames: int | None, *, seed: int, chunk: int = 64) -> Iterator[torch.Tensor]:
+        """The clips of :meth:`clips` in chunks of ``chunk`` (bounded memory for large protocols)."""
         total, t_len = len(self._clips), self._clips.shape[2]
         if n > total:
             raise _too_few(self.name, total, n)
@@ -70,9 +75,10 @@ class ArrayVideos:
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(total, size=n, replace=False))
         start = rng.integers(0, t_len - frames + 1, size=n)
-        index = torch.from_numpy(start[:, None] + np.arange(frames))  # (n, frames)
-        chosen = self._clips[torch.from_numpy(pick)]
-        return torch.stack([chosen[i, :, index[i]] for i in range(n)])
+        for lo in range(0, n, chunk):
+            yield torch.stack(
+                [self._clips[pick[i], :, start[i] : start[i] + frames] for i in range(lo, min(lo + chunk, n))]
+            )
 
 
 @dataclass
@@ -105,6 +111,10 @@ class StoreVideos:
 
     def clips(self, n: int, frames: int | None, *, seed: int) -> torch.Tensor:
         """The first ``n`` clips of the loader's seeded shuffle, each a random ``frames`` window."""
+        return torch.cat(list(self.iter_clips(n, frames, seed=seed, chunk=max(n, 1))))
+
+    def iter_clips(self, n: int, frames: int | None, *, seed: int, chunk: int = 64) -> Iterator[torch.Tensor]:
+        """The clips of :meth:`clips` in chunks of ``chunk``, kept uint8 until each chunk is handed out."""
         from pipelines.dataset import VideoDataset
         from pipelines.world import World
 
@@ -112,11 +122,15 @@ class StoreVideos:
             raise _too_few(self.name, len(self), n)
         dataset = VideoDataset(self.path, mode="clip", frames=frames, shuffle=True, seed=seed, world=World())
         out: list[torch.Tensor] = []
+        done = 0
         for item in dataset:
             out.append(torch.as_tensor(item["video"]))  # (C, T, H, W) uint8
-            if len(out) == n:
-                break
-        return torch.stack(out).float() / 127.5 - 1
+            if len(out) == min(chunk, n - done):
+                yield torch.stack(out).float() / 127.5 - 1
+                done += len(out)
+                out = []
+                if done == n:
+                    return
 
 
 VideoSource = ArrayVideos | StoreVideos
