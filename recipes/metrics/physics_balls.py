@@ -36,7 +36,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from recipes.metrics.blobs import detect_blobs, link_tracks, unit_gray
+from recipes.metrics.blobs import Blobs, detect_blobs, link_tracks, unit_gray
 
 BOX_SIZE = 10.0
 BALL_RADIUS = 1.2
@@ -111,7 +111,12 @@ def physics_balls_metrics(
 
 
 def _video_dynamics(
-    blobs, multiplicity: np.ndarray, v: int, thw: tuple[int, int, int], g: BallsGeometry, th: BallsThresholds
+    blobs: Blobs,
+    multiplicity: np.ndarray,
+    v: int,
+    thw: tuple[int, int, int],
+    g: BallsGeometry,
+    th: BallsThresholds,
 ) -> dict[str, float]:
     t_len, h, w = thw
     # a component of k merged balls is offered k times, so k tracks can pass through it
