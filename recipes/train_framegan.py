@@ -93,7 +93,7 @@ class FrameGANConfig(TrainConfig):
     gv_width: int = 512  # G_V's first FC width (paper 512; then x2, x4, and frames * 128)
     projection_init: Literal["gaussian", "uniform"] = "gaussian"  # rpgan Gaussian / authors' default uniform
     raw_view: bool = False  # stage 2: reproduce the authors' batch-mixing view(30, B, 128)
-    d_impl: Literal["batched", "loop"] = "batched"  # loop = per-discriminator reference (slow; for checks)
+    d_impl: Literal["batched", "loop"] = "batched"  # loop: K modules, same maths (bench_framegan: which wins)
     # stage 2 inputs, sampling and evaluation
     gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
     gv_checkpoint: str = ""  # stage 2 checkpoint to start G_V from (with --sample-only: to sample from)
