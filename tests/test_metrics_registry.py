@@ -113,6 +113,8 @@ def test_evaluate_store_vs_samples_writes_report_and_plot(store, tmp_path):
     r = physics["results"]
     assert r["real/ballistic_fraction"] > 0.99 and r["baseline/ballistic_fraction"] > 0.99
     assert r["fake/ballistic_fraction"] < 0.5 and r["fake/link_rate"] < 0.5
+    logged = json.loads((out / "metric-physics_balls8_30f.jsonl").read_text().splitlines()[-1])
+    assert logged["results"] == physics["results"]
     img = cv2.imread(str(out / "isomap.png"))
     assert img.shape == (512, 512, 3) and (img < 250).any()
 
