@@ -54,10 +54,8 @@ def _rank_main(rank: int, world_size: int, port: int, store: str, out: str) -> N
 
 def test_two_process_gloo_run_equal_disjoint_complete(tmp_path):
     store = make_store(tmp_path / "store", last=4, formats=("wds",))
-    # fork: the ranks inherit the imported modules (spawn would re-import torch twice: ~10 s on 2 cores)
-    mp.start_processes(
-        _rank_main, args=(2, free_port(), str(store), str(tmp_path)), nprocs=2, join=True, start_method="fork"
-    )
+    # spawn: a forked child of this multi-threaded test process (DataLoader workers, torch threads) can hang
+    mp.spawn(_rank_main, args=(2, free_port(), str(store), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["all"] == ranks[1]["all"] == [[5, 20], [5, 20]]  # equal steps and samples
     assert ranks[0]["pad"] == 1
