@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.errors import PipelineError, ShardError
 from pipelines.handlers import Handler, resolve_handler
+from pipelines.hdf5_files import close_h5_files
 from pipelines.order import (
     Block,
     block_order,
@@ -32,7 +33,7 @@ from pipelines.order import (
     resampled_blocks,
     worker_blocks,
 )
-from pipelines.readers import Placement, close_h5_files, count_samples, fill_run, parse_meta, read_run
+from pipelines.readers import Placement, count_samples, fill_run, parse_meta, read_run
 from pipelines.sources import check_local_shards, resolve_source
 from pipelines.world import World
 

@@ -17,7 +17,7 @@ from datagen.store.sample import sample_key
 from pipelines.dataset import VideoDataset
 from pipelines.errors import PipelineError, ShardError
 from pipelines.loader import make_loader
-from pipelines.readers import decode_npy
+from pipelines.npy import decode_npy
 from pipelines.world import World
 
 

@@ -1,0 +1,89 @@
+"""HDF5 shards opened lazily in the process that reads them (a DataLoader worker) and kept open there.
+
+Handles never cross a fork: a child finds its parent's handles, keeps them alive untouched, and opens its own.
+For plainly chunked clips (one clip per chunk, no filters) the chunks' file offsets are read once so clips can
+be read with ``preadv`` straight into their destination.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+
+import numpy as np
+from numpy.typing import NDArray
+from webdataset.gopen import gopen
+
+from pipelines.sources import ShardRef
+
+_CACHE_SIZE = 64
+
+_H5_FILES: OrderedDict[tuple[str, bool | None], object] = OrderedDict()
+_H5_OWNER = os.getpid()
+_H5_INHERITED: list[object] = []  # handles a forked child inherited: kept alive, never used or closed there
+
+
+def h5_file(shard: ShardRef, locking: bool | None):
+    """The open h5py file for a shard in this process; a forked child never touches its parent's handles."""
+    import h5py
+
+    global _H5_OWNER
+    if os.getpid() != _H5_OWNER:
+        _H5_INHERITED.extend(_H5_FILES.values())
+        _H5_FILES.clear()
+        _H5_OWNER = os.getpid()
+    cache_key = (shard.url, locking)
+    handle = _H5_FILES.get(cache_key)
+    if handle is None:
+        kwargs = {} if locking is None else {"locking": locking}
+        path = shard.local_path
+        if path is not None:
+            handle = h5py.File(path, "r", **kwargs)
+        else:
+            with gopen(shard.url) as stream:
+                handle = h5py.File(io.BytesIO(stream.read()), "r", **kwargs)
+        _H5_FILES[cache_key] = handle
+        while len(_H5_FILES) > _CACHE_SIZE:
+            _H5_FILES.popitem(last=False)[1].close()
+    return handle
+
+
+def close_h5_files() -> None:
+    """Close the HDF5 files this process opened (call before forking workers you start yourself)."""
+    if os.getpid() == _H5_OWNER:
+        for handle in _H5_FILES.values():
+            handle.close()
+    _H5_FILES.clear()
+
+
+_H5_CHUNKS: OrderedDict[tuple[str, int], NDArray[np.int64] | None] = OrderedDict()
+
+
+def h5_chunk_offsets(shard: ShardRef, handle) -> NDArray[np.int64] | None:
+    """File offsets of each clip's chunk when chunks are one plain clip (no filters), else None (use h5py)."""
+    cache_key = (shard.url, os.getpid())
+    if cache_key in _H5_CHUNKS:
+        return _H5_CHUNKS[cache_key]
+    ds = handle["video"]
+    offsets = None
+    plain = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
+    if plain and ds.dtype == np.uint8 and shard.local_path is not None:
+        clip_bytes = int(np.prod(ds.shape[1:]))
+        offsets = np.full(ds.shape[0], -1, dtype=np.int64)
+
+        def visit(info) -> None:
+            if info.size == clip_bytes and info.filter_mask == 0:
+                offsets[info.chunk_offset[0]] = info.byte_offset
+
+        try:
+            ds.id.chunk_iter(visit)
+        except (AttributeError, NotImplementedError, RuntimeError):  # HDF5 < 1.12.3 / old h5py
+            for index in range(ds.shape[0]):
+                visit(ds.id.get_chunk_info_by_coord((index, 0, 0, 0, 0)))
+        if (offsets < 0).any():
+            offsets = None  # unallocated or odd chunks: let h5py handle them
+    _H5_CHUNKS[cache_key] = offsets
+    while len(_H5_CHUNKS) > _CACHE_SIZE:
+        _H5_CHUNKS.popitem(last=False)
+    return offsets
