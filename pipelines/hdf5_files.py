@@ -18,6 +18,7 @@ from webdataset.gopen import gopen
 from pipelines.sources import ShardRef
 
 _CACHE_SIZE = 64
+_REMOTE_CACHE_SIZE = 2  # http(s):// / pipe: HDF5 shards are read whole into memory
 
 _H5_FILES: OrderedDict[tuple[str, bool | None], object] = OrderedDict()
 _H5_OWNER = os.getpid()
@@ -44,8 +45,13 @@ def h5_file(shard: ShardRef, locking: bool | None):
             with gopen(shard.url) as stream:
                 handle = h5py.File(io.BytesIO(stream.read()), "r", **kwargs)
         _H5_FILES[cache_key] = handle
+        in_memory = [key for key in _H5_FILES if ShardRef(key[0], "hdf5").local_path is None]
+        for key in in_memory[:-_REMOTE_CACHE_SIZE]:  # remote shards live in memory: keep the newest few
+            _H5_FILES.pop(key).close()
         while len(_H5_FILES) > _CACHE_SIZE:
             _H5_FILES.popitem(last=False)[1].close()
+    else:
+        _H5_FILES.move_to_end(cache_key)
     return handle
 
 
