@@ -4,6 +4,9 @@ A handler returns True to skip the bad shard part and go on, or raises. ``raise_
 re-raises, so a corrupt, truncated or missing shard stops training with a message naming it. ``skip_and_warn``
 logs a warning and lets the reader skip; the reader counts what it skipped (``skipped`` in the block it
 ships, and the loader's ``skipped`` total).
+
+Under DDP, shards found missing or of the wrong size are dropped before reading, identically on every rank;
+data found bad while reading is dropped only where it is read, so ranks may then get unequal counts.
 """
 
 from __future__ import annotations
