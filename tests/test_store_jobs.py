@@ -162,3 +162,34 @@ def test_bad_job_arguments(tmp_path, pattern, kw, message):
     with pytest.raises(DatagenError, match=message):
         make(tmp_path / "s", pattern, **kw)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("n", [0, 1, 17])
+def test_tar_bytes_equal_what_tarfile_writes(tmp_path, n):
+    """The hand-packed USTAR headers must stay byte-identical to the standard library's writer."""
+    import hashlib
+    import io
+
+    from datagen.store.sample import Sample
+    from datagen.store.wds import meta_bytes, npy_bytes, write_wds
+
+    rng = np.random.default_rng(n)
+    samples = [
+        Sample(f"{i:09d}", rng.integers(0, 256, (3, 5, 7, 1), dtype=np.uint8), {"i": i, "x": [0.5] * i})
+        for i in range(n)
+    ]
+    keys, sha = write_wds(tmp_path / "a.tar", samples)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            for name, data in (
+                (f"{s.key}.video.npy", npy_bytes(s.video)),
+                (f"{s.key}.meta.json", meta_bytes(s.meta)),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o444, 0, 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    written = (tmp_path / "a.tar").read_bytes()
+    assert written == buf.getvalue()
+    assert sha == hashlib.sha256(written).hexdigest() and keys == [s.key for s in samples]

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from datagen.cli import balls, store_cmds  # noqa: F401  (importing registers the commands)
+from datagen.cli import balls, mnist, stabilize, store_cmds  # noqa: F401  (importing registers them)
 from datagen.cli._app import app
 from datagen.errors import DatagenError
 
@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer on real click
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every failure is one line on stderr: 2 for bad input, 1 for failed checks."""
     try:
-        app(args=argv, prog_name="datagen", standalone_mode=False)
+        code = app(args=argv, prog_name="datagen", standalone_mode=False)  # Exit(n) comes back as n
     except NoArgsIsHelpError as e:
         print(e.ctx.get_help() if e.ctx else str(e))
         return 0
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatagenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from datagen.store.sample import Sample
+from datagen.store.wds import meta_bytes
 
 STR = h5py.string_dtype("utf-8")
 
@@ -28,14 +29,14 @@ def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None)
             video = f.create_dataset(
                 "video", shape=(len(samples), *shape), dtype=np.uint8, chunks=(1, *shape), track_times=False
             )
-            for i, s in enumerate(samples):
+            for s in samples:
                 if s.video.shape != shape:
                     raise ValueError(f"sample {s.key}: shape {s.video.shape} differs from {shape}")
-                video[i] = s.video
+            video[...] = np.stack([s.video for s in samples])
         else:
             f.create_dataset("video", shape=(0,), dtype=np.uint8, track_times=False)
         f.create_dataset("key", data=np.array(keys, dtype=object), dtype=STR, track_times=False)
-        metas = [json.dumps(s.meta, sort_keys=True, separators=(",", ":")) for s in samples]
+        metas = [meta_bytes(s.meta).decode() for s in samples]
         f.create_dataset("meta", data=np.array(metas, dtype=object), dtype=STR, track_times=False)
         for name, value in (attrs or {}).items():
             plain = isinstance(value, (int, float, str))

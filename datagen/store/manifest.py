@@ -33,7 +33,11 @@ def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs:
     """Write one shard under a temporary name, fsync, rename; return its manifest entry."""
     final = Path(folder) / name
     with atomic_path(final) as tmp:
-        keys = write_wds(tmp, samples) if fmt == "wds" else write_hdf5(tmp, samples, attrs)
+        if fmt == "wds":
+            keys, sha256 = write_wds(tmp, samples)
+        else:
+            keys = write_hdf5(tmp, samples, attrs)
+            sha256 = file_sha256(tmp)
     return {
         "path": name,
         "format": fmt,
@@ -41,7 +45,7 @@ def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs:
         "first_key": keys[0] if keys else None,
         "last_key": keys[-1] if keys else None,
         "bytes": final.stat().st_size,
-        "sha256": file_sha256(final),
+        "sha256": sha256,
     }
 
 
