@@ -11,6 +11,7 @@ import typer
 from datagen.cli import _common as c
 from datagen.cli._app import app
 from datagen.errors import DatagenError
+from datagen.generators import get_generator
 from datagen.jobs import generation_job
 from datagen.store.manifest import load_manifest, verify_store
 from datagen.store.preview import write_preview
@@ -102,6 +103,11 @@ def build_cli(
 ) -> None:
     """Regenerate a canonical dataset from its checked-in spec and check its digest (exit 1 on mismatch)."""
     s = load_spec(spec)
+    installed = get_generator(s["generator"]).version
+    if s.get("generator_version", installed) != installed:
+        raise DatagenError(
+            f"{spec} was made with {s['generator']} v{s['generator_version']}, this install has v{installed}"
+        )
     opts = c.RunOptions(out, s["seed"], "", s["shard_size"], workers, scheduler, resume, overwrite, quiet)
     target = out or Path("data") / s["name"]
     job = generation_job(
