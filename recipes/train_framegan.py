@@ -20,12 +20,22 @@ DDP (per-rank batch size; gloo on CPU, nccl on CUDA):
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST --master_port=29500 \\
         -m recipes.train_framegan ...      # and --node_rank=1 on the second node
 
-G_F swap (a G_V trained with one G_F samples through another, e.g. 3-ball G_V through a 1-ball G_F):
+Evaluation of a stage 2 checkpoint through its G_F (the paper's Table 1 rows, physics metrics, Fig. 5):
 
     python -m recipes.train_framegan --stage 2 --sample-only \\
-        --gv-checkpoint runs/gv-3b/checkpoints/ckpt-X.pt --gf-checkpoint runs/gf-1b/checkpoints/ckpt-Y.pt \\
-        --data stores/balls-1b-30px --out-dir runs/swap \\
-        --eval-videos 256
+        --gv-checkpoint runs/gv-1b/checkpoints/ckpt-X.pt --gf-checkpoint runs/gf-1b/checkpoints/ckpt-Y.pt \\
+        --data stores/balls-1b-30px --out-dir runs/eval-1b --eval-videos 256
+
+writes `eval.json` (adjacent-frame MSE mean/std of `real` clips, `generated` videos and the `independent`
+latents baseline; `physics` of the same three when the store was made by the balls generator; the paths of
+the isomap plot and the full report) and `eval/`: `samples.npy`, `baseline.npy`, `codes.npy` (G_V's latent
+sequences), `report.json`, `metric-*.jsonl` and `isomap.png`, all through `recipes.evaluate` (metrics
+`adjacent_mse<N>_30f`, `physics_balls<N>_30f`; the same `--eval-videos` after stage 2 training does the same).
+For the 3-ball row use the 3-ball checkpoints and store. More metrics from the saved samples, e.g. FVD:
+`python -m recipes.evaluate --real STORE --fake runs/eval-1b/eval/samples.npy --metrics fvd256_16f -o DIR`.
+
+G_F swap (a G_V trained with one G_F samples through another, e.g. 3-ball G_V through a 1-ball G_F): the
+same command with `--gv-checkpoint runs/gv-3b/...` and `--gf-checkpoint runs/gf-1b/...`.
 
 Defaults, paper vs code (`--defaults`/`--preset`, resolved per stage and recorded in config.yaml):
     paper   stage 1: K=48, RMSprop lr 3e-4, batch 64, 50 epochs, hypervolume (delta 1.5)
@@ -45,10 +55,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from datagen.store.atomic import write_json_atomic
+from datagen.store.atomic import atomic_path, write_json_atomic
 from recipes.common import ckpt
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, apply_overrides, build_parser
@@ -101,7 +112,7 @@ class FrameGANConfig(TrainConfig):
         False  # stage 2: no training; samples + evaluation of gv_checkpoint through gf_checkpoint
     )
     n_samples: int = 16  # frames (stage 1) or videos (stage 2) in each sample grid
-    eval_videos: int = 0  # stage 2: adjacent-frame MSE rows (real / generated / independent) over this many
+    eval_videos: int = 0  # stage 2: evaluate this many videos (Table 1 rows, physics, isomap; see docstring)
 
 
 STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
@@ -328,50 +339,31 @@ def save_samples(run: Run, step: int, frames_or_videos: torch.Tensor) -> None:
     )
 
 
+EVAL_CHUNK = 32  # videos per G_F call in evaluation: bounds memory (256 x 30 frames at once is GBs)
+
+
 @torch.no_grad()
-def evaluate(
-    gv: nn.Module,
-    gf: nn.Module,
-    real: torch.Tensor,
-    *,
-    n_videos: int,
-    z_dim: int,
-    seed: int,
-    device: torch.device,
-) -> dict[str, dict[str, float]]:
-    """The paper's Table 1 rows (adjacent-frame MSE of binarised frames): real clips, generated videos, and
-    the baseline of independent N(0, I) latents per frame through G_F."""
-    from recipes.metrics.adjacent_mse import adjacent_mse_summary, independent_latent_videos
+def eval_samples(
+    gv: nn.Module, gf: nn.Module, *, n_videos: int, z_dim: int, seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """What the paper's evaluation looks at, on CPU: G_V's latent sequences (`codes`, (N, T, z_dim), Fig. 5),
+    the videos they render through G_F (`generated`) and the baseline of independent N(0, I) latents per frame
+    through the same G_F (`independent`), all (N, C, T, H, W) in [-1, 1]."""
+    from recipes.metrics.adjacent_mse import independent_latent_videos
 
     z = torch.randn(n_videos, z_dim, generator=torch.Generator().manual_seed(seed + 1)).to(device)
-    generated = render_video(gf, sample(gv, z))
+    codes = sample(gv, z)
+    generated = torch.cat([render_video(gf, c).cpu() for c in codes.split(EVAL_CHUNK)])
+    n_frames = generated.shape[2]
     independent = independent_latent_videos(
-        gf, n_videos=n_videos, n_frames=real.shape[2], z_dim=z_dim, seed=seed + 2, device=device
+        lambda zs: torch.cat([gf(c).cpu() for c in zs.split(EVAL_CHUNK * n_frames)]),
+        n_videos=n_videos,
+        n_frames=n_frames,
+        z_dim=z_dim,
+        seed=seed + 2,
+        device=device,
     )
-    return {
-        "real": adjacent_mse_summary(real[:n_videos]),
-        "generated": adjacent_mse_summary(generated),
-        "independent": adjacent_mse_summary(independent),
-    }
-
-
-def real_clips(cfg: FrameGANConfig, run: Run, n: int) -> torch.Tensor:
-    """The first n clips of the store in its unshuffled order (epoch 0), for the real-data row."""
-    loader = build_loader(
-        dataclasses.replace(cfg, batch_size=min(n, 64)),
-        run,
-        mode="clip",
-        frames=cfg.frames,
-        shuffle=False,
-        drop_last=False,
-    )
-    loader.set_epoch(0)
-    clips = []
-    for batch in loader:
-        clips.append(batch["video"])
-        if sum(len(c) for c in clips) >= n:
-            break
-    return torch.cat(clips)[:n]
+    return {"codes": codes.cpu(), "generated": generated, "independent": independent}
 
 
 def check_batch(real: torch.Tensor, cfg: FrameGANConfig) -> None:
@@ -518,21 +510,79 @@ def _sample_only(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) ->
     return result
 
 
+# Table 1 row -> the source it is computed on in recipes.evaluate's report
+TABLE1_SOURCES = {"real": "real", "generated": "fake", "independent": "baseline"}
+# what eval_samples returns -> the file it is saved to under <run>/eval/
+TABLE1_FILES = {"generated": "samples", "independent": "baseline", "codes": "codes"}
+
+
 def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) -> dict[str, Any]:
-    real = real_clips(cfg, run, cfg.eval_videos)
-    rows = evaluate(gv, gf, real, n_videos=len(real), z_dim=cfg.z_dim, seed=cfg.seed, device=run.device)
-    rows["protocol"] = {
-        "metric": "adjacent_frame_mse_binarised",
-        "frames": cfg.frames,
-        "n_videos": len(real),
-        "data": data_source(cfg),
+    """Sample, save and evaluate with `recipes.evaluate` (main rank only); returns the eval.json summary.
+
+    `<run>/eval/` gets `samples.npy`, `baseline.npy` (N, C, T, H, W float32) and `codes.npy` (N, T, z_dim),
+    then `report.json`, `metric-*.jsonl` and `isomap.png` from `recipes.evaluate.evaluate` (the same files
+    `python -m recipes.evaluate --real STORE --fake samples.npy --baseline baseline.npy --latents codes.npy`
+    writes, so FVD can be added later from the saved samples). `<run>/eval.json` holds the Table 1 rows.
+    """
+    if not run.is_main:
+        return {}
+    from recipes.evaluate import evaluate as evaluate_report
+    from recipes.metrics.sources import open_source
+
+    data = data_source(cfg)
+    real = open_source(data, "real")
+    n = min(cfg.eval_videos, len(real))
+    if n < cfg.eval_videos:
+        print(f"--eval-videos {cfg.eval_videos}: the store holds {n} clips; evaluating {n}", flush=True)
+    videos = eval_samples(gv, gf, n_videos=n, z_dim=cfg.z_dim, seed=cfg.seed, device=run.device)
+    out = run.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    saved = {key: out / f"{name}.npy" for key, name in TABLE1_FILES.items()}
+    for key, path in saved.items():
+        _save_npy(path, videos[key].float().numpy())
+
+    frames = videos["generated"].shape[2]
+    metrics = [f"adjacent_mse{n}_{frames}f"]
+    if getattr(real, "generator", None) == "balls":  # physics needs the simulator's geometry (store params)
+        metrics.append(f"physics_balls{n}_{frames}f")
+    report = evaluate_report(
+        {"real": data, "fake": saved["generated"], "baseline": saved["independent"]},
+        metrics,
+        out,
+        latents=saved["codes"],
+        latents_title=f"G_V latent sequences ({Path(cfg.gv_checkpoint).name or 'this run'})",
+        seed=cfg.seed,
+    )
+    mse, *physics = (m["results"] for m in report["metrics"])
+    summary: dict[str, Any] = {row: _source_results(mse, src) for row, src in TABLE1_SOURCES.items()}
+    if physics:
+        summary["physics"] = {row: _source_results(physics[0], src) for row, src in TABLE1_SOURCES.items()}
+    summary["isomap"] = report["plots"]["isomap"]
+    summary["report"] = str(out / "report.json")
+    summary["protocol"] = {
+        "metrics": metrics,
+        "adjacent_mse": "binarised frames (x > 0), population std over videos",
+        "frames": frames,
+        "n_videos": n,
+        "seed": cfg.seed,
+        "data": data,
         "gf_checkpoint": cfg.gf_checkpoint,
         "gv_checkpoint": cfg.gv_checkpoint,
     }
-    if run.is_main:
-        write_json_atomic(run.run_dir / "eval.json", rows)
-        print(json.dumps(rows, sort_keys=True), flush=True)
-    return rows
+    write_json_atomic(run.run_dir / "eval.json", summary)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+def _source_results(results: dict[str, Any], source: str) -> dict[str, Any]:
+    """`{"fake/mean": x, ...}` -> `{"mean": x, ...}` for one source of a recipes.evaluate metric."""
+    prefix = f"{source}/"
+    return {k[len(prefix) :]: v for k, v in results.items() if k.startswith(prefix)}
+
+
+def _save_npy(path: Path, array: Any) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def get_args_parser(add_help: bool = True):
