@@ -25,7 +25,7 @@ from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job
 from datagen.parallel import default_workers
 from datagen.store.manifest import MANIFEST
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 N = Annotated[int, typer.Option("--n", "-n", help="Number of videos.")]
 Frames = Annotated[int, typer.Option("--frames", "-t", help="Frames per video.")]
