@@ -76,7 +76,8 @@ def run_tasks(
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]  # keys unique per run: two jobs may share one scheduler
-    with dask_client(scheduler=scheduler, workers=workers) as client:
+    # no idle worker processes to start: a small job on a big machine should not pay for them
+    with dask_client(scheduler=scheduler, workers=min(workers, len(tasks))) as client:
         futures = {
             client.submit(t.fn, *t.args, key=f"datagen-{run}-{t.id}", pure=False, retries=1): t for t in tasks
         }
