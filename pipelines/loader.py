@@ -28,6 +28,10 @@ from pipelines.order import worker_blocks
 from pipelines.ring import BlockRing
 
 PREFETCH_FACTOR = 2
+# Ring slots per worker: PREFETCH_FACTOR queued + 1 being written + 3 held by the main process and its caller
+# (the block being cut, blocks under the batches in flight and the caller's last batch); past that a worker
+# falls back to fresh shared memory.
+RING_SLOTS = PREFETCH_FACTOR + 4
 # Blocks must come back round-robin (torch < 2.6 always does so and has no `in_order` argument).
 _IN_ORDER = {"in_order": True} if "in_order" in inspect.signature(DataLoader).parameters else {}
 STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_size")
@@ -49,6 +53,8 @@ class _BlockStream(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         epoch, start = (int(v) for v in self.control)
         blocks = worker_blocks(self.dataset.blocks(start, epoch), worker, num_workers)
+        if self.ring is not None:
+            self.ring.start_epoch()
         # Exactly one item per block, even an empty one, keeps the round-robin hand-back in block order.
         for number, block in enumerate(blocks):
             if self.ring is None or info is None:
@@ -137,7 +143,7 @@ class VideoLoader:
             return None
         capacity = self.dataset.block_size * int(np.prod(shape))
         if self._block_ring is None or self._block_ring.capacity != capacity:
-            self._block_ring = BlockRing(self.num_workers, PREFETCH_FACTOR + 2, capacity)
+            self._block_ring = BlockRing(self.num_workers, RING_SLOTS, capacity)
         return self._block_ring
 
     def _limit(self) -> int | None:
@@ -152,6 +158,8 @@ class VideoLoader:
 
     def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
         self._control[0], self._control[1] = epoch, start
+        if self._block_ring is not None:
+            self._block_ring.start_reading()
         loader = self._dataloader
         if loader is None:
             workers = self.num_workers

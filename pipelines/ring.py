@@ -1,7 +1,13 @@
-"""Shared-memory block ring between DataLoader workers and the loader's main process."""
+"""Shared-memory block ring between DataLoader workers and the loader's main process.
+
+The main process hands out views of the slots (no copy); a slot is written again only once every tensor and
+array that views it has been freed.
+"""
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -15,28 +21,74 @@ class BlockRing:
     """Shared-memory slots (per worker) that workers write blocks into, made once and reused.
 
     A fresh shared-memory segment per block costs a page fault per 4 KiB on both sides (measured 5x the
-    read itself); slots are faulted in once. Worker ``w`` writes its ``m``-th block into slot ``m % slots``:
-    the DataLoader sends worker ``w`` its task ``m`` only once the main process has taken its block
-    ``m - prefetch_factor``, and the main process copies a block out before asking for more, so
-    ``prefetch_factor + 2`` slots are never overwritten while read. Each slot carries a stamp (0 while being
-    written, then the block's number), checked before and after the copy: a broken assumption raises instead
-    of corrupting data.
+    read itself), and copying a block out of a slot was the main process's largest cost: slots are faulted
+    in once and the main process hands out views of them.
+
+    Who may write where, in shared memory (each flag has one writer):
+
+    - ``held[w, s]`` (main): 1 from the moment the main process takes the block in slot ``s`` until the last
+      tensor/array viewing it is freed (a ``weakref.finalize`` on the array the views hang from).
+    - ``received[w]`` (main): 1 + the number of worker ``w``'s last block taken this epoch (set after
+      ``held``). The worker's blocks numbered at or above it may still be queued, so their slots are busy.
+    - ``stamp[w, s]`` (worker): 0 while being written, then a number unique to that write.
+
+    A worker writes into a slot that is neither held nor behind a queued block, and falls back to a fresh
+    shared-memory block when there is none (correct, only slower). The main process checks the stamps of
+    the slots it holds on every take and on every release: a broken assumption raises instead of handing out
+    overwritten data.
     """
 
     def __init__(self, workers: int, slots: int, capacity: int) -> None:
         self.slots, self.capacity = slots, capacity
         self.data = torch.empty((workers, slots, capacity), dtype=torch.uint8).share_memory_()
         self.stamp = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
+        self.held = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
+        self.received = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self._local()
+
+    def _local(self) -> None:
+        """Per-process state (not shared, not pickled); numpy views of the shared tensors (fast scalars)."""
+        self._data_np, self._stamp_np = self.data.numpy(), self.stamp.numpy()
+        self._held_np, self._received_np = self.held.numpy(), self.received.numpy()
+        self._queued: dict[int, int] = {}  # worker side: block number -> slot, not yet known taken
+        self._serial = 0
+        self._in_use: dict[tuple[int, int], int] = {}  # main side: (worker, slot) -> stamp, while held
+        self._broken: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"slots": self.slots, "capacity": self.capacity, "data": self.data, "stamp": self.stamp,
+                "held": self.held, "received": self.received}  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local()
+
+    # ------------------------------------------------------------ worker side
+    def start_epoch(self) -> None:
+        """Forget queued blocks of an earlier epoch (the DataLoader discarded those it did not hand back)."""
+        self._queued.clear()
+
+    def _free_slot(self, worker: int) -> int | None:
+        received = int(self._received_np[worker])
+        for number in [n for n in self._queued if n < received]:
+            del self._queued[number]
+        busy = set(self._queued.values())
+        held = self._held_np[worker]
+        for slot in range(self.slots):
+            if slot not in busy and not held[slot]:
+                return slot
+        return None
 
     def writer(self, worker: int, number: int):
-        """An allocator for read_block that hands out slot ``number % slots`` of ``worker`` (when it fits)."""
-        slot = number % self.slots
-        self.stamp[worker, slot] = 0
+        """An allocator for read_block: a free slot of ``worker`` (when one is free and the block fits)."""
 
         def alloc(shape: tuple[int, ...]):
             nbytes = int(np.prod(shape))
-            if nbytes > self.capacity:
+            slot = self._free_slot(worker) if nbytes <= self.capacity else None
+            if slot is None:
                 return alloc_block(shape)
+            self._stamp_np[worker, slot] = 0
+            self._queued[number] = slot
             tensor = self.data[worker, slot, :nbytes].view(shape)
             return tensor, tensor.numpy()
 
@@ -44,19 +96,52 @@ class BlockRing:
 
     def publish(self, item: dict[str, Any], worker: int, number: int) -> dict[str, Any]:
         """Replace a block that lives in the ring by a reference to its slot (stamped as complete)."""
-        video, slot = item["video"], number % self.slots
+        slot = self._queued.get(number)
+        if slot is None:
+            return item
+        video = item["video"]
         region = self.data[worker, slot]
         if video is not None and video.is_contiguous() and video.data_ptr() == region.data_ptr():
-            self.stamp[worker, slot] = number + 1
-            item["video"], item["ring"] = None, (worker, slot, number + 1, tuple(video.shape))
+            self._serial += 1
+            stamp = (os.getpid() << 32) | self._serial
+            self._stamp_np[worker, slot] = stamp
+            item["video"], item["ring"] = None, (worker, slot, stamp, tuple(video.shape), number)
+        else:
+            del self._queued[number]  # the block was copied elsewhere (skipped samples): the slot is free
         return item
 
-    def take(self, ref: tuple[int, int, int, tuple[int, ...]]) -> torch.Tensor:
-        """A private copy of a published block."""
-        worker, slot, stamp, shape = ref
-        nbytes = int(np.prod(shape))
-        if int(self.stamp[worker, slot]) == stamp:
-            copy = self.data[worker, slot, :nbytes].numpy().copy()
-            if int(self.stamp[worker, slot]) == stamp:
-                return torch.from_numpy(copy.reshape(shape))
-        raise PipelineError(f"worker {worker} overwrote block slot {slot} while it was read (loader bug)")
+    # ------------------------------------------------------------ main side
+    def start_reading(self) -> None:
+        """Before a new epoch's DataLoader iterator: no block of it has been taken yet."""
+        self._received_np[:] = 0
+
+    def check(self) -> None:
+        """Raise if a slot changed while the main process (or its caller) still viewed it."""
+        if self._broken is None:
+            for (worker, slot), stamp in self._in_use.items():
+                if self._stamp_np[worker, slot] != stamp:
+                    self._broken = f"worker {worker} overwrote block slot {slot} while it was in use"
+                    break
+        if self._broken is not None:
+            raise PipelineError(f"{self._broken} (loader bug)")
+
+    def take(self, ref: tuple[int, int, int, tuple[int, ...], int]) -> torch.Tensor:
+        """A view of a published block; the slot stays held until the view and all views of it are freed."""
+        worker, slot, stamp, shape, number = ref
+        self.check()
+        if self._stamp_np[worker, slot] != stamp or (worker, slot) in self._in_use:
+            raise PipelineError(
+                f"worker {worker} overwrote block slot {slot} before it was read (loader bug)"
+            )
+        self._held_np[worker, slot] = 1
+        self._received_np[worker] = number + 1
+        self._in_use[(worker, slot)] = stamp
+        array = self._data_np[worker, slot, : int(np.prod(shape))].reshape(shape)  # a new array object
+        weakref.finalize(array, self._release, worker, slot, stamp)
+        return torch.from_numpy(array)  # its storage keeps `array` alive
+
+    def _release(self, worker: int, slot: int, stamp: int) -> None:
+        if self._stamp_np[worker, slot] != stamp and self._broken is None:
+            self._broken = f"worker {worker} overwrote block slot {slot} while it was in use"
+        self._in_use.pop((worker, slot), None)
+        self._held_np[worker, slot] = 0
