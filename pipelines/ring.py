@@ -137,10 +137,12 @@ class BlockRing:
         self._received_np[worker] = number + 1
         self._in_use[(worker, slot)] = stamp
         array = self._data_np[worker, slot, : int(np.prod(shape))].reshape(shape)  # a new array object
-        weakref.finalize(array, self._release, worker, slot, stamp)
+        weakref.finalize(array, self._release, worker, slot, stamp, os.getpid())
         return torch.from_numpy(array)  # its storage keeps `array` alive
 
-    def _release(self, worker: int, slot: int, stamp: int) -> None:
+    def _release(self, worker: int, slot: int, stamp: int, pid: int) -> None:
+        if os.getpid() != pid:
+            return  # a forked worker's copy of the caller's arrays: the slot is the main process's business
         if self._stamp_np[worker, slot] != stamp and self._broken is None:
             self._broken = f"worker {worker} overwrote block slot {slot} while it was in use"
         self._in_use.pop((worker, slot), None)
