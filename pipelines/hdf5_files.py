@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,14 +64,37 @@ def close_h5_files() -> None:
     _H5_FILES.clear()
 
 
-_H5_CHUNKS: OrderedDict[tuple[str, int], NDArray[np.int64] | None] = OrderedDict()
+@dataclass(frozen=True)
+class H5Layout:
+    """What the fast path needs of a shard, read once per process: h5py object lookups and key reads cost
+    more than reading a block of small clips."""
+
+    video_shape: tuple[int, ...]  # (N, T, H, W, C)
+    keys: list[str]
+    offsets: NDArray[np.int64] | None  # each clip's chunk in the file; None: not plain, read through h5py
+
+
+_H5_LAYOUTS: OrderedDict[tuple, H5Layout] = OrderedDict()
+
+
+def h5_layout(shard: ShardRef, handle) -> H5Layout:
+    """The shard's :class:`H5Layout`, cached per process, path, size and mtime."""
+    path = shard.local_path
+    stat = os.stat(path) if path is not None else None
+    cache_key = (shard.url, os.getpid(), stat and stat.st_size, stat and stat.st_mtime_ns)
+    layout = _H5_LAYOUTS.get(cache_key)
+    if layout is None:
+        offsets = h5_chunk_offsets(shard, handle)
+        keys = [str(k) for k in handle["key"].asstr()[:]] if offsets is not None else []
+        layout = H5Layout(tuple(handle["video"].shape), keys, offsets)
+        _H5_LAYOUTS[cache_key] = layout
+        while len(_H5_LAYOUTS) > _CACHE_SIZE:
+            _H5_LAYOUTS.popitem(last=False)
+    return layout
 
 
 def h5_chunk_offsets(shard: ShardRef, handle) -> NDArray[np.int64] | None:
     """File offsets of each clip's chunk when chunks are one plain clip (no filters), else None (use h5py)."""
-    cache_key = (shard.url, os.getpid())
-    if cache_key in _H5_CHUNKS:
-        return _H5_CHUNKS[cache_key]
     ds = handle["video"]
     offsets = None
     plain = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
@@ -89,7 +113,4 @@ def h5_chunk_offsets(shard: ShardRef, handle) -> NDArray[np.int64] | None:
                 visit(ds.id.get_chunk_info_by_coord((index, 0, 0, 0, 0)))
         if (offsets < 0).any():
             offsets = None  # unallocated or odd chunks: let h5py handle them
-    _H5_CHUNKS[cache_key] = offsets
-    while len(_H5_CHUNKS) > _CACHE_SIZE:
-        _H5_CHUNKS.popitem(last=False)
     return offsets

@@ -26,7 +26,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipelines.errors import ShardError
 from pipelines.gather import Gather, fd_for
-from pipelines.hdf5_files import h5_chunk_offsets, h5_file
+from pipelines.hdf5_files import h5_file, h5_layout
 from pipelines.npy import decode_npy, parse_npy_header
 from pipelines.sources import ShardRef
 from pipelines.tar_index import META_FIELD, VIDEO_FIELD, tar_index
@@ -314,35 +314,29 @@ def _fill_h5(
 ) -> tuple[list[str], list[str] | None]:
     try:
         handle = h5_file(shard, locking)
-        offsets = h5_chunk_offsets(shard, handle)
+        layout = h5_layout(shard, handle)
     except Exception as exn:
         raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+    offsets = layout.offsets
     if offsets is None:
         run = _read_h5(shard, start, stop, with_meta, locking)
         copy_rows(shard, run, out, place)
         return run.keys, run.meta
-    try:
-        n, key_ds = handle["video"].shape[0], handle["key"]
-        if shard.n_samples is not None and n != shard.n_samples:
-            raise ShardError(shard.url, f"holds {n} samples but the manifest says {shard.n_samples}")
-        if stop > n or key_ds.shape[0] != n:
-            raise ShardError(
-                shard.url, f"holds {n} videos and {key_ds.shape[0]} keys, asked for up to {stop}"
-            )
-        if handle["video"].shape[2:] != out.shape[2:]:
-            raise ShardError(
-                shard.url, f"video is {handle['video'].shape}, expected clips of {out.shape[2:]}"
-            )
-        keys = [str(k) for k in key_ds.asstr()[start:stop]]
-        meta = None
-        if with_meta:
+    n, t = layout.video_shape[0], layout.video_shape[1]
+    if shard.n_samples is not None and n != shard.n_samples:
+        raise ShardError(shard.url, f"holds {n} samples but the manifest says {shard.n_samples}")
+    if stop > n or len(layout.keys) != n:
+        raise ShardError(shard.url, f"holds {n} videos and {len(layout.keys)} keys, asked for up to {stop}")
+    if layout.video_shape[2:] != out.shape[2:]:
+        raise ShardError(shard.url, f"video is {layout.video_shape}, expected clips of {out.shape[2:]}")
+    keys = layout.keys[start:stop]
+    meta = None
+    if with_meta:
+        try:
             has_meta = "meta" in handle
             meta = [str(m) for m in handle["meta"].asstr()[start:stop]] if has_meta else ["{}"] * len(keys)
-        t = handle["video"].shape[1]
-    except ShardError:
-        raise
-    except Exception as exn:
-        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
+        except Exception as exn:
+            raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     _check_count(
         ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
         0,
