@@ -237,7 +237,7 @@ def test_validate_fills_defaults_and_normalises_types():
 def test_placement_that_keeps_failing_raises(monkeypatch):
     monkeypatch.setattr(balls, "MAX_TRIES", 2000)
     with pytest.raises(DatagenError, match="could not place 9 balls"):
-        initial_states(9, R, BOX, 0, range(2), first_block=16)
+        initial_states(9, R, BOX, 0, range(2))
 
 
 @pytest.mark.slow

@@ -8,57 +8,63 @@ of `x += 0.5 v`, each followed by the wall bounce (velocity sign forced per axis
 of every pair j < i closer than 2r along their line of centres, in the original's order.
 
 Randomness: sample i uses `default_rng(SeedSequence(seed, spawn_key=(i,)))` and draws exactly what the
-reference draws, in the same order, so `reference_video(that rng)` and this module give the same clip.
+reference draws, in the same order, so `reference_video(that rng)` and this module give the same clip. The
+draws, the physics and the rendering run in numba kernels (`datagen.sim._balls_kernels`), one sample at a
+time inside a batch; they reproduce numpy's streams bit for bit.
 
 Rendering: intensity `sum_i exp(-(d_i^2 / r^2)^4)` at pixel centres `(k + 0.5) / res * box`, clipped at 1,
-stored as uint8 `rint(clip(A, 0, 1) * 255)` (round half to even; `balls_reference.to_uint8`). Only a square
-window around each ball is computed: outside every window each ball contributes less than `0.25 / 255 / n`,
-so the whole sum quantizes to 0 there. Inside a window the sum over *all* balls is evaluated, in ball order,
-so a pixel's value is the full-frame sum, not an approximation. The float arithmetic differs from the
-reference only by a few ulp: q = d^2 / r^2 is summed per axis (`dx^2/r^2 + dy^2/r^2`), `q**4` is
-`(q*q)*(q*q)`, and q is capped at 5 (where exp(-q^4) < 1e-17 anyway). A stored byte can change only if
-the float value lies within ~1e-14 of a rounding boundary (odds ~1e-11 per lit pixel, well under one byte
-in a 100,000-video set); tests compare the bytes of thousands of clips with the reference port.
+stored as uint8 `rint(clip(A, 0, 1) * 255)` (round half to even; `balls_reference.to_uint8`). Pixels whose
+byte is known without the sum (0 far from every ball, 255 at a ball's centre) are not summed; elsewhere
+the sum over all balls is evaluated in ball order, so a pixel's value is the full-frame sum. The float
+arithmetic differs from the reference only by a few ulp: q = d^2 / r^2 is summed per axis
+(`dx^2/r^2 + dy^2/r^2`), `q**4` is `(q*q)*(q*q)`, each axis term is capped at Q_CAP / 2 (where exp(-q^4)
+< 1e-17 anyway), terms below 1e-23 are left out, and exp is glibc's, not numpy's SIMD exp (1 ulp apart on
+~5% of arguments). A stored byte can change only if the float value lies within ~1e-13 of a rounding
+boundary (well under one byte in a 100,000-video set); tests compare the bytes of thousands of clips with
+the reference port, and the canonical sets' digests (`data_manifests/`) are unchanged.
 
 Ground truth in `meta` (pixel units: x = column, y = row, pixel centres at integer coordinates, so
 `col = x * res / box - 0.5`; velocities in pixels per frame), rounded to 6 decimals to keep JSON small:
-`{"index", "n_balls", "radius_px", "positions": [T][n][x, y], "velocities": [T][n][vx, vy]}`. The dicts
-also carry their JSON text (`datagen.sim.fast_json.EncodedMeta`), produced for a whole batch with numpy:
-`json.dumps` of 360 floats per clip would cost more than simulating and rendering it.
+`{"index", "n_balls", "radius_px", "positions": [T][n][x, y], "velocities": [T][n][vx, vy]}`. The metas are
+`datagen.sim.fast_json.LazyMeta`s: their JSON text is written for a whole batch by a kernel, and the dict
+values are decoded from it only when read (shard writers need just the text).
 """
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from datagen.errors import DatagenError
+from datagen.sim import _balls_kernels as kernels
 from datagen.sim.balls_reference import EPS, pixel_centres
-from datagen.sim.fast_json import EncodedMeta, rounded_json
+from datagen.sim.fast_json import LazyMeta, NestedJSON, scale_for_json
 from datagen.store.sample import Sample, sample_key
 
 DEFAULTS: dict[str, Any] = {"n_balls": 3, "frames": 30, "size": 30, "radius": 1.2, "box": 10.0}
 META_DECIMALS = 6
+META_KEYS = ("index", "n_balls", "radius_px", "positions", "velocities")
 MAX_TRIES = 1_000_000
 """Initial-position attempts per video before giving up (validation rejects set-ups needing > ~1e4)."""
 MIN_ACCEPTANCE = 1e-4
 """Smallest acceptance rate of the initial-position rejection sampler that `validate` allows."""
 BATCH = 512
-"""Most videos simulated together (physics is vectorized over them)..."""
+"""Most videos simulated together..."""
 BATCH_BYTES = 64 << 20
 """...and at most about this many bytes of frames and trajectories per batch."""
 Q_CAP = 5.0
 """Cap on (d / r)^2 (half of it per axis): exp(-5^4) ~ 4e-272 instead of an underflowing exp(-huge) = 0."""
-RENDER_BYTES = 1 << 19
-"""Size of one float64 window block while rendering: small enough to stay in cache."""
+ZERO_MARGIN = 0.49
+"""Pixels where every ball's term is <= ZERO_MARGIN / 255 / n (255 * sum <= 0.49) store 0 uncomputed."""
+Q_SKIP = 2.7
+"""A ball with q >= Q_SKIP all over another ball's box adds <= exp(-2.5^4) ~ 1e-17 there: left out."""
+RENDER_TERMS = 1 << 16
+"""Exponents computed per call of numpy's exp while rendering (512 KiB: stays in cache)."""
 
 
 @dataclass(frozen=True)
@@ -72,177 +78,58 @@ class Trajectories:
 # --- initial state ----------------------------------------------------------------------------------------
 
 
-def _bad_positions(cand: np.ndarray, radius: float, box: float) -> np.ndarray:
-    """Candidates (..., n, 2): True where a ball crosses a wall or a pair overlaps (the original's test)."""
-    bad = ((cand - radius < 0) | (cand + radius > box)).any(axis=(-2, -1))
-    n = cand.shape[-2]
-    for i in range(n):
-        for j in range(i):
-            d = cand[..., i, :] - cand[..., j, :]
-            bad |= np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) < radius + radius
-    return bad
-
-
 def initial_states(
-    n_balls: int, radius: float, box: float, seed: int, indices: range | np.ndarray, first_block: int = 32
+    n_balls: int, radius: float, box: float, seed: int, indices: range | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Initial positions and velocities (N, n, 2) of the given samples, drawn as the reference draws them.
-
-    Each sample's candidates come from its own stream in the reference's order; drawing them `first_block`
-    at a time yields the same values as drawing one (n, 2) array per attempt, and nothing is drawn after.
-    """
-    low, span = box / 5, box * 4 / 5
-    rngs, raw_v, cands = [], [], []
-    for i in indices:
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(i),)))
-        raw_v.append(rng.standard_normal((n_balls, 2)))
-        cands.append(rng.random((first_block, n_balls, 2)))
-        rngs.append(rng)
-    v = np.asarray(raw_v).reshape(len(rngs), n_balls, 2)
-    v = v / np.sqrt((v**2).sum(axis=(1, 2)))[:, None, None] * 0.5
-    cand = low + np.asarray(cands).reshape(len(rngs), first_block, n_balls, 2) * span
-    good = ~_bad_positions(cand, radius, box)
-    first = good.argmax(axis=1)
-    x = cand[np.arange(len(rngs)), first]
-    for k in np.flatnonzero(~good.any(axis=1)):
-        x[k] = _draw_until_good(rngs[k], n_balls, radius, box, first_block, int(indices[k]))
+    """Initial positions and velocities (N, n, 2) of the given samples, drawn as the reference draws them."""
+    index_array = np.asarray(indices, dtype=np.uint64).reshape(-1)
+    N = index_array.size
+    raw_v, x = np.empty((N, n_balls, 2)), np.empty((N, n_balls, 2))
+    tries = np.empty(N, np.int64)
+    failed = kernels.initial_draws(
+        kernels.entropy_words(seed), index_array, radius, box, MAX_TRIES, raw_v, x, tries
+    )
+    if failed >= 0:
+        raise DatagenError(
+            f"sample {int(index_array[failed])}: could not place {n_balls} balls of radius {radius} in a box "
+            f"of {box} after {int(tries[failed])} tries; use fewer or smaller balls"
+        )
+    v = raw_v / np.sqrt((raw_v**2).sum(axis=(1, 2)))[:, None, None] * 0.5  # the reference's v / norm(v) * 0.5
     return x, v
 
 
-def _draw_until_good(
-    rng: np.random.Generator, n: int, radius: float, box: float, tried: int, index: int
-) -> np.ndarray:
-    low, span = box / 5, box * 4 / 5
-    block = tried
-    while tried < MAX_TRIES:
-        block = min(2 * block, 1 << 14)
-        cand = low + rng.random((block, n, 2)) * span
-        good = np.flatnonzero(~_bad_positions(cand, radius, box))
-        if good.size:
-            return cand[good[0]]
-        tried += block
-    raise DatagenError(
-        f"sample {index}: could not place {n} balls of radius {radius} in a box of {box} "
-        f"after {tried} tries; use fewer or smaller balls"
-    )
-
-
-# --- physics ------------------------------------------------------------------------------------------
+# --- physics and rendering --------------------------------------------------------------------------------
 
 
 def simulate(x0: np.ndarray, v0: np.ndarray, frames: int, radius: float, box: float) -> Trajectories:
-    """Run the reference physics for every video at once; x0, v0 are (N, n, 2) and are not modified."""
-    x, v = x0.copy(), v0.copy()
-    N, n, _ = x.shape
-    X = np.empty((N, frames, n, 2))
-    V = np.empty((N, frames, n, 2))
-    reach = radius + radius
-    for t in range(frames):
-        X[:, t] = x
-        V[:, t] = v
-        for _ in range(int(1 / EPS)):
-            x += EPS * v
-            v = np.where(x - radius < 0, np.abs(v), v)
-            v = np.where(x + radius > box, -np.abs(v), v)
-            for i in range(n):
-                for j in range(i):
-                    d = x[:, i] - x[:, j]
-                    dist = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
-                    hit = np.flatnonzero(dist < reach)
-                    if hit.size:
-                        _collide(x, v, hit, i, j)
+    """Run the reference physics for every video; x0, v0 are (N, n, 2) and are not modified."""
+    x0 = np.ascontiguousarray(x0, dtype=np.float64)
+    v0 = np.ascontiguousarray(v0, dtype=np.float64)
+    N, n, _ = x0.shape
+    X, V = np.empty((N, frames, n, 2)), np.empty((N, frames, n, 2))
+    kernels.simulate(x0, v0, float(radius), float(box), EPS, int(1 / EPS), X, V)
     return Trajectories(X, V)
-
-
-def _collide(x: np.ndarray, v: np.ndarray, hit: np.ndarray, i: int, j: int) -> None:
-    """Elastic collision of balls i and j (unit masses) in videos `hit`, as the original computes it."""
-    w = x[hit, i] - x[hit, j]
-    w = w / np.sqrt(w[:, 0] * w[:, 0] + w[:, 1] * w[:, 1])[:, None]
-    vi, vj = v[hit, i], v[hit, j]
-    v_i = w[:, 0] * vi[:, 0] + w[:, 1] * vi[:, 1]
-    v_j = w[:, 0] * vj[:, 0] + w[:, 1] * vj[:, 1]
-    m_i = m_j = 1.0
-    new_v_j = (2 * m_i * v_i + v_j * (m_j - m_i)) / (m_i + m_j)
-    new_v_i = new_v_j + (v_j - v_i)
-    v[hit, i] = vi + w * (new_v_i - v_i)[:, None]
-    v[hit, j] = vj + w * (new_v_j - v_j)[:, None]
-
-
-# --- rendering ----------------------------------------------------------------------------------------
-
-
-def window_size(res: int, radius: float, box: float, n_balls: int) -> tuple[int, float]:
-    """Side W (pixels) of the square computed around each ball, and its half-width in world units.
-
-    Beyond the half-width one ball contributes below tau = 0.25 / 255 / n, so n balls together stay below half
-    a quantization step: such pixels are 0 in the full-frame rendering too.
-    """
-    tau = 0.25 / 255 / n_balls
-    reach = radius * math.log(1 / tau) ** 0.125
-    return min(res, math.floor(2 * reach * res / box) + 1), reach
 
 
 def render(positions: np.ndarray, res: int, radius: float, box: float) -> np.ndarray:
     """uint8 frames (N, T, res, res) of world positions (N, T, n, 2); the full-frame reference's bytes."""
     N, T, n, _ = positions.shape
-    pos = positions.reshape(N * T, n, 2)
-    W, reach = window_size(res, radius, box, n)
+    out = np.zeros((N, T, res, res), np.uint8)
+    pixels = out.reshape(-1)
+    flat = np.ascontiguousarray(positions, dtype=np.float64).reshape(N * T, n, 2)
+    q_zero = math.log(255 * n / ZERO_MARGIN) ** 0.25  # every term <= ZERO_MARGIN / 255 / n: the byte is 0
+    capacity = max(RENDER_TERMS, n * n * res * res)  # at least one frame's worth
+    args, terms = np.empty(capacity), np.empty(capacity)
+    boxes = np.empty((max(n, capacity // 16), kernels.BOX_FIELDS), np.int64)
     centres = pixel_centres(res, box)
-    # first pixel row/col of each ball's window, kept inside the frame: (F, n, 2) as (col, row)
-    start = np.ceil((pos - reach) * (res / box) - 0.5)
-    start = np.clip(np.nan_to_num(start, nan=0.0), 0, res - W).astype(np.intp)
-    out = np.zeros((N * T, res, res), np.uint8)
-    s0, s1, s2 = out.strides
-    windows = as_strided(out, (N * T, res - W + 1, res - W + 1, W, W), (s0, s1, s2, s1, s2), writeable=True)
-    block = max(1, RENDER_BYTES // (8 * W * W))
-    r2 = radius * radius
-    for lo in range(0, N * T, block):
-        hi = min(lo + block, N * T)
-        _render_block(pos[lo:hi], start[lo:hi], windows, lo, centres, W, r2)
-    return out.reshape(N, T, res, res)
-
-
-def _render_block(
-    pos: np.ndarray, start: np.ndarray, windows: np.ndarray, lo: int, centres: np.ndarray, W: int, r2: float
-) -> None:
-    """Windows of frames lo.. of `windows`; the frame axis is innermost so numpy's loops run long."""
-    F, n, _ = pos.shape
-    span = np.arange(W)[:, None]
-    frames = np.arange(lo, lo + F)
-    q = np.empty((W, W, F))
-    total = np.empty((W, W, F))
-    for b in range(n):
-        cx = centres[start[:, b, 0] + span]  # (W, F): column centres of ball b's window
-        cy = centres[start[:, b, 1] + span]  # (W, F): row centres
-        for c in range(n):
-            qx = _scaled_square_distance(cx, pos[:, c, 0], r2)
-            qy = _scaled_square_distance(cy, pos[:, c, 1], r2)
-            np.add(qx[None, :, :], qy[:, None, :], out=q)  # (row, col, frame)
-            np.multiply(q, q, out=q)
-            np.multiply(q, q, out=q)
-            np.negative(q, out=q)
-            if c == 0:
-                np.exp(q, out=total)
-            else:
-                np.exp(q, out=q)
-                np.add(total, q, out=total)
-        # to_uint8 for values >= 0, in place
-        np.minimum(total, 1.0, out=total)
-        np.multiply(total, 255.0, out=total)
-        np.rint(total, out=total)
-        windows[frames, start[:, b, 1], start[:, b, 0]] = total.astype(np.uint8).transpose(2, 0, 1)
-
-
-def _scaled_square_distance(centres: np.ndarray, x: np.ndarray, r2: float) -> np.ndarray:
-    """min((centres - x)^2 / r^2, Q_CAP / 2) for window centres (W, F) and ball coordinates (F,).
-
-    The cap keeps exp(-q^4) off numpy's slow underflow path. A capped term has q >= Q_CAP / 2, so both the
-    true and the capped value are below exp(-(Q_CAP / 2)^4) ~ 1e-17: no stored byte can tell them apart.
-    """
-    d = centres - x
-    np.multiply(d, d, out=d)
-    np.divide(d, r2, out=d)
-    return np.minimum(d, Q_CAP / 2, out=d)
+    first = 0
+    while first < N * T:
+        first, n_boxes, n_args = kernels.box_terms(
+            flat, first, centres, res / box, radius * radius, Q_CAP / 2, q_zero, Q_SKIP, args, boxes
+        )
+        np.exp(args[:n_args], out=terms[:n_args])  # numpy's exp, as the numpy renderer used
+        kernels.sum_terms(terms, boxes[:n_boxes], pixels, res)
+    return out
 
 
 # --- the generator ------------------------------------------------------------------------------------
@@ -251,48 +138,36 @@ def _scaled_square_distance(centres: np.ndarray, x: np.ndarray, r2: float) -> np
 def simulate_balls(params: Mapping[str, Any], seed: int, indices: range) -> tuple[np.ndarray, Trajectories]:
     """uint8 videos (N, T, H, W, 1) and world-unit trajectories for the given global sample indices."""
     n, r, box = params["n_balls"], params["radius"], params["box"]
-    rate = acceptance_rate(n, r, box)  # draw enough candidates at once that most samples need one block
-    first_block = 256 if rate <= 0 else int(min(256, max(16, math.ceil(4 / rate))))
-    x0, v0 = initial_states(n, r, box, seed, indices, first_block)
+    x0, v0 = initial_states(n, r, box, seed, indices)
     traj = simulate(x0, v0, params["frames"], r, box)
     video = render(traj.positions, params["size"], r, box)
     return video[..., None], traj
 
 
-def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[EncodedMeta]:
+def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[LazyMeta]:
     """Per-sample `meta`: positions and velocities in pixels (x = column, y = row), radius in pixels.
 
-    Each dict also carries its JSON text (`EncodedMeta.encoded_json`), made for the whole batch at once.
+    The JSON texts (sorted keys, no spaces: the writers' encoding) are made for the whole batch at once.
     """
     scale = params["size"] / params["box"]
-    n = params["n_balls"]
+    N, T, n, _ = traj.positions.shape
     radius_px = round(params["radius"] * scale, META_DECIMALS)
-    pixels = traj.positions * scale - 0.5
-    speeds = traj.velocities * scale
-    texts = zip(rounded_json(pixels, META_DECIMALS), rounded_json(speeds, META_DECIMALS), strict=True)
-    with _gc_paused():  # ~250 lists per sample: the cyclic GC would rescan them over and over (4x slower)
-        positions = np.round(pixels, META_DECIMALS).tolist()
-        velocities = np.round(speeds, META_DECIMALS).tolist()
-        return [
-            EncodedMeta(
-                {"index": i, "n_balls": n, "radius_px": radius_px, "positions": p, "velocities": v},
-                b'{"index":%d,"n_balls":%d,"positions":%s,"radius_px":%s,"velocities":%s}'
-                % (i, n, p_json, repr(radius_px).encode(), v_json),
-            )
-            for i, p, v, (p_json, v_json) in zip(indices, positions, velocities, texts, strict=True)
-        ]
+    pixels = scale_for_json(traj.positions * scale - 0.5, META_DECIMALS).reshape(N, -1)
+    speeds = scale_for_json(traj.velocities * scale, META_DECIMALS).reshape(N, -1)
+    segments = [
+        b'{"index":',
+        b',"n_balls":%d,"positions":' % n,
+        b',"radius_px":%s,"velocities":' % repr(radius_px).encode(),
+        b"}",
+    ]
+    writer = _meta_writer(T, n)
+    texts = writer.split(*writer.write([pixels, speeds], segments, [np.asarray(indices, dtype=np.int64)]))
+    return [LazyMeta(META_KEYS, text) for text in texts]
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (the lists built here hold only floats: no cycles to find)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+@lru_cache(maxsize=16)
+def _meta_writer(frames: int, n_balls: int) -> NestedJSON:
+    return NestedJSON((frames, n_balls, 2), META_DECIMALS)
 
 
 @lru_cache(maxsize=64)
@@ -308,7 +183,7 @@ def acceptance_rate(n_balls: int, radius: float, box: float) -> float:
     while done < tries:
         k = min(chunk, tries - done)
         cand = box / 5 + rng.random((k, n_balls, 2)) * (box * 4 / 5)
-        accepted += int((~_bad_positions(cand, radius, box)).sum())
+        accepted += kernels.count_placed(cand, float(radius), float(box))
         done += k
     return accepted / tries
 

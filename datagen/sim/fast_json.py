@@ -1,116 +1,202 @@
 """JSON text of many rounded float arrays at once, byte-identical to `json.dumps` of their `.tolist()`.
 
-`json.dumps` spends ~250 ns per float (Python's shortest-repr formatting), which makes the per-frame ground
-truth of a bouncing-balls clip (360 floats) cost more to encode than to simulate and render. Here the digits
-of every number of a batch are produced with integer numpy arithmetic and the texts cut out of one buffer.
+`json.dumps` spends ~250 ns per float (Python's shortest-repr formatting) and `.tolist()` ~25 ns per float or
+list, which makes the per-frame ground truth of a bouncing-balls clip (360 floats) cost more to encode than
+to simulate and render. Here a numba kernel writes the digits of every number of a batch into one buffer.
 
 Exactness: for x = round(v, d) = k / 10^d (numpy's `round`: `rint(v * 10^d) / 10^d`, a correctly rounded
 division), Python's repr is the decimal k / 10^d with trailing zeros dropped: fixed notation for
 1e-4 <= |x| < 1e16 ('12.5', '3.0', '-0.25'), scientific below 1e-4 ('5e-05', '1.2e-05', '7e-06'), and
 '0.0' / '-0.0' for zero. Only d <= 6 is supported (so that every non-zero |x| >= 1e-6 has at most 2
-significant digits below 1e-4), and |x| * 10^d < 1e18 (int64 digits; repr turns scientific only at 1e16).
+significant digits below 1e-4), and |x| * 10^d < 1e16 (repr turns scientific at 1e16).
 """
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
+from numba import njit
 
 MAX_DECIMALS = 6
-_PAD = 0  # marks unused character cells; removed before the text is cut out
+MAX_SCALED = 1e16
+"""Largest |value| * 10^decimals accepted: fixed notation and exact int64 digits below it."""
 
 
 def rounded_json(values: np.ndarray, decimals: int = MAX_DECIMALS) -> list[bytes]:
     """`json.dumps(np.round(values[i], decimals).tolist(), separators=(",", ":"))` for every i, as bytes."""
-    if not 0 <= decimals <= MAX_DECIMALS:
-        raise ValueError(f"decimals must be in [0, {MAX_DECIMALS}], got {decimals}")
     values = np.asarray(values, dtype=np.float64)
     if values.ndim < 2:
         raise ValueError(f"need an array (N, ...) with one or more axes per item, got {values.shape}")
-    if values.shape[0] == 0:
-        return []
-    scaled = np.rint(values * 10.0**decimals)
-    if not np.isfinite(scaled).all() or np.abs(scaled).max(initial=0) >= 1e18:
-        raise ValueError(f"values must be finite and below 1e{18 - decimals} in magnitude")
-    prefix, suffix = _bracket_cells(values.shape[1:])  # (per item, depth) / (per item, depth + 1)
-    k = np.abs(scaled.ravel()).astype(np.int64)
-    whole, frac = np.divmod(k, 10**decimals)
-    W = _number_width(whole, decimals)
-    P, S = prefix.shape[1], suffix.shape[1]
-    cells = np.empty((values.shape[0], prefix.shape[0], P + W + S), np.uint8)
-    cells[:, :, :P] = prefix
-    cells[:, :, P + W :] = suffix
-    flat = cells.reshape(-1, P + W + S)
-    _fill_number_cells(flat[:, P : P + W], np.signbit(scaled.ravel()), k, whole, frac, decimals)
-    cells = cells.reshape(values.shape[0], -1)
-    keep = cells != _PAD
-    ends = np.cumsum(keep.sum(axis=1))
-    text = cells[keep].tobytes()
-    starts = np.concatenate([[0], ends[:-1]])
-    return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    scaled = scale_for_json(values, decimals)
+    texts = NestedJSON(values.shape[1:], decimals)
+    return texts.split(*texts.write(scaled.reshape(len(values), math.prod(values.shape[1:])), [], []))
 
 
-def _number_width(whole: np.ndarray, decimals: int) -> int:
-    """Characters per number: sign, integer digits, '.', fraction digits; at least 8 for '-D.De-05'."""
-    int_width = max(1, len(str(int(whole.max(initial=0)))))
-    return max(1 + int_width + 1 + max(decimals, 1), 8)
+def scale_for_json(values: np.ndarray, decimals: int) -> np.ndarray:
+    """rint(values * 10^decimals): the integers whose digits `NestedJSON` writes; checks the range."""
+    if not 0 <= decimals <= MAX_DECIMALS:
+        raise ValueError(f"decimals must be in [0, {MAX_DECIMALS}], got {decimals}")
+    scaled = np.rint(np.asarray(values, dtype=np.float64) * 10.0**decimals)
+    if scaled.size and not (np.abs(scaled).max() < MAX_SCALED):  # also catches nan
+        raise ValueError(f"values must be finite and below 1e{16 - decimals} in magnitude")
+    return scaled
 
 
-def _fill_number_cells(
-    cells: np.ndarray, negative: np.ndarray, k: np.ndarray, whole: np.ndarray, frac: np.ndarray, decimals: int
-) -> None:
-    """Write repr(±k / 10^decimals) into each row of `cells` (M, W), padded with _PAD.
+class NestedJSON:
+    """JSON texts of many items, each made of fixed byte segments and per-item fields, in one buffer.
 
-    Built one column at a time with scalar divisors (numpy's fast integer division path).
+    The fields of item k are `ints[i][k]` (decimal) and then the nested lists (of this shape) of
+    `arrays[a][k]`; the text is segment 0, field 0, segment 1, field 1, ... (whichever runs out first).
     """
-    W = cells.shape[1]
-    int_width = W - 2 - max(decimals, 1)
-    unit = 10**decimals
-    if whole.max(initial=0) < 2**31:
-        whole = whole.astype(np.int32)
-    frac = frac.astype(np.int32)
-    cells[:, 0] = np.where(negative, ord("-"), _PAD)
-    # fixed notation: integer digits without leading zeros, '.', fraction digits without trailing zeros
-    for j in range(int_width):
-        place = 10 ** (int_width - 1 - j)
-        digit = (whole // place % 10).astype(np.uint8) + ord("0")
-        cells[:, 1 + j] = digit if place == 1 else np.where(whole >= place, digit, _PAD)  # '0.5' keeps its 0
-    cells[:, 1 + int_width] = ord(".")
-    if decimals:
-        for j in range(decimals):
-            digit = (frac // 10 ** (decimals - 1 - j) % 10).astype(np.uint8) + ord("0")
-            kept = digit if j == 0 else np.where(frac % 10 ** (decimals - j) != 0, digit, _PAD)  # '3.0'
-            cells[:, 2 + int_width + j] = kept
-    else:
-        cells[:, 2 + int_width] = ord("0")
-    # scientific notation below 1e-4: k has 1 or 2 digits ('7e-06', '1.2e-05', '5e-05' for 6 decimals)
-    small = (k > 0) & (k < unit // 10**4)
-    if small.any():
-        ks = k[small]
-        two = ks >= 10
-        second = np.where(two, ks % 10, 0)
-        sci = np.full((ks.size, W - 1), _PAD, np.uint8)
-        sci[:, 0] = np.where(two, ks // 10, ks) + ord("0")
-        sci[:, 1] = np.where(second != 0, ord("."), _PAD)
-        sci[:, 2] = np.where(second != 0, second + ord("0"), _PAD)
-        sci[:, 3:6] = np.frombuffer(b"e-0", np.uint8)
-        sci[:, 6] = decimals - two + ord("0")
-        cells[small, 1:] = sci
+
+    def __init__(self, shape: tuple[int, ...], decimals: int) -> None:
+        self.shape, self.decimals = tuple(shape), decimals
+        self.brackets = _bracket_counts(self.shape)
+
+    def write(
+        self, arrays: list[np.ndarray] | np.ndarray, segments: list[bytes], ints: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(buffer, ends): item k's text is buffer[ends[k-1]:ends[k]]. `arrays` hold scaled values (N, L)."""
+        arrays = [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
+        scaled = np.stack([np.ascontiguousarray(a, dtype=np.float64) for a in arrays], axis=1)
+        N = scaled.shape[0]
+        seg_bytes = np.frombuffer(b"".join(segments), np.uint8) if segments else np.zeros(0, np.uint8)
+        seg_ends = np.cumsum([len(s) for s in segments], dtype=np.int64)
+        int_cols = (
+            np.stack([np.asarray(i, np.int64) for i in ints], axis=1) if ints else np.zeros((N, 0), np.int64)
+        )
+        if int_cols.size and int_cols.min() < 0:
+            raise ValueError("ints must be non-negative")
+        whole_max = int(np.abs(scaled).max(initial=0)) // 10**self.decimals
+        per_number = 1 + len(str(whole_max)) + 1 + max(self.decimals, 8) + 2 * len(self.shape) + 1
+        per_item = per_number * scaled.shape[1] * scaled.shape[2] + len(seg_bytes) + 20 * int_cols.shape[1]
+        buffer = np.empty(N * per_item, np.uint8)
+        ends = np.empty(N, np.int64)
+        _write_items(buffer, ends, scaled, self.brackets, self.decimals, seg_bytes, seg_ends, int_cols)
+        return buffer, ends
+
+    @staticmethod
+    def split(buffer: np.ndarray, ends: np.ndarray) -> list[bytes]:
+        if not ends.size:
+            return []
+        text = buffer[: ends[-1]].tobytes()
+        starts = [0, *ends[:-1].tolist()]
+        return [text[a:b] for a, b in zip(starts, ends.tolist(), strict=True)]
 
 
-def _bracket_cells(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Opening brackets before and closing brackets + comma after each number of one nested list."""
+def _bracket_counts(shape: tuple[int, ...]) -> np.ndarray:
+    """Per number of one nested list: how many '[' before it, how many ']' after it, 1 if a ',' follows."""
     depth = len(shape)
     index = np.indices(shape).reshape(depth, -1).T  # (numbers, depth)
     first = index == 0
     last = index == np.array(shape) - 1
     # '[' for every axis from the innermost outwards while this number is the first along all inner axes
-    opens = np.cumprod(first[:, ::-1], axis=1)[:, ::-1].astype(bool)
-    closes = np.cumprod(last[:, ::-1], axis=1)[:, ::-1].astype(bool)
-    prefix = np.where(opens, ord("["), _PAD).astype(np.uint8)
-    suffix = np.zeros((index.shape[0], depth + 1), np.uint8)
-    suffix[:, :depth] = np.where(closes[:, ::-1], ord("]"), _PAD)
-    suffix[:, depth] = np.where(closes[:, 0], _PAD, ord(","))
-    return prefix, suffix
+    opens = np.cumprod(first[:, ::-1], axis=1).sum(axis=1)
+    closes = np.cumprod(last[:, ::-1], axis=1).sum(axis=1)
+    return np.stack([opens, closes, closes < depth], axis=1).astype(np.int64)
+
+
+@njit(cache=True)
+def _write_items(buffer, ends, scaled, brackets, decimals, seg_bytes, seg_ends, int_cols):
+    n_arrays, n_ints, n_segments = scaled.shape[1], int_cols.shape[1], seg_ends.size
+    unit = 1
+    for _ in range(decimals):
+        unit *= 10
+    pos = 0
+    for k in range(scaled.shape[0]):
+        seg_start = 0
+        for j in range(max(n_segments, n_ints + n_arrays)):
+            if j < n_segments:
+                for b in range(seg_start, seg_ends[j]):
+                    buffer[pos] = seg_bytes[b]
+                    pos += 1
+                seg_start = seg_ends[j]
+            if j < n_ints:
+                pos = _write_uint(buffer, pos, int_cols[k, j])
+            elif j - n_ints < n_arrays:
+                pos = _write_list(buffer, pos, scaled[k, j - n_ints], brackets, decimals, unit)
+        ends[k] = pos
+
+
+@njit(cache=True)
+def _write_list(buffer, pos, scaled, brackets, decimals, unit):
+    for m in range(scaled.size):
+        for _ in range(brackets[m, 0]):
+            buffer[pos] = 91  # '['
+            pos += 1
+        pos = _write_number(buffer, pos, scaled[m], decimals, unit)
+        for _ in range(brackets[m, 1]):
+            buffer[pos] = 93  # ']'
+            pos += 1
+        if brackets[m, 2]:
+            buffer[pos] = 44  # ','
+            pos += 1
+    return pos
+
+
+@njit(cache=True)
+def _write_uint(buffer, pos, value):
+    """Decimal digits of value >= 0."""
+    digits, limit = 1, 10
+    while digits < 19 and value >= limit:
+        digits += 1
+        limit *= 10
+    for d in range(digits - 1, -1, -1):
+        buffer[pos + d] = 48 + value % 10
+        value //= 10
+    return pos + digits
+
+
+@njit(cache=True)
+def _write_number(buffer, pos, scaled, decimals, unit):
+    """repr(±k / unit) for scaled = ±k (an integral float64, |k| < 1e16), unit = 10^decimals; see the module
+    docstring."""
+    if math.copysign(1.0, scaled) < 0:
+        buffer[pos] = 45  # '-'
+        pos += 1
+    magnitude = abs(scaled)
+    k = np.int64(magnitude)
+    if 0 < k < unit // 10000:  # below 1e-4 (only for decimals > 4): 'De-0X' or 'D.De-0X'
+        exponent = decimals
+        if k >= 10:
+            buffer[pos] = 48 + k // 10
+            pos += 1
+            if k % 10:
+                buffer[pos] = 46  # '.'
+                buffer[pos + 1] = 48 + k % 10
+                pos += 2
+            exponent -= 1
+        else:
+            buffer[pos] = 48 + k
+            pos += 1
+        buffer[pos], buffer[pos + 1], buffer[pos + 2], buffer[pos + 3] = 101, 45, 48, 48 + exponent  # e-0X
+        return pos + 4
+    whole = np.int64(magnitude / unit)  # k // unit without an integer division; exact after the fix-ups
+    if whole * unit > k:
+        whole -= 1
+    elif (whole + 1) * unit <= k:
+        whole += 1
+    frac = k - whole * unit
+    if whole < 10:
+        buffer[pos] = 48 + whole
+        pos += 1
+    else:
+        pos = _write_uint(buffer, pos, whole)
+    buffer[pos] = 46  # '.'
+    pos += 1
+    if frac == 0:
+        buffer[pos] = 48
+        return pos + 1
+    width = decimals
+    while frac % 10 == 0:
+        frac //= 10
+        width -= 1
+    for d in range(width - 1, -1, -1):
+        buffer[pos + d] = 48 + frac % 10
+        frac //= 10
+    return pos + width
 
 
 class EncodedMeta(dict):
@@ -125,3 +211,64 @@ class EncodedMeta(dict):
     def __init__(self, content: dict, encoded_json: bytes) -> None:
         super().__init__(content)
         self.encoded_json = encoded_json
+
+
+class LazyMeta(EncodedMeta):
+    """An `EncodedMeta` made from its JSON text alone: the values are decoded on first read.
+
+    Shard writers use only the text; building a clip's ~1000 Python floats and lists would cost more than
+    simulating, rendering and writing it. The keys are there from the start (placeholders None), so
+    `len`, `in` and truthiness need no decoding; every method that reads values or mutates decodes first
+    (`json.loads` gives back exactly the floats the text was made from: repr round-trips). Copies and
+    pickles are plain `EncodedMeta`s.
+    """
+
+    __slots__ = ("_encoded_only",)
+
+    def __init__(self, keys: tuple[str, ...], encoded_json: bytes) -> None:
+        super().__init__(dict.fromkeys(keys), encoded_json)
+        self._encoded_only = True
+
+    def _decode(self) -> None:
+        if self._encoded_only:
+            self._encoded_only = False
+            dict.update(self, json.loads(self.encoded_json))
+
+    def __eq__(self, other: object) -> bool:
+        self._decode()
+        if isinstance(other, LazyMeta):
+            other._decode()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (EncodedMeta, (dict(self.items()), self.encoded_json))
+
+    def copy(self) -> EncodedMeta:
+        return EncodedMeta(dict(self.items()), self.encoded_json)
+
+
+def _decoding(name: str):
+    base = getattr(dict, name)
+
+    def method(self, *args, **kwargs):
+        self._decode()
+        return base(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+# every dict method that reads values (or lets the C API read them: overriding __iter__ makes dict(),
+# {**m} and update() go through keys() and __getitem__) or mutates
+for _name in (
+    "__getitem__", "get", "keys", "values", "items", "__iter__", "__reversed__", "__repr__", "__or__",
+    "__ror__", "__ior__", "__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear",
+):  # fmt: skip
+    setattr(LazyMeta, _name, _decoding(_name))
