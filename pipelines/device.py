@@ -78,11 +78,12 @@ class HostBatcher:
 
     def assemble(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, int | None]:
         if self.ring is None:
-            # A batch inside one block is a view of it (the block is never written again); else one copy.
+            # A batch inside one block is a view of it (a ring slot is not written again while viewed);
+            # else one copy.
             if len(pieces) == 1:
                 return pieces[0], None
             return torch.from_numpy(np.concatenate([piece.numpy() for piece in pieces])), None
-        n = sum(len(p) for p in pieces)
+        n = sum(len(p) for p in pieces)  # pieces view the workers' ring: one copy into pinned memory
         slot, out = self.ring.take((n, *pieces[0].shape[1:]))
         torch.cat(pieces, out=out)
         return out, slot

@@ -2,8 +2,10 @@
 
 DataLoader workers read whole blocks (worker ``w`` of ``W`` reads blocks ``w, w + W, ...``); with
 ``in_order=True`` the DataLoader hands them back round-robin, i.e. in block order, so the batches are the
-same for any ``num_workers``. The main process cuts batches from the blocks into pinned buffers and
-:mod:`pipelines.device` moves them (uint8) to the device and scales them there.
+same for any ``num_workers``. Workers write blocks into a shared-memory ring (:mod:`pipelines.ring`); the
+main process cuts batches straight from the ring slots: on the CPU a batch within one block is a view of its
+slot (held until freed), on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it
+(uint8) to the device and scales it there.
 
 Checkpoint state is a few JSON ints, taken after the batches the caller has received::
 
@@ -217,6 +219,8 @@ class VideoLoader:
                     yield emit()
         if keys and not self.drop_last:
             yield emit()
+        if self._block_ring is not None:
+            self._block_ring.check()  # the epoch's last blocks, too, must not have been overwritten in use
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.dataset.epoch
@@ -255,7 +259,8 @@ def make_loader(
     batches come out for any ``num_workers``; ``prefetch`` batches are in flight to the device (at least 2);
     ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly; ``timeout`` (s) bounds a worker's
     silence. Workers persist across epochs (open files and indexes stay warm; the dataset object they hold
-    is the one of the first epoch: change settings by making a new loader).
+    is the one of the first epoch: change settings by making a new loader). uint8 CPU batches may be views
+    of shared memory that is reused only once they are freed: keeping many of them is safe, only slower.
     """
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}")

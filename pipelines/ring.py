@@ -118,7 +118,7 @@ class BlockRing:
     def check(self) -> None:
         """Raise if a slot changed while the main process (or its caller) still viewed it."""
         if self._broken is None:
-            for (worker, slot), stamp in self._in_use.items():
+            for (worker, slot), stamp in list(self._in_use.items()):  # a release may run meanwhile
                 if self._stamp_np[worker, slot] != stamp:
                     self._broken = f"worker {worker} overwrote block slot {slot} while it was in use"
                     break
