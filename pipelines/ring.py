@@ -40,7 +40,9 @@ class BlockRing:
 
     def __init__(self, workers: int, slots: int, capacity: int) -> None:
         self.slots, self.capacity = slots, capacity
-        self.data = torch.empty((workers, slots, capacity), dtype=torch.uint8).share_memory_()
+        # made in shared memory directly (share_memory_ would fill private pages, then copy them over)
+        storage = torch.UntypedStorage._new_shared(max(1, workers * slots * capacity))
+        self.data = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (workers, slots, capacity))
         self.stamp = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
         self.held = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
         self.received = torch.zeros(workers, dtype=torch.int64).share_memory_()
