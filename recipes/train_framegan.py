@@ -455,13 +455,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 autocast=run.autocast,
             )
             step += 1
-            if run.due(step, cfg.log_every):
-                run.log(step, stats, epoch=epoch)
-            if run.due(step, cfg.sample_every):
-                samples()
-            if run.due(step, cfg.ckpt_every):
-                checkpoint()
-            if cfg.max_steps and step >= cfg.max_steps:
+            if run.after_step(step, stats, epoch=epoch, samples=samples, checkpoint=checkpoint):
                 break
         if saved_at != step:
             checkpoint()

@@ -628,13 +628,7 @@ def main(cfg: GLOConfig, loader: Iterable | None = None) -> dict[str, Any]:
             recon_batch = {"video": batch["video"][: cfg.n_samples], "key": batch["key"][: cfg.n_samples]}
         step += 1
         last = train_step(gen_t, loss_fn, opt_g, scaler, latents, real, index, lr_z=lr_z, cfg=cfg, run=run)
-        if run.due(step, cfg.log_every):
-            run.log(step, last, epoch=epoch)
-        if run.due(step, cfg.sample_every):
-            samples()
-        if run.due(step, cfg.ckpt_every):
-            checkpoint()
-        if cfg.max_steps and step >= cfg.max_steps:
+        if run.after_step(step, last, epoch=epoch, samples=samples, checkpoint=checkpoint):
             break
     if training:
         if not run.due(step, cfg.ckpt_every):

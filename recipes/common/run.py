@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,27 @@ class Run:
     def due(step: int, every: int) -> bool:
         """True every `every` steps (never when `every` <= 0)."""
         return every > 0 and step > 0 and step % every == 0
+
+    def after_step(
+        self,
+        step: int,
+        metrics: Mapping[str, float],
+        *,
+        epoch: int,
+        samples: Callable[[], None],
+        checkpoint: Callable[[], None],
+    ) -> bool:
+        """The periodic work of every recipe after an optimizer step: log, samples, checkpoint.
+
+        Returns True once `max_steps` is reached (the recipe then leaves its loop).
+        """
+        if self.due(step, self.cfg.log_every):
+            self.log(step, metrics, epoch=epoch)
+        if self.due(step, self.cfg.sample_every):
+            samples()
+        if self.due(step, self.cfg.ckpt_every):
+            checkpoint()
+        return bool(self.cfg.max_steps) and step >= self.cfg.max_steps
 
     def log(self, step: int, metrics: Mapping[str, float], *, epoch: int | None = None) -> None:
         """Average the metrics over ranks (collective: call on every rank) and write them on rank 0."""
