@@ -20,6 +20,8 @@ import numpy as np
 from numba import njit
 
 MAX_DECIMALS = 6
+_PAIRS = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), np.uint8).copy()
+"""'00', '01', ..., '99' as 200 bytes: digits two at a time."""
 MAX_SCALED = 1e16
 """Largest |value| * 10^decimals accepted: fixed notation and exact int64 digits below it."""
 
@@ -120,7 +122,7 @@ def _write_items(buffer, ends, scaled, brackets, decimals, seg_bytes, seg_ends, 
         ends[k] = pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _write_list(buffer, pos, scaled, brackets, decimals, unit):
     for m in range(scaled.size):
         for _ in range(brackets[m, 0]):
@@ -136,7 +138,7 @@ def _write_list(buffer, pos, scaled, brackets, decimals, unit):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _write_uint(buffer, pos, value):
     """Decimal digits of value >= 0."""
     digits, limit = 1, 10
@@ -149,13 +151,12 @@ def _write_uint(buffer, pos, value):
     return pos + digits
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _write_number(buffer, pos, scaled, decimals, unit):
     """repr(±k / unit) for scaled = ±k (an integral float64, |k| < 1e16), unit = 10^decimals; see the module
     docstring."""
-    if math.copysign(1.0, scaled) < 0:
-        buffer[pos] = 45  # '-'
-        pos += 1
+    buffer[pos] = 45  # '-', kept only if negative (branch-free: signs are random)
+    pos += math.copysign(1.0, scaled) < 0
     magnitude = abs(scaled)
     k = np.int64(magnitude)
     if 0 < k < unit // 10000:  # below 1e-4 (only for decimals > 4): 'De-0X' or 'D.De-0X'
@@ -179,9 +180,11 @@ def _write_number(buffer, pos, scaled, decimals, unit):
     elif (whole + 1) * unit <= k:
         whole += 1
     frac = k - whole * unit
-    if whole < 10:
-        buffer[pos] = 48 + whole
-        pos += 1
+    if whole < 100:  # one or two digits, branch-free
+        tens = whole >= 10
+        buffer[pos] = 48 + whole // 10
+        buffer[pos + tens] = 48 + whole % 10
+        pos += 1 + tens
     else:
         pos = _write_uint(buffer, pos, whole)
     buffer[pos] = 46  # '.'
@@ -189,14 +192,17 @@ def _write_number(buffer, pos, scaled, decimals, unit):
     if frac == 0:
         buffer[pos] = 48
         return pos + 1
-    width = decimals
-    while frac % 10 == 0:
-        frac //= 10
-        width -= 1
-    for d in range(width - 1, -1, -1):
-        buffer[pos + d] = 48 + frac % 10
-        frac //= 10
-    return pos + width
+    end = pos + decimals  # all `decimals` digits, two at a time from the right, then drop trailing zeros
+    while end - pos >= 2:
+        frac, pair = divmod(frac, 100)
+        buffer[end - 2], buffer[end - 1] = _PAIRS[2 * pair], _PAIRS[2 * pair + 1]
+        end -= 2
+    if end > pos:
+        buffer[pos] = 48 + frac
+    end = pos + decimals
+    while buffer[end - 1] == 48:
+        end -= 1
+    return end
 
 
 class EncodedMeta(dict):
