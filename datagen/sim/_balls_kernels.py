@@ -15,15 +15,11 @@ trajectories are bit-identical to the numpy version's.
 
 Rendering: a pixel's value is `rint(255 * min(1, sum_c exp(-q_c^4)))`, `q_c = min(dx^2/r^2, Q_CAP/2) +
 min(dy^2/r^2, Q_CAP/2)` for ball c at the pixel centre, summed in ball order, as the numpy version computed
-it. Work is skipped only where the byte is known without it:
-- a pixel where every ball has q >= q_zero (its term <= 0.49/255/n) stores 0: it is not visited at all
-  unless it lies in some ball's bounding box of {q < q_zero};
-- a pixel where some ball has q < q_full (its term >= 1 - 0.49/255) stores 255;
-- terms with q >= Q_SKIP (< 1e-23) are left out of the sum: they are below half an ulp of any sum that can
-  round to a non-zero byte, so they cannot change it.
-`math.exp` here is glibc's; numpy's SIMD exp differs from it by 1 ulp on ~5% of arguments. A stored byte
-can change only if 255 * sum lies within ~1e-13 of a rounding boundary (~1e-6 expected changes in a
-100,000-clip set); the canonical sets' digests and tests on thousands of clips show no difference.
+it, with numpy's exp (called on buffers of exponents). Work is skipped only where it cannot matter: pixels
+where every term is <= 0.49/255/n (they store 0) are not computed, and a ball's terms below ~1e-17 are left
+out of a pixel's sum (a byte could change only if the sum lay within 1e-17 of a rounding boundary). The
+canonical 100,000-clip sets (`data_manifests/`) keep their digests and tests compare thousands of clips
+with the reference port.
 """
 
 from __future__ import annotations
@@ -299,13 +295,16 @@ def _collide(x, v, i, j):
 # --- rendering ----------------------------------------------------------------------------------------
 # A frame is rendered as boxes, one per ball: the pixels where that ball's q < q_zero. Every pixel outside
 # all boxes stores 0 (each term <= 0.49 / 255 / n there). For the pixels of a box, `box_terms` writes the
-# exponents -(q_c^4) of its own ball and of every ball c whose (uncapped) q gets below q_skip somewhere
-# in the box, ball after ball in ball order; numpy's exp turns them into terms (the same exp as the numpy
-# renderer had) and `sum_terms` adds each pixel's terms in ball order and quantizes. A ball left out adds
-# at most exp(-min(q_skip, Q_CAP / 2)^4) <= 1.1e-17 to those pixels. Pixels in two boxes are written twice.
+# exponents -(q_c^4) of its own ball and, over the part of the box within q_skip of it on both axes, of
+# every other ball that comes that close, ball after ball in ball order; numpy's exp turns them into terms
+# (the same exp as the numpy renderer had) and `sum_terms` adds each pixel's terms in ball order and
+# quantizes. A term left out is <= exp(-min(q_skip, Q_CAP / 2)^4) ~ 1e-17. Pixels in two boxes are
+# written twice, with the same value.
 
 BOX_FIELDS = 7
-"""Columns of a box record: frame, first row, end row, first column, end column, balls, first exponent."""
+"""Columns of a box record: frame, first row, end row, first column, end column, balls, first ball record."""
+MEMBER_FIELDS = 5
+"""Columns of a ball record of a box: first row, end row, first column, end column, first exponent."""
 
 
 @njit(cache=True)
@@ -332,17 +331,19 @@ def _gap(x, lo, hi):
 
 
 @njit(cache=True)
-def box_terms(positions, first, centres, scale, r2, q_half_cap, q_zero, q_skip, args, boxes):
+def box_terms(positions, first, centres, scale, r2, q_half_cap, q_zero, q_skip, args, boxes, members):
     """Exponents of the boxes of frames first, first+1, ... of positions (F, n, 2) until args or boxes
-    would overflow (a frame is never split); scale = pixels per world unit. Returns (next frame, boxes
-    written, exponents written)."""
+    would overflow (a frame is never split); scale = pixels per world unit. A box's balls (`members`
+    rows: first row, end row, first column, end column, first exponent) cover the whole box for its own
+    ball and, for another ball, the part of the box within q_skip of it on both axes. Returns (next frame,
+    boxes written, exponents written)."""
     F, n = positions.shape[0], positions.shape[1]
     res = centres.size
     ranges = np.empty((n, 4), np.int64)  # per ball: row lo, row hi, col lo, col hi
     qx = np.empty(res)
     reach = math.sqrt(q_zero * r2) * (1 + 1e-9)
-    reach2 = q_skip * r2 * (1 + 1e-9)  # generous: a ball let in needlessly only adds exact terms
-    n_boxes, n_args = 0, 0
+    reach_skip = math.sqrt(q_skip * r2) * (1 + 1e-9)  # generous: a term let in needlessly is still exact
+    n_boxes, n_args, n_members = 0, 0, 0
     for f in range(first, F):
         frame_boxes, frame_args = n_boxes, n_args
         for b in range(n):
@@ -355,19 +356,29 @@ def box_terms(positions, first, centres, scale, r2, q_half_cap, q_zero, q_skip, 
                 continue
             if n_args + n * area > args.size or n_boxes == boxes.shape[0]:
                 return f, frame_boxes, frame_args
-            start, m = n_args, 0
+            first_member, m = n_members, 0
             for c in range(n):
                 x, y = positions[f, c, 0], positions[f, c, 1]
+                ra, rb, ca, cb = r0, r1, c0, c1
                 if c != b:
                     gx, gy = _gap(x, centres[c0], centres[c1 - 1]), _gap(y, centres[r0], centres[r1 - 1])
-                    if gx * gx + gy * gy >= reach2:
+                    if gx * gx + gy * gy >= reach_skip * reach_skip:
                         continue
+                    lo, hi = _axis_range(y, reach_skip, scale, res)
+                    ra, rb = max(ra, lo), min(rb, hi)
+                    lo, hi = _axis_range(x, reach_skip, scale, res)
+                    ca, cb = max(ca, lo), min(cb, hi)
+                    if ra >= rb or ca >= cb:
+                        continue
+                member = members[n_members]
+                member[0], member[1], member[2], member[3], member[4] = ra, rb, ca, cb, n_args
+                n_members += 1
                 m += 1
-                w = c1 - c0
-                cols, rows = centres[c0:c1], centres[r0:r1]  # slices: loops over range(w) vectorize
+                w = cb - ca
+                cols, rows = centres[ca:cb], centres[ra:rb]  # slices: loops over range(w) vectorize
                 for p in range(w):
                     qx[p] = _axis_q(cols[p], x, r2, q_half_cap)
-                for row in range(r1 - r0):
+                for row in range(rb - ra):
                     qy_row = _axis_q(rows[row], y, r2, q_half_cap)
                     line = args[n_args : n_args + w]
                     for col in range(w):
@@ -376,17 +387,17 @@ def box_terms(positions, first, centres, scale, r2, q_half_cap, q_zero, q_skip, 
                         line[col] = -(p * p)
                     n_args += w
             box = boxes[n_boxes]
-            box[0], box[1], box[2], box[3], box[4], box[5], box[6] = f, r0, r1, c0, c1, m, start
+            box[0], box[1], box[2], box[3], box[4], box[5], box[6] = f, r0, r1, c0, c1, m, first_member
             n_boxes += 1
     return F, n_boxes, n_args
 
 
 @njit(cache=True)
-def sum_terms(terms, boxes, pixels, res):
+def sum_terms(terms, boxes, members, pixels, res):
     """Frame pixels (F * res * res,) = rint(255 * min(1, the pixel's terms summed in ball order)), per box."""
-    sums = np.empty(res)
+    sums = np.empty(res * res)
     for k in range(boxes.shape[0]):
-        f, r0, r1, c0, c1, m, a = (
+        f, r0, r1, c0, c1, m, first = (
             boxes[k, 0],
             boxes[k, 1],
             boxes[k, 2],
@@ -396,21 +407,29 @@ def sum_terms(terms, boxes, pixels, res):
             boxes[k, 6],
         )
         w = c1 - c0
-        area = (r1 - r0) * w
-        for row in range(r0, r1):
-            out = (f * res + row) * res + c0
-            base = a + (row - r0) * w
-            line = pixels[out : out + w]  # slices: indexing with non-negative range indices vectorizes
-            own = terms[base : base + w]
-            if m == 1:
+        if m == 1:  # the own ball alone: its terms cover the box
+            a = members[first, 4]
+            for row in range(r0, r1):
+                out = (f * res + row) * res + c0
+                line = pixels[out : out + w]  # slices: indexing with non-negative range indices vectorizes
+                own = terms[a + (row - r0) * w : a + (row - r0 + 1) * w]
                 for col in range(w):
                     line[col] = np.uint8(np.rint(min(own[col], 1.0) * 255.0))
-            else:
-                for col in range(w):
-                    sums[col] = own[col]
-                for j in range(1, m):
-                    more = terms[base + j * area : base + j * area + w]
-                    for col in range(w):
-                        sums[col] += more[col]
-                for col in range(w):
-                    line[col] = np.uint8(np.rint(min(sums[col], 1.0) * 255.0))
+            continue
+        box_sums = sums[: (r1 - r0) * w]
+        for i in range(box_sums.size):
+            box_sums[i] = 0.0
+        for j in range(first, first + m):
+            ra, rb, ca, cb, a = members[j, 0], members[j, 1], members[j, 2], members[j, 3], members[j, 4]
+            wj = cb - ca
+            for row in range(ra, rb):
+                dst = box_sums[(row - r0) * w + ca - c0 : (row - r0) * w + cb - c0]
+                src = terms[a + (row - ra) * wj : a + (row - ra + 1) * wj]
+                for col in range(wj):
+                    dst[col] += src[col]
+        for row in range(r0, r1):
+            out = (f * res + row) * res + c0
+            line = pixels[out : out + w]
+            total = box_sums[(row - r0) * w : (row - r0 + 1) * w]
+            for col in range(w):
+                line[col] = np.uint8(np.rint(min(total[col], 1.0) * 255.0))

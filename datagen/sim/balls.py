@@ -13,15 +13,15 @@ draws, the physics and the rendering run in numba kernels (`datagen.sim._balls_k
 time inside a batch; they reproduce numpy's streams bit for bit.
 
 Rendering: intensity `sum_i exp(-(d_i^2 / r^2)^4)` at pixel centres `(k + 0.5) / res * box`, clipped at 1,
-stored as uint8 `rint(clip(A, 0, 1) * 255)` (round half to even; `balls_reference.to_uint8`). Pixels whose
-byte is known without the sum (0 far from every ball, 255 at a ball's centre) are not summed; elsewhere
-the sum over all balls is evaluated in ball order, so a pixel's value is the full-frame sum. The float
-arithmetic differs from the reference only by a few ulp: q = d^2 / r^2 is summed per axis
-(`dx^2/r^2 + dy^2/r^2`), `q**4` is `(q*q)*(q*q)`, each axis term is capped at Q_CAP / 2 (where exp(-q^4)
-< 1e-17 anyway), terms below 1e-23 are left out, and exp is glibc's, not numpy's SIMD exp (1 ulp apart on
-~5% of arguments). A stored byte can change only if the float value lies within ~1e-13 of a rounding
-boundary (well under one byte in a 100,000-video set); tests compare the bytes of thousands of clips with
-the reference port, and the canonical sets' digests (`data_manifests/`) are unchanged.
+stored as uint8 `rint(clip(A, 0, 1) * 255)` (round half to even; `balls_reference.to_uint8`). Only boxes
+around the balls are computed: outside them every ball contributes at most 0.49 / 255 / n, so the sum
+quantizes to 0 there. Inside, the sum over the balls is evaluated in ball order, so a pixel's value is the
+full-frame sum, less terms below ~1e-17. The float arithmetic differs from the reference only by a few
+ulp: q = d^2 / r^2 is summed per axis (`dx^2/r^2 + dy^2/r^2`), `q**4` is `(q*q)*(q*q)`, and each axis term
+is capped at Q_CAP / 2 (where exp(-q^4) < 1e-17 anyway). A stored byte can change only if the float value
+lies within ~1e-14 of a rounding boundary (well under one byte in a 100,000-video set); tests compare the
+bytes of thousands of clips with the reference port, and the canonical sets' digests (`data_manifests/`)
+are those of the earlier numpy renderer.
 
 Ground truth in `meta` (pixel units: x = column, y = row, pixel centres at integer coordinates, so
 `col = x * res / box - 0.5`; velocities in pixels per frame), rounded to 6 decimals to keep JSON small:
@@ -121,14 +121,15 @@ def render(positions: np.ndarray, res: int, radius: float, box: float) -> np.nda
     capacity = max(RENDER_TERMS, n * n * res * res)  # at least one frame's worth
     args, terms = np.empty(capacity), np.empty(capacity)
     boxes = np.empty((max(n, capacity // 16), kernels.BOX_FIELDS), np.int64)
+    members = np.empty((boxes.shape[0] * n, kernels.MEMBER_FIELDS), np.int64)
     centres = pixel_centres(res, box)
     first = 0
     while first < N * T:
         first, n_boxes, n_args = kernels.box_terms(
-            flat, first, centres, res / box, radius * radius, Q_CAP / 2, q_zero, Q_SKIP, args, boxes
+            flat, first, centres, res / box, radius * radius, Q_CAP / 2, q_zero, Q_SKIP, args, boxes, members
         )
         np.exp(args[:n_args], out=terms[:n_args])  # numpy's exp, as the numpy renderer used
-        kernels.sum_terms(terms, boxes[:n_boxes], pixels, res)
+        kernels.sum_terms(terms, boxes[:n_boxes], members, pixels, res)
     return out
 
 
