@@ -91,8 +91,8 @@ class BlockRing:
                 return alloc_block(shape)
             self._stamp_np[worker, slot] = 0
             self._queued[number] = slot
-            tensor = self.data[worker, slot, :nbytes].view(shape)
-            return tensor, tensor.numpy()
+            array = self._data_np[worker, slot, :nbytes].reshape(shape)
+            return torch.from_numpy(array), array
 
         return alloc
 
@@ -102,8 +102,8 @@ class BlockRing:
         if slot is None:
             return item
         video = item["video"]
-        region = self.data[worker, slot]
-        if video is not None and video.is_contiguous() and video.data_ptr() == region.data_ptr():
+        region = self.data.data_ptr() + (worker * self.slots + slot) * self.capacity
+        if video is not None and video.is_contiguous() and video.data_ptr() == region:
             self._serial += 1
             stamp = (os.getpid() << 32) | self._serial
             self._stamp_np[worker, slot] = stamp
