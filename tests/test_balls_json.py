@@ -124,3 +124,9 @@ def test_lazy_meta_reads_like_the_dict_it_encodes():
     updated = lazy_meta()
     updated.update(index=8)
     assert updated["index"] == 8 and updated["positions"] == plain["positions"]
+
+
+def test_numbers_repeated_from_the_previous_row_are_copied_exactly():
+    rows = np.array([[1.5, -0.0, 2e-5, 7.25], [1.5, 0.0, 2e-5, -7.25], [1.5, -0.0, 3e-5, -7.25]])
+    values = np.stack([rows, rows[::-1], np.round(rows, 1)])  # (3 items, 3 rows, 4)
+    assert rounded_json(values) == dumps_each(values, 6)

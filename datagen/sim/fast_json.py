@@ -56,6 +56,7 @@ class NestedJSON:
     def __init__(self, shape: tuple[int, ...], decimals: int) -> None:
         self.shape, self.decimals = tuple(shape), decimals
         self.brackets = _bracket_counts(self.shape)
+        self.period = math.prod(self.shape[1:]) if len(self.shape) > 1 else math.prod(self.shape)
 
     def write(
         self, arrays: list[np.ndarray] | np.ndarray, segments: list[bytes], ints: list[np.ndarray]
@@ -76,7 +77,9 @@ class NestedJSON:
         per_item = per_number * scaled.shape[1] * scaled.shape[2] + len(seg_bytes) + 20 * int_cols.shape[1]
         buffer = np.empty(N * per_item, np.uint8)
         ends = np.empty(N, np.int64)
-        _write_items(buffer, ends, scaled, self.brackets, self.decimals, seg_bytes, seg_ends, int_cols)
+        _write_items(
+            buffer, ends, scaled, self.brackets, self.period, self.decimals, seg_bytes, seg_ends, int_cols
+        )
         return buffer, ends
 
     @staticmethod
@@ -101,11 +104,12 @@ def _bracket_counts(shape: tuple[int, ...]) -> np.ndarray:
 
 
 @njit(cache=True)
-def _write_items(buffer, ends, scaled, brackets, decimals, seg_bytes, seg_ends, int_cols):
+def _write_items(buffer, ends, scaled, brackets, period, decimals, seg_bytes, seg_ends, int_cols):
     n_arrays, n_ints, n_segments = scaled.shape[1], int_cols.shape[1], seg_ends.size
     unit = 1
     for _ in range(decimals):
         unit *= 10
+    spans = np.empty((scaled.shape[2], 2), np.int64)
     pos = 0
     for k in range(scaled.shape[0]):
         seg_start = 0
@@ -118,17 +122,27 @@ def _write_items(buffer, ends, scaled, brackets, decimals, seg_bytes, seg_ends, 
             if j < n_ints:
                 pos = _write_uint(buffer, pos, int_cols[k, j])
             elif j - n_ints < n_arrays:
-                pos = _write_list(buffer, pos, scaled[k, j - n_ints], brackets, decimals, unit)
+                pos = _write_list(buffer, pos, scaled[k, j - n_ints], brackets, decimals, unit, period, spans)
         ends[k] = pos
 
 
 @njit(cache=True, inline="always")
-def _write_list(buffer, pos, scaled, brackets, decimals, unit):
+def _write_list(buffer, pos, scaled, brackets, decimals, unit, period, spans):
+    """One nested list. A number equal to the one `period` numbers earlier (in a trajectory: a velocity
+    unchanged since the previous frame) is copied from that one's text; spans[m] = where number m went."""
     for m in range(scaled.size):
         for _ in range(brackets[m, 0]):
             buffer[pos] = 91  # '['
             pos += 1
-        pos = _write_number(buffer, pos, scaled[m], decimals, unit)
+        start, prev = pos, m - period
+        if prev >= 0 and scaled[m] == scaled[prev] and scaled[m] != 0.0:  # (0.0 == -0.0 but prints apart)
+            a, b = spans[prev, 0], spans[prev, 1]
+            for i in range(b - a):
+                buffer[pos + i] = buffer[a + i]
+            pos += b - a
+        else:
+            pos = _write_number(buffer, pos, scaled[m], decimals, unit)
+        spans[m, 0], spans[m, 1] = start, pos
         for _ in range(brackets[m, 1]):
             buffer[pos] = 93  # ']'
             pos += 1
