@@ -147,7 +147,9 @@ def bench_config(n_balls: int, res: int, n_fast: int, n_ref: int, repeat: int, w
     return {
         "rates": rates,
         "same_bytes": same,
-        "stages": stage_breakdown(params, seed, min(n_fast, 4096), work),
+        "stages": stage_breakdown(
+            params, seed, min(n_fast, balls.BATCH), work
+        ),  # one batch, as generate() runs,
     }
 
 
