@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from webdataset.gopen import gopen
 
+from pipelines.index_cache import IndexCache
 from pipelines.sources import ShardRef
 
 _CACHE_SIZE = 64
@@ -74,22 +75,22 @@ class H5Layout:
     offsets: NDArray[np.int64] | None  # each clip's chunk in the file; None: not plain, read through h5py
 
 
-_H5_LAYOUTS: OrderedDict[tuple, H5Layout] = OrderedDict()
+_H5_LAYOUTS: IndexCache[H5Layout] = IndexCache(lambda layout: layout.video_shape[0])
 
 
-def h5_layout(shard: ShardRef, handle) -> H5Layout:
-    """The shard's :class:`H5Layout`, cached per process, path, size and mtime."""
+def h5_layout(shard: ShardRef, locking: bool | None) -> H5Layout:
+    """The shard's :class:`H5Layout`, cached per process, path, size and mtime; the file is opened (or taken
+    from the open-file cache) only to read a layout not cached yet."""
     path = shard.local_path
     stat = os.stat(path) if path is not None else None
     cache_key = (shard.url, os.getpid(), stat and stat.st_size, stat and stat.st_mtime_ns)
     layout = _H5_LAYOUTS.get(cache_key)
     if layout is None:
+        handle = h5_file(shard, locking)
         offsets = h5_chunk_offsets(shard, handle)
         keys = [str(k) for k in handle["key"].asstr()[:]] if offsets is not None else []
         layout = H5Layout(tuple(handle["video"].shape), keys, offsets)
-        _H5_LAYOUTS[cache_key] = layout
-        while len(_H5_LAYOUTS) > _CACHE_SIZE:
-            _H5_LAYOUTS.popitem(last=False)
+        _H5_LAYOUTS.put(cache_key, layout)
     return layout
 
 

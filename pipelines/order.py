@@ -85,20 +85,20 @@ def rank_share(n_total: int, world: World) -> tuple[int, int, int]:
 
 
 def _segments_of_range(
-    sizes: NDArray[np.int64], order: NDArray[np.int64], start: int, stop: int
+    sizes: NDArray[np.int64], ends: NDArray[np.int64], start: int, stop: int
 ) -> list[Segment]:
-    """Segments covering stream positions ``[start, stop)`` of the shards in ``order``; wraps around."""
-    total = int(sizes[order].sum())
-    ends = np.cumsum(sizes[order])
+    """Segments covering stream positions ``[start, stop)``, wrapping around; ``sizes`` are the shard sizes in
+    stream order, ``ends`` their cumulative sum (made once per epoch, not per block), and a segment's shard
+    is a position in ``sizes``."""
+    total = int(ends[-1])
     segments: list[Segment] = []
     pos = start
     while pos < stop:
         wrapped = pos % total
         slot = int(np.searchsorted(ends, wrapped, side="right"))
-        shard_start = int(ends[slot] - sizes[order[slot]])
-        offset = wrapped - shard_start
-        take = min(int(sizes[order[slot]]) - offset, stop - pos)
-        segments.append(Segment(int(order[slot]), offset, offset + take))
+        offset = wrapped - int(ends[slot] - sizes[slot])
+        take = min(int(sizes[slot]) - offset, stop - pos)
+        segments.append(Segment(slot, offset, offset + take))
         pos += take
     return segments
 
@@ -119,11 +119,16 @@ def exact_blocks(
     sizes = np.asarray(shard_sizes, dtype=np.int64)
     order = shard_order(len(sizes), seed=seed, epoch=epoch, shuffle=shuffle)
     rank_start, count, _ = rank_share(int(sizes.sum()), world)
+    streamed = sizes[order]
+    ends = np.cumsum(streamed)
     blocks = []
     for index in range(start // block_size, -(-count // block_size)):
         lo = index * block_size
         hi = min(lo + block_size, count)
-        segs = _segments_of_range(sizes, order, rank_start + lo, rank_start + hi)
+        segs = [
+            Segment(int(order[seg.shard]), seg.start, seg.stop)
+            for seg in _segments_of_range(streamed, ends, rank_start + lo, rank_start + hi)
+        ]
         blocks.append(Block(index, lo, tuple(segs), (seed, epoch, _SALT_BLOCK, rank_start + lo)))
     return blocks
 

@@ -313,8 +313,7 @@ def _fill_h5(
     locking: bool | None,
 ) -> tuple[list[str], list[str] | None]:
     try:
-        handle = h5_file(shard, locking)
-        layout = h5_layout(shard, handle)
+        layout = h5_layout(shard, locking)
     except Exception as exn:
         raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     offsets = layout.offsets
@@ -333,6 +332,7 @@ def _fill_h5(
     meta = None
     if with_meta:
         try:
+            handle = h5_file(shard, locking)
             has_meta = "meta" in handle
             meta = [str(m) for m in handle["meta"].asstr()[start:stop]] if has_meta else ["{}"] * len(keys)
         except Exception as exn:

@@ -31,6 +31,7 @@ class BlockRing:
     - ``received[w]`` (main): 1 + the number of worker ``w``'s last block taken this epoch (set after
       ``held``). The worker's blocks numbered at or above it may still be queued, so their slots are busy.
     - ``stamp[w, s]`` (worker): 0 while being written, then a number unique to that write.
+    - ``fallbacks[w]`` (worker): blocks worker ``w`` wrote to fresh shared memory (no free slot, or too big).
 
     A worker writes into a slot that is neither held nor behind a queued block, and falls back to a fresh
     shared-memory block when there is none (correct, only slower). The main process checks the stamps of
@@ -46,12 +47,14 @@ class BlockRing:
         self.stamp = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
         self.held = torch.zeros((workers, slots), dtype=torch.int64).share_memory_()
         self.received = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self.fallbacks = torch.zeros(workers, dtype=torch.int64).share_memory_()
         self._local()
 
     def _local(self) -> None:
         """Per-process state (not shared, not pickled); numpy views of the shared tensors (fast scalars)."""
         self._data_np, self._stamp_np = self.data.numpy(), self.stamp.numpy()
         self._held_np, self._received_np = self.held.numpy(), self.received.numpy()
+        self._fallbacks_np = self.fallbacks.numpy()
         self._queued: dict[int, int] = {}  # worker side: block number -> slot, not yet known taken
         self._serial = 0
         self._in_use: dict[tuple[int, int], int] = {}  # main side: (worker, slot) -> stamp, while held
@@ -59,7 +62,7 @@ class BlockRing:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"slots": self.slots, "capacity": self.capacity, "data": self.data, "stamp": self.stamp,
-                "held": self.held, "received": self.received}  # fmt: skip
+                "held": self.held, "received": self.received, "fallbacks": self.fallbacks}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -88,6 +91,7 @@ class BlockRing:
             nbytes = int(np.prod(shape))
             slot = self._free_slot(worker) if nbytes <= self.capacity else None
             if slot is None:
+                self._fallbacks_np[worker] += 1
                 return alloc_block(shape)
             self._stamp_np[worker, slot] = 0
             self._queued[number] = slot

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from webdataset.tariterators import base_plus_ext
 
+from pipelines.index_cache import IndexCache
+
 VIDEO_FIELD = "video.npy"
 META_FIELD = "meta.json"
-_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class TarIndex:
     meta: NDArray[np.int64]  # (n, 2)
 
 
-_TAR_INDEX: OrderedDict[tuple[str, int, int], TarIndex] = OrderedDict()
+_TAR_INDEX: IndexCache[TarIndex] = IndexCache(lambda index: len(index.keys))
 
 
 class _NotPlainUstar(Exception):
@@ -120,7 +120,5 @@ def tar_index(path: str) -> TarIndex:
     index = _TAR_INDEX.get(cache_key)
     if index is None:
         index = _scan_tar(path)
-        _TAR_INDEX[cache_key] = index
-        while len(_TAR_INDEX) > _CACHE_SIZE:
-            _TAR_INDEX.popitem(last=False)
+        _TAR_INDEX.put(cache_key, index)
     return index

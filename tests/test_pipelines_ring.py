@@ -96,7 +96,9 @@ def test_ring_hands_out_views_until_freed_and_catches_overwrites():
 def test_ring_falls_back_to_fresh_memory_when_every_slot_is_held():
     ring = BlockRing(workers=1, slots=2, capacity=64)
     views = [ring.take(_publish(ring, n, n)["ring"]) for n in range(2)]
+    assert int(ring.fallbacks[0]) == 0
     item = _publish(ring, 2, 9)
+    assert int(ring.fallbacks[0]) == 1
     assert "ring" not in item and item["video"].tolist() == [[9] * 5] * 4
     assert [v[0, 0].item() for v in views] == [0, 1]
 
