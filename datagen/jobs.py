@@ -44,6 +44,7 @@ class StoreJob:
     record: dict[str, Any]
     tasks: Sequence[Task]
     summarize: Callable[[list[dict]], dict] | None = None
+    prepare: Callable[[], None] | None = None  # run once in this process before tasks go to workers
     progress_unit: str = "shards"
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +88,8 @@ def run_store_job(
             if on_progress:
                 on_progress(len(results), len(job.tasks))
 
+        if todo and job.prepare:
+            job.prepare()
         run_tasks(todo, scheduler=scheduler, workers=workers, on_result=record_result)
     finally:
         journal.close()
@@ -246,4 +249,9 @@ def generation_job(
         )
         for i, start in enumerate(range(0, n, shard_size))
     ]
-    return StoreJob(out=Path(out), record=record, tasks=tasks)
+    def warm_up() -> None:
+        """Compile and cache JIT kernels once here, so local workers load them instead of each compiling."""
+        for _ in gen.generate(params, seed, 0, 1):
+            pass
+
+    return StoreJob(out=Path(out), record=record, tasks=tasks, prepare=warm_up)

@@ -62,70 +62,81 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+_HEADER_TAILS: dict[int, tuple[bytes, bytes, int]] = {}
+
+
 def ustar_header(name: str, size: int) -> bytes:
-    """A USTAR header for a regular file with the fixed owner, mode and mtime (as tarfile writes it)."""
+    """A USTAR header for a regular file with the fixed owner, mode and mtime (as tarfile writes it).
+
+    Everything after the name depends only on `size`, so that part and its byte sum are cached.
+    """
     raw = name.encode()
     if len(raw) > 100:
         raise ValueError(f"member name too long for USTAR: {name!r}")
-    head = b"".join(
-        (
-            raw.ljust(100, b"\0"),
-            _octal(MODE, 8),
-            _octal(0, 8),  # uid
-            _octal(0, 8),  # gid
-            _octal(size, 12),
-            _octal(MTIME, 12),
-            b" " * 8,  # checksum placeholder
-            b"0",  # regular file
-            b"\0" * 100,  # linkname
-            b"ustar\x0000",
-            b"\0" * 32,  # uname
-            b"\0" * 32,  # gname
-            b"\0" * 16,  # devmajor, devminor: empty for regular files
-            b"\0" * 155,  # prefix
+    cached = _HEADER_TAILS.get(size)
+    if cached is None:
+        fields = b"".join(
+            (
+                _octal(MODE, 8),
+                _octal(0, 8),  # uid
+                _octal(0, 8),  # gid
+                _octal(size, 12),
+                _octal(MTIME, 12),
+            )
         )
-    ).ljust(BLOCK, b"\0")
-    checksum = b"%06o\0 " % sum(head)
-    return head[:148] + checksum + head[156:]
+        rest = b"".join(
+            (
+                b"0",  # regular file
+                b"\0" * 100,  # linkname
+                b"ustar\x0000",
+                b"\0" * 64,  # uname, gname
+                b"\0" * 16,  # devmajor, devminor: empty for regular files
+                b"\0" * 155,  # prefix
+            )
+        ).ljust(BLOCK - 156, b"\0")
+        cached = _HEADER_TAILS[size] = (fields, rest, sum(fields) + sum(rest) + 8 * ord(" "))
+    fields, rest, partial_sum = cached
+    checksum = b"%06o\0 " % (partial_sum + sum(raw))
+    return raw.ljust(100, b"\0") + fields + checksum + rest
 
 
-class _HashingWriter:
-    """File writes that also feed a sha256 and count bytes."""
-
-    def __init__(self, f) -> None:
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-
-
-def _member(out: _HashingWriter, name: str, parts: tuple[bytes, ...]) -> None:
-    size = sum(len(p) for p in parts)
-    out.write(ustar_header(name, size))
-    for p in parts:
-        out.write(p)
-    if size % BLOCK:
-        out.write(b"\0" * (BLOCK - size % BLOCK))
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
 
 
 def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
-    """Write `samples` into the tar at `path`; returns (keys in order, sha256 of the file)."""
+    """Write `samples` into the tar at `path`; returns (keys in order, sha256 of the file).
+
+    Each sample's two members are joined into one buffer, written and hashed once.
+    """
     keys: list[str] = []
+    sha, size = hashlib.sha256(), 0
     with open(path, "wb", buffering=1 << 20) as f:
-        out = _HashingWriter(f)
         for s in samples:
             video = np.ascontiguousarray(s.video)
-            _member(out, f"{s.key}.{VIDEO_FIELD}", (npy_header(video), memoryview(video).cast("B")))
-            _member(out, f"{s.key}.{META_FIELD}", (meta_bytes(s.meta),))
+            header = npy_header(video)
+            meta = meta_bytes(s.meta)
+            n_video = len(header) + video.nbytes
+            record = b"".join(
+                (
+                    ustar_header(f"{s.key}.{VIDEO_FIELD}", n_video),
+                    header,
+                    memoryview(video).cast("B"),
+                    _padding(n_video),
+                    ustar_header(f"{s.key}.{META_FIELD}", len(meta)),
+                    meta,
+                    _padding(len(meta)),
+                )
+            )
+            f.write(record)
+            sha.update(record)
+            size += len(record)
             keys.append(s.key)
         end = 2 * BLOCK  # two zero blocks, then pad to a whole record, as tarfile does
-        total = out.size + end
-        if total % RECORD:
-            end += RECORD - total % RECORD
-        out.write(b"\0" * end)
-    return keys, out.sha.hexdigest()
+        end += -(size + end) % RECORD
+        f.write(b"\0" * end)
+        sha.update(b"\0" * end)
+    return keys, sha.hexdigest()
 
 
 def read_wds(path: Path) -> Iterator[Sample]:
