@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
@@ -73,11 +74,14 @@ class TGANConfig(TrainConfig):
     n_classes: int = 0  # classes of the conditional model (10 for MNIST digits)
     n_samples: int = 16  # videos in each sample GIF
     interp_frames: int = 0  # frames of the interpolation GIF (0 = 2 * frames - 1, i.e. 31 for 16)
+    sample_bn: Literal["running", "batch"] = "running"  # G's BN in samples: infer.py's running stats, or
+    # the sample batch's stats (what the authors' training previews use, see save_samples)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "authors": {"svc_scope": "code"},  # the authors' code clips only ndim >= 4 weights (same for this critic)
+    # the authors' code: SVC on ndim >= 4 weights only (same for this critic), previews with batch BN stats
+    "authors": {"svc_scope": "code", "sample_bn": "batch"},
     "weight_clip": {"constraint": "clip"},  # WGAN baseline of the paper: clamp the critic to [-0.01, 0.01]
 }
 
@@ -244,17 +248,29 @@ def batch_condition(batch: Mapping[str, Any], cfg: TGANConfig, device: torch.dev
 
 @torch.no_grad()
 def save_samples(
-    gen: VideoGenerator, z0: torch.Tensor, cond: torch.Tensor | None, out: Path, interp_frames: int
+    gen: VideoGenerator,
+    z0: torch.Tensor,
+    cond: torch.Tensor | None,
+    out: Path,
+    interp_frames: int,
+    bn: Literal["running", "batch"] = "running",
 ) -> list[Path]:
-    """GIF + PNG strip of the fixed-z videos and the interpolation GIF (BN in inference mode, as infer.py)."""
-    was_training = gen.training
-    gen.eval()
+    """GIF + PNG strip of the fixed-z videos and the interpolation GIF.
+
+    bn="running": BN with running statistics, as the authors' `infer.py`. bn="batch": BN with the sample
+    batch's own statistics, which is what the authors' training previews (`visualizer.py`) actually use:
+    `using_config('train', False) and no_backprop_mode()` enters only the second context. We run it on a copy
+    so the previews never move the running statistics.
+    """
+    model = gen if bn == "running" else copy.deepcopy(gen)
+    was_training = model.training
+    model.train(bn == "batch")
     try:
-        z1 = gen.g0(z0, cond)
-        videos = gen.render(z0, z1, cond)  # (N, C, T, H, W)
-        fine = gen.render(z0, interpolate_trajectory(z1, interp_frames), cond)
+        z1 = model.g0(z0, cond)
+        videos = model.render(z0, z1, cond)  # (N, C, T, H, W)
+        fine = model.render(z0, interpolate_trajectory(z1, interp_frames), cond)
     finally:
-        gen.train(was_training)
+        model.train(was_training)
     n, c, t, h, w = videos.shape
     strip = videos.transpose(1, 2).reshape(n * t, c, h, w)  # one row per video
     return [
@@ -334,7 +350,9 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
 
     def samples() -> None:
         if run.is_main:
-            save_samples(gen, z_fixed, cond_fixed, run.run_dir / "samples" / f"step-{step:09d}", interp)
+            save_samples(
+                gen, z_fixed, cond_fixed, run.run_dir / "samples" / f"step-{step:09d}", interp, cfg.sample_bn
+            )
 
     if cfg.max_steps and step >= cfg.max_steps:
         run.close()

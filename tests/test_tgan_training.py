@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from torch import nn
 from recipes.common.config import config_from_args
 from recipes.common.data import smoke_store
 from recipes.common.runtime import make_scaler
+from recipes.common.samples import to_uint8
 from recipes.gam import GamModel, gam_score, load_tgan
 from recipes.gam import main as gam_main
 from recipes.losses.wgan import svc_parameters
@@ -28,6 +30,7 @@ from recipes.train_tgan import (
     TGANConfig,
     batch_condition,
     main,
+    save_samples,
     train_step,
 )
 
@@ -289,3 +292,52 @@ def test_gam_cli_on_two_checkpoints(tmp_path: Path, balls_store: Path) -> None:
     # a model against itself: identical critics and samples -> both ratios exactly 1
     assert report["r_test"] == 1.0 and report["r_sample"] == 1.0 and report["winner"] == "tie"
     assert (tmp_path / "gam.json").is_file() and report["n_test"] == 8
+
+
+def test_batch_stat_previews_leave_the_generator_untouched(tmp_path: Path) -> None:
+    gen, _ = _tiny_models(frames=4, size=16)
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    z0 = gen.sample_z(3)
+    files = save_samples(gen, z0, None, tmp_path / "s", interp_frames=7, bn="batch")
+    assert [f.name for f in files] == ["s.gif", "s.png", "s-interp.gif"]
+    assert all(torch.equal(before[k], v) for k, v in gen.state_dict().items())  # running stats unchanged
+    assert gen.training  # mode restored
+    with torch.no_grad():
+        twin = copy.deepcopy(gen).train()
+        first_batch = to_uint8(twin(z0)[0, 0, 0])  # video 0, frame 0, with the batch's BN statistics
+        first_running = to_uint8(copy.deepcopy(gen).eval()(z0)[0, 0, 0])
+    batch_png = np.asarray(Image.open(files[1]))
+    running_png = np.asarray(Image.open(save_samples(gen, z0, None, tmp_path / "r", 7)[1]))
+    assert np.array_equal(batch_png[:16, :16], first_batch)
+    assert np.array_equal(running_png[:16, :16], first_running)
+    assert not np.array_equal(first_batch, first_running)
+
+
+@pytest.mark.slow
+def test_paper_size_run_on_moving_mnist_64(tmp_path: Path) -> None:
+    """The full paper networks (16 x 64 x 64, 512/64 channels) for a few CPU steps, past one SVC."""
+    from datagen.jobs import generation_job, run_store_job
+
+    store = tmp_path / "mnist64"
+    params = {"frames": 20, "size": 64, "digits": 2}
+    run_store_job(
+        generation_job(store, "mnist", params, seed=0, n=8, shard_size=8, formats=["hdf5"]), workers=0
+    )
+    cfg = dataclasses.replace(
+        TGANConfig(),
+        data=str(store),
+        out_dir=str(tmp_path / "run"),
+        device="cpu",
+        batch_size=2,
+        max_steps=5,
+        log_every=1,
+        sample_every=5,
+        ckpt_every=5,
+        n_samples=4,
+    )
+    main(cfg)
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 5 and rows[4]["sv_max_before_svc"] != ""
+    state = torch.load(tmp_path / "run" / "checkpoints" / "ckpt-000000005.pt", weights_only=True)
+    assert state["extra"] == {"channels": 1, "size": 64}
+    assert Image.open(tmp_path / "run" / "samples" / "step-000000005.png").size == (16 * 65 - 1, 4 * 65 - 1)
