@@ -42,7 +42,7 @@ import torch
 from recipes.common.ckpt import unwrap
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
-from recipes.common.data import data_source, epoch_batches, smoke_store
+from recipes.common.data import build_loader, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
@@ -194,20 +194,7 @@ def load_data(cfg: TGANConfig, run: Run) -> Any:
     """The training loader over `pipelines`: random `frames`-long windows in [-1, 1], full batches only
     (BN needs more than one clip, and Chainer's iterator never yields a short batch), plus each clip's meta
     when the model is conditional."""
-    from pipelines.dataset import VideoDataset
-    from pipelines.loader import make_loader
-
-    dataset = VideoDataset(
-        data_source(cfg),
-        mode="clip",
-        frames=cfg.frames,
-        shuffle=True,
-        seed=cfg.seed,
-        with_meta=bool(cfg.label_key),
-    )
-    return make_loader(
-        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=run.device, drop_last=True
-    )
+    return build_loader(cfg, run, mode="clip", frames=cfg.frames, with_meta=bool(cfg.label_key))
 
 
 def video_shape(loader: Any) -> tuple[int, int, int]:
@@ -376,13 +363,7 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
             autocast=run.autocast(),
             noise=step_noise(cfg.seed, run.world.rank, step, run.device),
         )
-        if run.due(step, cfg.log_every):
-            run.log(step, last, epoch=epoch)
-        if run.due(step, cfg.sample_every):
-            samples()
-        if run.due(step, cfg.ckpt_every):
-            checkpoint()
-        if cfg.max_steps and step >= cfg.max_steps:
+        if run.after_step(step, last, epoch=epoch, samples=samples, checkpoint=checkpoint):
             break
     if not run.due(step, cfg.ckpt_every):
         checkpoint()

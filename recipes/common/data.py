@@ -79,6 +79,7 @@ def build_loader(
     stride: int = 1,
     shuffle: bool = True,
     drop_last: bool = True,
+    with_meta: bool = False,
 ) -> Any:
     """A resumable loader of dict batches {"key", "video" float32 in [-1, 1] on run.device}.
 
@@ -88,7 +89,13 @@ def build_loader(
     from pipelines.loader import make_loader
 
     dataset = VideoDataset(
-        data_source(cfg), mode=mode, frames=frames, stride=stride, shuffle=shuffle, seed=cfg.seed
+        data_source(cfg),
+        mode=mode,
+        frames=frames,
+        stride=stride,
+        shuffle=shuffle,
+        seed=cfg.seed,
+        with_meta=with_meta,
     )
     return make_loader(
         dataset,
