@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -91,33 +93,65 @@ def test_meta_ground_truth_matches_the_pixels(params, digits):
         {"digits": 1, "frames": 9, "size": 33, "speed": 1.7},  # faster than the canvas: clamped every frame
         {"digits": 4, "frames": 3, "size": 64, "speed": 0.0},
         {"source": {"kind": "builtin", "split": "test"}},
+        {"digits": 3, "frames": 4, "speed": 1e307},  # speeds of inf px/frame: JSON Infinity, -Infinity
     ],
 )
 def test_fast_path_equals_the_per_digit_per_frame_reference(changes):
     params = sim.MNIST.validate(changes)
     digits = src.load_digits(params["source"])
     for s in sim.MNIST.generate(params, 99, 0, 60):
-        ref = sim.reference_sample(digits, params, 99, s.meta["index"])
+        ref = sim.reference_sample(digits, params, 99, int(s.key))
+        # the JSON text handed to the shard writers is exactly what they would make from the plain dict
+        assert s.meta.encoded_json == json.dumps(ref.meta, sort_keys=True, separators=(",", ":")).encode()
         assert s.key == ref.key and s.meta == ref.meta
         np.testing.assert_array_equal(s.video, ref.video)
 
 
 def test_overlap_modes():
     canvas = np.zeros((1, 2, 10, 10), np.uint8)
-    images = np.stack([np.full((4, 4), 200, np.uint8), np.full((4, 4), 100, np.uint8)])[None]
+    images = np.stack(
+        [np.full((4, 4), 7, np.uint8), np.full((4, 4), 100, np.uint8), np.full((4, 4), 200, np.uint8)]
+    )
+    ids = np.array([[2, 1]])  # digit 0 of the video is image 2, digit 1 image 1
     top_left = np.array([[[[0, 0], [2, 3]], [[6, 6], [6, 6]]]])  # frame 0 overlaps 2x1 pixels, frame 1 fully
     for mode, both in (("max", 200), ("sum", 255)):
         c = canvas.copy()
-        sim.composite(c, images, top_left, mode)
+        sim.composite(c, images, ids, top_left, mode)
         f0 = c[0, 0]
         assert f0[0, 0] == 200 and f0[5, 6] == 100 and f0[2, 3] == both and f0[3, 3] == both
         assert f0[1, 3] == 200 and f0[2, 2] == 200 and f0[4, 4] == 100 and f0[2, 4] == 100
         assert (f0 > 0).sum() == 16 + 16 - 2 and not c[0, 1, :6].any()
         assert (c[0, 1, 6:, 6:] == both).all()
-    small = np.stack([np.full((4, 4), 100, np.uint8), np.full((4, 4), 60, np.uint8)])[None]
+    small = np.stack([np.full((4, 4), 100, np.uint8), np.full((4, 4), 60, np.uint8)])
     c = canvas.copy()
-    sim.composite(c, small, top_left, "sum")
+    sim.composite(c, small, np.array([[0, 1]]), top_left, "sum")
     assert c[0, 1, 7, 7] == 160 and c[0, 0, 2, 3] == 160  # sums below 255 are not clipped
+
+
+def test_composite_refuses_digits_outside_the_canvas():
+    images, ids = np.ones((2, 4, 4), np.uint8), np.array([[0, 1]])
+    canvas = np.zeros((1, 1, 10, 10), np.uint8)
+    for corner in ([6, 7], [7, 6], [-1, 0]):  # 7 + 4 > 10 rows or columns; negative
+        with pytest.raises(ValueError, match="does not fit"):
+            sim.composite(canvas, images, ids, np.array([[[[0, 0], corner]]]), "max")
+    with pytest.raises(ValueError, match="digit ids"):
+        sim.composite(canvas, images, np.array([[0, 2]]), np.zeros((1, 1, 2, 2), int), "max")
+    assert not canvas.any()
+
+
+@pytest.mark.parametrize("n_available", [1, 2, 3, 10, 4500, 60000, 2**31 + 5, 2**32 - 1, 2**32, 2**32 + 3])
+@pytest.mark.parametrize("seed", [0, 2**40 + 7, 2**130 + 1])
+def test_batched_draws_are_numpys(seed, n_available):
+    indices = range(2**32 - 40, 2**32 + 40) if seed == 0 else range(100)  # spawn keys of one and two words
+    start, theta, ids = sim.draw_batch(seed, indices, 3, n_available)
+    for k, i in enumerate(indices):
+        s, a, d = sim.draw_sample(seed, i, 3, n_available)
+        np.testing.assert_array_equal(start[k], s)
+        np.testing.assert_array_equal(theta[k], a)
+        np.testing.assert_array_equal(ids[k], d)
+    assert ids.min() >= 0 and ids.max() < n_available
+    if n_available >= 2**31:
+        assert ids.max() > 2**30  # the high half of the range is reached
 
 
 def test_content_depends_only_on_seed_and_index(params, monkeypatch):

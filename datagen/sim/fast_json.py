@@ -292,3 +292,106 @@ for _name in (
     "__ror__", "__ior__", "__setitem__", "__delitem__", "pop", "popitem", "setdefault", "update", "clear",
 ):  # fmt: skip
     setattr(LazyMeta, _name, _decoding(_name))
+
+
+class TemplateJSON:
+    """JSON texts of many items: fixed byte segments around per-item fields, written in one buffer.
+
+    Item k's text is segments[0], field 0 of item k, segments[1], ..., field F-1, segments[F]. A field of
+    shape () is one number, any other shape a nested list of that shape. Its numbers are either
+    non-negative integers written in decimal (as `json.dumps` writes ints) or, for a token field, indices
+    into a table of texts made beforehand: for floats, the table holds the few distinct values
+    `json.dumps` formats once (a Moving MNIST clip's 80 velocities take 4 distinct values), so the kernel
+    only copies bytes.
+    """
+
+    def __init__(
+        self, segments: list[bytes], shapes: list[tuple[int, ...]], token_fields: list[bool]
+    ) -> None:
+        if not len(segments) == len(shapes) + 1 == len(token_fields) + 1:
+            raise ValueError("need one more segment than fields, and one token flag per field")
+        if any(0 in shape for shape in shapes):
+            raise ValueError(f"fields must hold at least one number, got shapes {shapes}")
+        self.segments, self.shapes = list(segments), [tuple(s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.tokens = np.array(token_fields, np.bool_)
+        self.columns = np.cumsum([0, *self.sizes], dtype=np.int64)
+        counts = [_bracket_counts(s) if s else np.zeros((1, 3), np.int64) for s in self.shapes]
+        self.brackets = np.concatenate(counts)  # rows line up with the columns of the stacked fields
+        self.seg_bytes = np.frombuffer(b"".join(self.segments), np.uint8)
+        self.seg_ends = np.cumsum([len(s) for s in self.segments], dtype=np.int64)
+
+    def write(self, fields: list[np.ndarray], tokens: bytes = b"") -> tuple[np.ndarray, np.ndarray]:
+        """(buffer, ends) as `NestedJSON.write`. `fields[f]` is (N, *shapes[f]) integers; `tokens` the table's
+        texts joined by commas (e.g. `json.dumps(floats)` without its brackets: no text may hold a comma)."""
+        n = len(fields[0]) if fields else 0
+        values = np.concatenate(
+            [np.asarray(f, np.int64).reshape(n, size) for f, size in zip(fields, self.sizes, strict=True)],
+            axis=1,
+        )
+        table = np.frombuffer(tokens, np.uint8)
+        commas = np.flatnonzero(table == 44)
+        tok_starts = np.concatenate([[0], commas + 1]).astype(np.int64)
+        tok_ends = np.concatenate([commas, [table.size]]).astype(np.int64)
+        ints = values[:, ~np.repeat(self.tokens, self.sizes)]
+        if ints.size and ints.min() < 0:
+            raise ValueError("integer fields must be non-negative")
+        picked = values[:, np.repeat(self.tokens, self.sizes)]
+        if picked.size and not (0 <= picked.min() and picked.max() < tok_starts.size):
+            raise ValueError(f"token indices must lie in [0, {tok_starts.size})")
+        per_int = len(str(int(ints.max(initial=0)))) + 1
+        per_token = int((tok_ends - tok_starts).max(initial=0)) + 1
+        brackets = int(self.brackets[:, :2].sum())
+        per_item = self.seg_bytes.size + brackets + ints.shape[1] * per_int + picked.shape[1] * per_token
+        buffer = np.empty(n * per_item, np.uint8)
+        ends = np.empty(n, np.int64)
+        _write_template(
+            buffer,
+            ends,
+            values,
+            self.columns,
+            self.tokens,
+            self.brackets,
+            self.seg_bytes,
+            self.seg_ends,
+            table,
+            tok_starts,
+            tok_ends,
+        )
+        return buffer, ends
+
+    split = staticmethod(NestedJSON.split)
+
+
+@njit(cache=True)
+def _write_template(
+    buffer, ends, values, columns, tokens, brackets, seg_bytes, seg_ends, table, starts, ends_
+):
+    pos = 0
+    for k in range(values.shape[0]):
+        seg_start = 0
+        for f in range(seg_ends.size):
+            for b in range(seg_start, seg_ends[f]):
+                buffer[pos] = seg_bytes[b]
+                pos += 1
+            seg_start = seg_ends[f]
+            if f == tokens.size:
+                break
+            for c in range(columns[f], columns[f + 1]):
+                for _ in range(brackets[c, 0]):
+                    buffer[pos] = 91  # '['
+                    pos += 1
+                if tokens[f]:
+                    t = values[k, c]
+                    for b in range(starts[t], ends_[t]):
+                        buffer[pos] = table[b]
+                        pos += 1
+                else:
+                    pos = _write_uint(buffer, pos, values[k, c])
+                for _ in range(brackets[c, 1]):
+                    buffer[pos] = 93  # ']'
+                    pos += 1
+                if brackets[c, 2]:
+                    buffer[pos] = 44  # ','
+                    pos += 1
+        ends[k] = pos
