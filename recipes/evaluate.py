@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from datagen.errors import DatagenError
-from datagen.store.atomic import write_json_atomic
+from datagen.store.atomic import atomic_path, write_json_atomic
 from recipes.metrics.registry import DEFAULT_METRICS, MetricOptions, calc_metric, families, report_metric
 from recipes.metrics.sources import open_source
 
@@ -77,6 +77,41 @@ def evaluate(
         }
     write_json_atomic(out / "report.json", report)
     return report
+
+
+# what a recipe's sampled arrays are saved as under its eval folder (and the source name they get)
+SAMPLE_FILES = {"fake": "samples", "baseline": "baseline"}
+
+
+def evaluate_samples(
+    real: str | Path,
+    arrays: dict[str, np.ndarray],
+    metrics: list[str],
+    out: str | Path,
+    *,
+    latents: np.ndarray | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """What a training recipe's evaluation does: save its sampled videos under ``out`` (``fake`` ->
+    ``samples.npy``, ``baseline`` -> ``baseline.npy``; ``latents`` -> ``codes.npy``), then :func:`evaluate`
+    them against the store ``real``. The saved files let ``python -m recipes.evaluate`` rerun or add metrics
+    later. ``kwargs`` go to :func:`evaluate`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = set(arrays) - set(SAMPLE_FILES)
+    if unknown:
+        raise ValueError(f"unknown sample arrays {sorted(unknown)}: use {sorted(SAMPLE_FILES)}")
+    sources: dict[str, str | Path] = {"real": real}
+    for name, array in arrays.items():
+        sources[name] = write_npy_atomic(out / f"{SAMPLE_FILES[name]}.npy", array)
+    codes = None if latents is None else write_npy_atomic(out / "codes.npy", latents)
+    return evaluate(sources, metrics, out, latents=codes, **kwargs)
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+    return path
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

