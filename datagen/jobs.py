@@ -249,6 +249,7 @@ def generation_job(
         )
         for i, start in enumerate(range(0, n, shard_size))
     ]
+
     def warm_up() -> None:
         """Compile and cache JIT kernels once here, so local workers load them instead of each compiling."""
         for _ in gen.generate(params, seed, 0, 1):
