@@ -72,8 +72,10 @@ def _swapped(params, videos, metas, t0: int) -> np.ndarray:
     top_left = np.array([m["positions"] for m in metas])  # (N, T, D, 2) as (y, x)
     before = np.zeros((len(metas), t0, *videos.shape[2:]), np.uint8)
     after = np.zeros((len(metas), FRAMES - t0, *videos.shape[2:]), np.uint8)
-    composite(before, first, top_left[:, :t0], params["overlap"])
-    composite(after, second, top_left[:, t0:], params["overlap"])
+    n, d = labels.shape
+    ids = np.arange(n * d).reshape(n, d)  # composite takes a digit set plus per-video ids into it
+    composite(before, first.reshape(n * d, *first.shape[2:]), ids, top_left[:, :t0], params["overlap"])
+    composite(after, second.reshape(n * d, *second.shape[2:]), ids, top_left[:, t0:], params["overlap"])
     np.testing.assert_array_equal(before, videos[:, :t0])  # the re-composite is faithful
     return np.concatenate([before, after], axis=1)
 
