@@ -40,6 +40,16 @@ from recipes.metrics.registry import DEFAULT_METRICS, MetricOptions, calc_metric
 from recipes.metrics.sources import open_source
 
 
+def open_real(data: str | Path, requested: int) -> tuple[Any, int]:
+    """The store's clips as the "real" source, and how many to evaluate: `requested`, capped (with a note)
+    at what the store holds."""
+    real = open_source(data, "real")
+    n = min(requested, len(real))
+    if n < requested:
+        print(f"--eval-videos {requested}: the store holds {n} clips; evaluating {n}", flush=True)
+    return real, n
+
+
 def evaluate(
     sources: dict[str, str | Path],
     metrics: list[str],

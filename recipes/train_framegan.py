@@ -517,14 +517,10 @@ def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Mo
     """
     if not run.is_main:
         return {}
-    from recipes.evaluate import evaluate_samples
-    from recipes.metrics.sources import open_source
+    from recipes.evaluate import evaluate_samples, open_real
 
     data = data_source(cfg)
-    real = open_source(data, "real")
-    n = min(cfg.eval_videos, len(real))
-    if n < cfg.eval_videos:
-        print(f"--eval-videos {cfg.eval_videos}: the store holds {n} clips; evaluating {n}", flush=True)
+    real, n = open_real(data, cfg.eval_videos)
     videos = eval_samples(gv, gf, n_videos=n, z_dim=cfg.z_dim, seed=cfg.seed, device=run.device)
     out = run.run_dir / "eval"
     frames = videos["generated"].shape[2]

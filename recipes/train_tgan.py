@@ -355,14 +355,10 @@ def evaluate_generator(gen: VideoGenerator, cfg: TGANConfig, run: Run, checkpoin
     only) and write `<run>/eval.json`; returns that summary."""
     if not run.is_main:
         return {}
-    from recipes.evaluate import evaluate_samples
-    from recipes.metrics.sources import open_source
+    from recipes.evaluate import evaluate_samples, open_real
 
     data = data_source(cfg)
-    real = open_source(data, "real")
-    n = min(cfg.eval_videos, len(real))
-    if n < cfg.eval_videos:
-        print(f"--eval-videos {cfg.eval_videos}: the store holds {n} clips; evaluating {n}", flush=True)
+    real, n = open_real(data, cfg.eval_videos)
     metrics, skipped = eval_metrics(real, n, cfg.frames)
     for name, why in skipped.items():
         print(f"skipping {name}: {why}", flush=True)
