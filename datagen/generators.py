@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from datagen.errors import DatagenError
 from datagen.store.sample import Sample
 
 _REGISTRY = {
@@ -37,3 +38,11 @@ def get_generator(name: str) -> Generator:
         raise KeyError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def with_defaults(name: str, defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` over `defaults`, refusing keys the generator does not know (a typo must not pass silently)."""
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise DatagenError(f"unknown {name} parameter(s): {', '.join(sorted(unknown))}")
+    return {**defaults, **params}

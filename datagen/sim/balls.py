@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from datagen.errors import DatagenError
+from datagen.generators import with_defaults
 from datagen.sim import _balls_kernels as kernels
 from datagen.sim.balls_reference import EPS, pixel_centres
 from datagen.sim.fast_json import LazyMeta, NestedJSON, scale_for_json
@@ -196,10 +197,7 @@ class BallsGenerator:
     version = "1"
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise DatagenError(f"unknown balls parameter(s): {', '.join(sorted(unknown))}")
-        p = {**DEFAULTS, **params}
+        p = with_defaults("balls", DEFAULTS, dict(params))
         for key, what in (("n_balls", "balls per video"), ("frames", "frames per video"), ("size", "pixels")):
             value = p[key]
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:

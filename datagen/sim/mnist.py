@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, uint64
 
 from datagen.errors import DatagenError
+from datagen.generators import with_defaults
 from datagen.sim._balls_kernels import entropy_words, next_double, next_uint64, seed_pcg64
 from datagen.sim.fast_json import LazyMeta, TemplateJSON
 from datagen.sources.mnist import DigitSet, load_digits
@@ -324,10 +325,7 @@ class MovingMnist:
     version = "1"
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise DatagenError(f"unknown mnist parameter(s): {', '.join(sorted(unknown))}")
-        p = {**DEFAULTS, **params}
+        p = with_defaults("mnist", DEFAULTS, dict(params))
         for key, low in (("frames", 1), ("size", 1), ("digits", 1)):
             if not isinstance(p[key], int | np.integer) or isinstance(p[key], bool) or p[key] < low:
                 raise DatagenError(f"{key} must be an integer >= {low}, got {p[key]!r}")
