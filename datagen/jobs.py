@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class StoreJob:
     summarize: Callable[[list[dict]], dict] | None = None
     prepare: Callable[[], None] | None = None  # run once in this process before tasks go to workers
     progress_unit: str = "shards"
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[int, int], None]

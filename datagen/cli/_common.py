@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -82,35 +84,40 @@ def resolve_seed(opts: RunOptions, out: Path) -> int:
     return secrets.randbelow(2**32)
 
 
+@contextlib.contextmanager
+def _progress(job: StoreJob, *, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A live bar on stderr fed by `on_progress(done, total)`; nothing under --quiet."""
+    if quiet:
+        yield None
+        return
+    columns = (
+        TextColumn(f"[bold]{job.out}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(job.progress_unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("generate", total=len(job.tasks))
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def run_job(job: StoreJob, opts: RunOptions, *, unit: str = "videos") -> dict:
     """Run a store job with a live progress bar and a one-line summary."""
     workers = default_workers() if opts.workers is None else opts.workers
     if workers < 0:
         raise DatagenError(f"--workers must be >= 0, got {workers}")
     start = time.perf_counter()
-    if opts.quiet:
+    with _progress(job, quiet=opts.quiet) as on_progress:
         manifest = run_store_job(
-            job, resume=opts.resume, overwrite=opts.overwrite, workers=workers, scheduler=opts.scheduler
+            job,
+            resume=opts.resume,
+            overwrite=opts.overwrite,
+            workers=workers,
+            scheduler=opts.scheduler,
+            on_progress=on_progress,
         )
-    else:
-        columns = (
-            TextColumn(f"[bold]{job.out}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(job.progress_unit),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err, transient=True) as bar:
-            task = bar.add_task("generate", total=len(job.tasks))
-            manifest = run_store_job(
-                job,
-                resume=opts.resume,
-                overwrite=opts.overwrite,
-                workers=workers,
-                scheduler=opts.scheduler,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
     if not opts.quiet:
         seconds = time.perf_counter() - start
         for fmt, t in sorted(manifest["totals"].items()):

@@ -16,6 +16,7 @@ from typing import Any
 from datagen.errors import DatagenError
 from datagen.store.atomic import atomic_path, file_sha256, write_json_atomic
 from datagen.store.hdf5 import write_hdf5
+from datagen.store.readers import count_samples as count_shard_samples
 from datagen.store.sample import Sample
 from datagen.store.wds import write_wds
 
@@ -127,8 +128,6 @@ def check_shard(folder: Path, entry: dict) -> Problem | None:
 
 def verify_store(folder: Path, *, count_samples: bool = True) -> list[Problem]:
     """Recompute hashes (and sample counts) of every shard; return every problem found."""
-    from datagen.store.readers import count_samples as _count
-
     folder = Path(folder)
     manifest = load_manifest(folder)
     problems = []
@@ -136,7 +135,7 @@ def verify_store(folder: Path, *, count_samples: bool = True) -> list[Problem]:
         problem = check_shard(folder, entry)
         if problem is None and count_samples:
             try:
-                n = _count(folder / entry["path"], entry["format"])
+                n = count_shard_samples(folder / entry["path"], entry["format"])
             except Exception as e:  # any decode failure is a finding, not a crash
                 problem = Problem(entry["path"], f"unreadable: {e}")
             else:
