@@ -208,13 +208,7 @@ def build_frame_generator(cfg: FrameGANConfig) -> FrameGenerator:
 
 def load_frame_generator(path: str | Path) -> tuple[FrameGenerator, FrameGANConfig]:
     """G_F (and the config it was trained with) from a stage 1 checkpoint, on CPU."""
-    state = ckpt.load_checkpoint(path)
-    gf_cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
-    if gf_cfg.stage != 1:
-        raise ValueError(f"{path} is a stage {gf_cfg.stage} checkpoint; --gf-checkpoint needs a stage 1 one")
-    gf = build_frame_generator(gf_cfg)
-    gf.load_state_dict(state["models"]["g"])
-    return gf, gf_cfg
+    return _load_generator(path, 1, "--gf-checkpoint", build_frame_generator)
 
 
 def build_video_generator(cfg: FrameGANConfig) -> VideoGenerator:
@@ -234,13 +228,18 @@ def load_video_generator(path: str | Path) -> tuple[VideoGenerator, FrameGANConf
     With `load_frame_generator` this is what evaluation needs: `render_video(gf, sample(gv, z))` gives videos,
     `sample(gv, z)` the latent sequences (for isomap plots); any stage 1 G_F can stand in (the G_F swap).
     """
+    return _load_generator(path, 2, "--gv-checkpoint", build_video_generator)
+
+
+def _load_generator(path: str | Path, stage: int, flag: str, build: Callable[[FrameGANConfig], Any]) -> Any:
+    """(generator, config) from a checkpoint of `stage`, built from the config it was trained with."""
     state = ckpt.load_checkpoint(path)
-    gv_cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
-    if gv_cfg.stage != 2:
-        raise ValueError(f"{path} is a stage {gv_cfg.stage} checkpoint; --gv-checkpoint needs a stage 2 one")
-    gv = build_video_generator(gv_cfg)
-    gv.load_state_dict(state["models"]["g"])
-    return gv, gv_cfg
+    cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
+    if cfg.stage != stage:
+        raise ValueError(f"{path} is a stage {cfg.stage} checkpoint; {flag} needs a stage {stage} one")
+    g = build(cfg)
+    g.load_state_dict(state["models"]["g"])
+    return g, cfg
 
 
 def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
