@@ -12,7 +12,6 @@ sha256 is computed while writing instead of re-reading the file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datagen.store.direct_io import ShardOutput
 from datagen.store.sample import Sample
 
 MTIME = 0
@@ -107,36 +107,34 @@ def _padding(size: int) -> bytes:
 def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
     """Write `samples` into the tar at `path`; returns (keys in order, sha256 of the file).
 
-    Each sample's two members are joined into one buffer, written and hashed once.
+    A sample is three writes into the output's staging buffer (headers, clip bytes, the rest), so the clip is
+    copied once; the output hashes and writes whole staging buffers (:mod:`datagen.store.direct_io`).
     """
     keys: list[str] = []
-    sha, size = hashlib.sha256(), 0
-    with open(path, "wb", buffering=1 << 20) as f:
+    with ShardOutput(path) as out:
         for s in samples:
             video = np.ascontiguousarray(s.video)
             header = npy_header(video)
             meta = meta_bytes(s.meta)
             n_video = len(header) + video.nbytes
-            record = b"".join(
-                (
-                    ustar_header(f"{s.key}.{VIDEO_FIELD}", n_video),
-                    header,
-                    memoryview(video).cast("B"),
-                    _padding(n_video),
-                    ustar_header(f"{s.key}.{META_FIELD}", len(meta)),
-                    meta,
-                    _padding(len(meta)),
+            out.write(ustar_header(f"{s.key}.{VIDEO_FIELD}", n_video) + header)
+            out.write(video)
+            out.write(
+                b"".join(
+                    (
+                        _padding(n_video),
+                        ustar_header(f"{s.key}.{META_FIELD}", len(meta)),
+                        meta,
+                        _padding(len(meta)),
+                    )
                 )
             )
-            f.write(record)
-            sha.update(record)
-            size += len(record)
             keys.append(s.key)
         end = 2 * BLOCK  # two zero blocks, then pad to a whole record, as tarfile does
-        end += -(size + end) % RECORD
-        f.write(b"\0" * end)
-        sha.update(b"\0" * end)
-    return keys, sha.hexdigest()
+        end += -(out.size + end) % RECORD
+        out.write(b"\0" * end)
+        sha256 = out.close()
+    return keys, sha256
 
 
 def read_wds(path: Path) -> Iterator[Sample]:
