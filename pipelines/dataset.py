@@ -309,10 +309,13 @@ class VideoDataset(IterableDataset):
                     skipped += int((place.rows >= 0).sum())
                     continue
                 raise
-            for j in np.flatnonzero(place.rows >= 0):
-                row = place.rows[j]
-                keys[row], filled[row] = run_keys[j], True
-                if run_meta is not None:
+            picked = np.flatnonzero(place.rows >= 0)
+            picked_rows = place.rows[picked]
+            filled[picked_rows] = True
+            for row, j in zip(picked_rows.tolist(), picked.tolist(), strict=True):
+                keys[row] = run_keys[j]
+            if run_meta is not None:
+                for row, j in zip(picked_rows.tolist(), picked.tolist(), strict=True):
                     metas[row] = run_meta[j]
         if skipped:
             kept = np.flatnonzero(filled)

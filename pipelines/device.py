@@ -23,7 +23,11 @@ def to_model_layout(video: torch.Tensor) -> torch.Tensor:
 
 def scale_video(video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """uint8 channel-last batch to a contiguous model-layout tensor: uint8 kept, floats scaled to [-1, 1]."""
-    moved = to_model_layout(video)
+    return scale_model_layout(to_model_layout(video), dtype)
+
+
+def scale_model_layout(moved: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`scale_video` of a batch already in model layout (the loader moves each block once)."""
     if dtype == torch.uint8:
         return moved.contiguous()
     if moved.device.type == "cpu" and dtype in _NUMPY_FLOATS:
@@ -77,6 +81,7 @@ class HostBatcher:
         self.ring = PinnedRing(depth + 2) if pinned else None
 
     def assemble(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, int | None]:
+        """One batch from block slices (in model layout)."""
         if self.ring is None:
             # A batch inside one block is a view of it (a ring slot is not written again while viewed);
             # else one copy.
@@ -119,7 +124,9 @@ def feed_device(
             current = torch.cuda.current_stream(device)
             current.wait_event(event)
             video.record_stream(current)
-        batch["video"] = scale_video(video.to(device), dtype)
+        if video.device != device:
+            video = video.to(device)
+        batch["video"] = scale_model_layout(video, dtype)
         return batch
 
     for batch, slot in batches:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from operator import itemgetter
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,11 +54,11 @@ class Gather:
         rows: list[int],
         firsts: list[int],
         stride: int,
-        headers: memoryview | None = None,
+        headers: list[memoryview] | None = None,
     ) -> None:
         """For each sample: frames ``first, first + stride, ...`` of the C-order clip stored at byte ``base``,
-        into row ``row`` of ``out`` ``(rows, length, H, W, C)``; with ``headers`` (k equal slots), also the
-        bytes just before each clip (its .npy header) into slot k. Samples come in increasing ``base``."""
+        into row ``row`` of ``out`` ``(rows, length, H, W, C)``; with ``headers`` (an equal-sized view per
+        sample), also the bytes just before each clip (its .npy header). Samples come in ``base`` order."""
         n = len(bases)
         if not n:
             return
@@ -77,12 +78,12 @@ class Gather:
         views = [flat[d : d + piece] for d in dests.ravel().tolist()]
         lengths = np.full(offsets.shape, piece, dtype=np.int64)
         if headers is not None:
-            header_len = len(headers) // n
+            header_len = len(headers[0])
             offsets = np.concatenate([base_at[:, None] - header_len, offsets], axis=1)
             lengths = np.concatenate([np.full((n, 1), header_len, dtype=np.int64), lengths], axis=1)
             per = offsets.shape[1]
-            merged: list[memoryview] = [headers] * (n * per)
-            merged[0::per] = [headers[k : k + header_len] for k in range(0, n * header_len, header_len)]
+            merged: list[memoryview] = headers * per
+            merged[0::per] = headers
             for j in range(1, per):
                 merged[j::per] = views[j - 1 :: per - 1]
             views = merged
@@ -101,15 +102,16 @@ class Gather:
         gap_list = gaps.tolist()
         begin = 0
         for end in [*cuts.tolist(), len(buffers)]:
-            iov = [buffers[begin]]
-            for i in range(begin + 1, end):
-                if gap_list[i - 1]:
-                    iov.append(_SCRATCH[: gap_list[i - 1]])
-                iov.append(buffers[i])
+            # piece, gap, piece, gap, ..., piece: gaps are read into scratch (a zero-length entry is fine)
+            iov: list[memoryview] = [_SCRATCH_EMPTY] * (2 * (end - begin) - 1)
+            iov[0::2] = buffers[begin:end]
+            iov[1::2] = _pick(_scratch_views(), gap_list[begin : end - 1])
             at = int(offsets[begin])
             for first in range(0, len(iov), _IOV_MAX):
-                chunk = iov[first : first + _IOV_MAX]
-                expected = sum(map(len, chunk))
+                chunk = iov if len(iov) <= _IOV_MAX else iov[first : first + _IOV_MAX]
+                expected = (
+                    int(offsets[end - 1] + lengths[end - 1]) - at if chunk is iov else sum(map(len, chunk))
+                )
                 if os.preadv(self.fd, chunk, at) != expected:
                     raise ShardError(self.shard.url, "file ended early (truncated)")
                 at += expected
@@ -119,3 +121,20 @@ class Gather:
 _GAP = 16 << 10
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 _SCRATCH = memoryview(bytearray(_GAP))
+_SCRATCH_EMPTY = _SCRATCH[:0]
+_SCRATCH_BY_LENGTH: list[memoryview] = []
+
+
+def _scratch_views() -> list[memoryview]:
+    """Views of the scratch buffer's first 0, 1, ..., _GAP bytes (made once: per-gap slicing was a
+    noticeable part of a worker's time on small clips)."""
+    if not _SCRATCH_BY_LENGTH:
+        _SCRATCH_BY_LENGTH.extend(_SCRATCH[:n] for n in range(_GAP + 1))
+    return _SCRATCH_BY_LENGTH
+
+
+def _pick(items: list[memoryview], indices: list[int]) -> list[memoryview]:
+    """``[items[i] for i in indices]`` at C speed."""
+    if len(indices) == 1:
+        return [items[indices[0]]]
+    return list(itemgetter(*indices)(items)) if indices else []

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.dataset import VideoDataset
-from pipelines.device import HostBatcher, feed_device
+from pipelines.device import HostBatcher, feed_device, to_model_layout
 from pipelines.errors import PipelineError
 from pipelines.order import worker_blocks
 from pipelines.ring import BlockRing
@@ -203,7 +203,7 @@ class VideoLoader:
                 item["video"] = self._block_ring.take(item["ring"])  # type: ignore[union-attr]
             if item["video"] is None:
                 continue
-            video, n = item["video"], len(item["key"])
+            video, n = to_model_layout(item["video"]), len(item["key"])  # once per block, not per batch
             if left is not None:
                 n = min(n, left)
                 left -= n

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,6 +256,21 @@ def _check_windows(shard: ShardRef, key: str, t: int, starts: NDArray[np.int64],
         _check_window(shard, key, t, int(starts.max()), place)
 
 
+_HEADERS = threading.local()
+
+
+def _header_scratch(n: int, header_len: int) -> tuple[NDArray[np.uint8], list[memoryview]]:
+    """Where a run's ``n`` .npy headers are read to be checked, and a view per header: made once per thread
+    (and when it must grow), as cutting the views per block was a noticeable part of a worker's time."""
+    array, views = getattr(_HEADERS, "scratch", None) or (np.empty((0, 0), dtype=np.uint8), [])
+    if array.shape[1] != header_len or array.shape[0] < n:
+        array = np.empty((max(n, 2 * array.shape[0]), header_len), dtype=np.uint8)
+        flat = memoryview(array.reshape(-1))
+        views = [flat[k : k + header_len] for k in range(0, flat.nbytes, header_len)]
+        _HEADERS.scratch = array, views
+    return array[:n], views[:n]
+
+
 def _fill_local_tar(
     shard: ShardRef, path: str, start: int, stop: int, out: NDArray, place: Placement
 ) -> list[str]:
@@ -289,8 +305,7 @@ def _fill_local_tar(
             shard.url, f"sample {key}: .npy of {spans[wrong[0], 1]} bytes, expected {expected_size}"
         )
     _check_windows(shard, index.keys[start + int(needed[0])], shape[0], place.starts[needed], place)
-    headers = np.empty((len(needed), header_len), dtype=np.uint8)
-    header_views = memoryview(headers.reshape(-1))
+    headers, header_views = _header_scratch(len(needed), header_len)
     gather = Gather(shard, fd)
     bases = (spans[:, 0] + header_len).tolist()
     rows, firsts = place.rows[needed].tolist(), place.starts[needed].tolist()

@@ -47,7 +47,7 @@ def test_gather_reads_what_plain_slicing_reads(tmp_path, stride):
             rows[order].tolist(),
             firsts[order].tolist(),
             stride,
-            headers=memoryview(headers.reshape(-1)),
+            headers=[memoryview(h) for h in headers],
         )
         gather.flush()
         clips = np.stack([blob[b : b + clip_bytes].reshape(t, *frame) for b in bases])
