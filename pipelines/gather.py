@@ -99,13 +99,9 @@ class Gather:
         self.offsets, self.lengths, self.buffers = [], [], []
         gaps = offsets[1:] - (offsets[:-1] + lengths[:-1])
         cuts = np.flatnonzero((gaps < 0) | (gaps > _GAP)) + 1
-        gap_list = gaps.tolist()
         begin = 0
         for end in [*cuts.tolist(), len(buffers)]:
-            # piece, gap, piece, gap, ..., piece: gaps are read into scratch (a zero-length entry is fine)
-            iov: list[memoryview] = [_SCRATCH_EMPTY] * (2 * (end - begin) - 1)
-            iov[0::2] = buffers[begin:end]
-            iov[1::2] = _pick(_scratch_views(), gap_list[begin : end - 1])
+            iov = _interleave(buffers[begin:end], gaps[begin : end - 1])
             at = int(offsets[begin])
             for first in range(0, len(iov), _IOV_MAX):
                 chunk = iov if len(iov) <= _IOV_MAX else iov[first : first + _IOV_MAX]
@@ -121,7 +117,6 @@ class Gather:
 _GAP = 16 << 10
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 _SCRATCH = memoryview(bytearray(_GAP))
-_SCRATCH_EMPTY = _SCRATCH[:0]
 _SCRATCH_BY_LENGTH: list[memoryview] = []
 
 
@@ -131,6 +126,21 @@ def _scratch_views() -> list[memoryview]:
     if not _SCRATCH_BY_LENGTH:
         _SCRATCH_BY_LENGTH.extend(_SCRATCH[:n] for n in range(_GAP + 1))
     return _SCRATCH_BY_LENGTH
+
+
+def _interleave(pieces: list[memoryview], gaps: NDArray[np.int64]) -> list[memoryview]:
+    """piece, gap, piece, ..., piece, each non-empty gap (``gaps[i]`` bytes after piece ``i``) a scratch view;
+    empty gaps get no entry (the kernel pays per entry). Built by index, without a per-piece loop."""
+    nonzero = np.flatnonzero(gaps)
+    if not len(nonzero):
+        return pieces
+    n = len(pieces)
+    piece_at = np.arange(n, dtype=np.int64)
+    piece_at[1:] += np.cumsum(gaps != 0)
+    order = np.empty(n + len(nonzero), dtype=np.int64)
+    order[piece_at] = np.arange(n)
+    order[piece_at[nonzero] + 1] = n + np.arange(len(nonzero))
+    return _pick(pieces + _pick(_scratch_views(), gaps[nonzero].tolist()), order.tolist())
 
 
 def _pick(items: list[memoryview], indices: list[int]) -> list[memoryview]:
