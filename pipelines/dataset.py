@@ -312,10 +312,11 @@ class VideoDataset(IterableDataset):
             picked = np.flatnonzero(place.rows >= 0)
             picked_rows = place.rows[picked]
             filled[picked_rows] = True
-            for row, j in zip(picked_rows.tolist(), picked.tolist(), strict=True):
+            pairs = list(zip(picked_rows.tolist(), picked.tolist(), strict=True))
+            for row, j in pairs:
                 keys[row] = run_keys[j]
             if run_meta is not None:
-                for row, j in zip(picked_rows.tolist(), picked.tolist(), strict=True):
+                for row, j in pairs:
                     metas[row] = run_meta[j]
         if skipped:
             kept = np.flatnonzero(filled)

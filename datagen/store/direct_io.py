@@ -134,10 +134,17 @@ class ShardOutput:
         return self.sha.hexdigest()
 
     def _release(self) -> None:
-        """Stop the helper (after its writes), close the file, give the staging buffer back; idempotent."""
+        """Drop writes still queued (only after an error), wait for the helper's running one, close the file,
+        give every staging buffer back; idempotent."""
+        for future, _ in self._pending:
+            future.cancel()
         if self._helper is not None:
             self._helper.shutdown(wait=True)
             self._helper = None
+        for _, buffer in self._pending:
+            if buffer is not None:
+                _POOL.put(buffer)
+        self._pending.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -149,16 +156,6 @@ class ShardOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        """After an error: drop queued writes, wait for the running one, then give the buffers back."""
-        for future, _ in self._pending:
-            future.cancel()
-        if self._helper is not None:
-            self._helper.shutdown(wait=True)
-            self._helper = None
-        for _, buffer in self._pending:
-            if buffer is not None:
-                _POOL.put(buffer)
-        self._pending.clear()
         self._release()
 
     # ------------------------------------------------------------------ helper side
