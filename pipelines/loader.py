@@ -2,7 +2,9 @@
 
 DataLoader workers read whole blocks (worker ``w`` of ``W`` reads blocks ``w, w + W, ...``); with
 ``in_order=True`` the DataLoader hands them back round-robin, i.e. in block order, so the batches are the
-same for any ``num_workers``. Workers write blocks into a shared-memory ring (:mod:`pipelines.ring`); the
+same for any ``num_workers``. Persistent workers stream on past the end of an epoch into the next one (the
+order ``set_epoch(n + 1)`` asks for), so that epoch's first blocks are read while the caller finishes this
+one; any other next epoch or start position restarts the stream (the blocks read ahead are dropped). Workers write blocks into a shared-memory ring (:mod:`pipelines.ring`); the
 main process cuts batches straight from the ring slots: on the CPU a batch within one block is a view of its
 slot (held until freed), on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it
 (uint8) to the device and scales it there.
@@ -15,7 +17,9 @@ Checkpoint state is a few JSON ints, taken after the batches the caller has rece
 from __future__ import annotations
 
 import inspect
+import itertools
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipelines.dataset import VideoDataset
 from pipelines.device import HostBatcher, feed_device, to_model_layout
 from pipelines.errors import PipelineError
-from pipelines.order import worker_blocks
+from pipelines.order import Block, worker_blocks
 from pipelines.ring import BlockRing
 
 PREFETCH_FACTOR = 2
@@ -40,10 +44,13 @@ STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_s
 
 
 class _BlockStream(IterableDataset):
-    """What the DataLoader workers run: this worker's blocks of one epoch, from one start position.
+    """What the DataLoader workers run: this worker's blocks of one epoch from one start position, then (when
+    following) of the epochs after it, each item tagged with its epoch.
 
-    Epoch and start are read at every ``iter`` from a small shared tensor, so persistent workers (which keep
-    their open files, tar indexes and ring mappings) follow ``set_epoch`` and ``load_state_dict``.
+    Epoch, start and "follow" are read at every ``iter`` from a small shared tensor, so persistent workers
+    (which keep their open files, tar indexes and ring mappings) follow ``set_epoch`` and
+    ``load_state_dict``. The epoch boundary is fetched across like any block: a worker's round-robin turn
+    runs on over the concatenated epochs, as the DataLoader's hand-back does.
     """
 
     def __init__(self, dataset: VideoDataset, control: torch.Tensor, ring: BlockRing | None = None) -> None:
@@ -53,21 +60,47 @@ class _BlockStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        epoch, start = (int(v) for v in self.control)
-        blocks = worker_blocks(self.dataset.blocks(start, epoch), worker, num_workers)
+        epoch, start, follow = (int(v) for v in self.control)
+        blocks = worker_blocks(self._epochs(epoch, start, bool(follow)), worker, num_workers)
         if self.ring is not None:
             self.ring.start_epoch()
         # Exactly one item per block, even an empty one, keeps the round-robin hand-back in block order.
-        for number, block in enumerate(blocks):
+        for number, (block_epoch, block_start, block) in enumerate(blocks):
             if self.ring is None or info is None:
-                yield self.dataset.read_block(block, start)
-                continue
-            item = self.dataset.read_block(block, start, alloc=self.ring.writer(worker, number))
-            yield self.ring.publish(item, worker, number)
+                item = self.dataset.read_block(block, block_start)
+            else:
+                item = self.dataset.read_block(block, block_start, alloc=self.ring.writer(worker, number))
+                item = self.ring.publish(item, worker, number)
+            item["epoch"] = block_epoch
+            yield item
+
+    def _epochs(self, epoch: int, start: int, follow: bool) -> Iterator[tuple[int, int, Block]]:
+        """(epoch, start, block) of this epoch from ``start``, then of every later epoch when following."""
+        while True:
+            for block in self.dataset.blocks(start, epoch):
+                yield epoch, start, block
+            if not follow:
+                return
+            epoch, start = epoch + 1, 0
 
 
 def _passthrough(item: dict[str, Any]) -> dict[str, Any]:
     return item
+
+
+class _Workers:
+    """The DataLoader iterator the worker processes run under, shut down by ``close()`` or when the loader is
+    collected. Left to torch's own ``__del__``, a loader that dies in a reference cycle (a trainer holding
+    it, say) stalls the collection 5 s per worker: the sentinel that stops a worker never reaches it."""
+
+    def __init__(self) -> None:
+        self.iterator: Iterator[dict[str, Any]] | None = None
+
+    def shut(self) -> None:
+        iterator, self.iterator = self.iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class VideoLoader:
@@ -96,8 +129,16 @@ class VideoLoader:
         self._epoch = dataset.epoch
         self._resume: tuple[int, int] | None = None
         self._block_ring: BlockRing | None = None
-        self._control = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, start for the workers
+        # epoch, start and "follow into later epochs" for the workers
+        self._control = torch.zeros(3, dtype=torch.int64).share_memory_()
         self._dataloader: DataLoader | None = None
+        # The workers' live block stream, where it stands (None: unknown, restart it) and an item of a later
+        # epoch already taken from it.
+        self._stream: Iterator[dict[str, Any]] | None = None
+        self._stream_at: tuple[int, int] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._workers = _Workers()
+        weakref.finalize(self, self._workers.shut)
 
     # ------------------------------------------------------------ epochs and checkpoints
     def set_epoch(self, epoch: int) -> None:
@@ -158,8 +199,14 @@ class VideoLoader:
             raise TypeError("an endless resampled loader has no length")
         return total // self.batch_size if self.drop_last else -(-total // self.batch_size)
 
-    def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
-        self._control[0], self._control[1] = epoch, start
+    def _follows(self) -> bool:
+        """Whether workers stream on into later epochs: only persistent workers with epochs that end."""
+        return bool(self.num_workers) and self.persistent_workers and self._limit() is not None
+
+    def _restart(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        """A fresh worker stream from ``(epoch, start)`` (persistent workers are reset, not restarted)."""
+        self._control[0], self._control[1], self._control[2] = epoch, start, int(self._follows())
+        self._pending = None
         if self._block_ring is not None:
             self._block_ring.start_reading()
         loader = self._dataloader
@@ -178,7 +225,36 @@ class VideoLoader:
             )
             if self.persistent_workers:
                 self._dataloader = loader
-        return iter(loader)
+        self._workers.iterator = iter(loader)
+        return self._workers.iterator
+
+    def close(self) -> None:
+        """Stop the worker processes now (iterating again starts new ones); also done on collection."""
+        self._workers.shut()
+        self._dataloader, self._stream, self._stream_at, self._pending = None, None, None, None
+
+    def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        """The block items of ``epoch`` from rank position ``start``: from the live stream when it stands
+        there (the previous epoch was read to its end), else from a restarted one."""
+        if self._stream is None or self._stream_at != (epoch, start):
+            self._stream = self._restart(epoch, start)
+        self._stream_at = None  # unknown until the caller has read this epoch to its end
+        stream = self._stream
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            stream = itertools.chain([item], stream)
+        for item in stream:
+            if item["epoch"] < epoch:  # empty blocks left at the end of the previous epoch
+                continue
+            if item["epoch"] > epoch:
+                self._pending = item
+                return
+            yield item
+        self._stream = None  # exhausted: not following
+
+    def _epoch_done(self, epoch: int) -> None:
+        """The caller read ``epoch`` to its end: a following stream now stands at the next epoch's start."""
+        self._stream_at = (epoch + 1, 0) if self._stream is not None and self._follows() else None
 
     def _host_batches(self, epoch: int, start: int, batcher: HostBatcher):
         """uint8 host batches (and their pinned slot) cut from the blocks, from rank position ``start``."""
@@ -197,8 +273,6 @@ class VideoLoader:
 
         for item in self._blocks(epoch, start):
             self.skipped += item["skipped"]
-            if left == 0:
-                break
             if "ring" in item:
                 item["video"] = self._block_ring.take(item["ring"])  # type: ignore[union-attr]
             if item["video"] is None:
@@ -217,10 +291,13 @@ class VideoLoader:
                 i += take
                 if len(keys) == self.batch_size:
                     yield emit()
+            if left == 0:
+                break
         if keys and not self.drop_last:
             yield emit()
         if self._block_ring is not None:
             self._block_ring.check()  # the epoch's last blocks, too, must not have been overwritten in use
+        self._epoch_done(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.dataset.epoch
