@@ -4,10 +4,12 @@ DataLoader workers read whole blocks (worker ``w`` of ``W`` reads blocks ``w, w 
 ``in_order=True`` the DataLoader hands them back round-robin, i.e. in block order, so the batches are the
 same for any ``num_workers``. Persistent workers stream on past the end of an epoch into the next one (the
 order ``set_epoch(n + 1)`` asks for), so that epoch's first blocks are read while the caller finishes this
-one; any other next epoch or start position restarts the stream (the blocks read ahead are dropped). Workers write blocks into a shared-memory ring (:mod:`pipelines.ring`); the
-main process cuts batches straight from the ring slots: on the CPU a batch within one block is a view of its
-slot (held until freed), on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it
-(uint8) to the device and scales it there.
+one; any other next epoch or start position restarts the stream (the blocks read ahead are dropped).
+
+Workers write blocks into a shared-memory ring (:mod:`pipelines.ring`); the main process cuts batches
+straight from the ring slots: on the CPU a batch within one block is a view of its slot (held until freed),
+on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it (uint8) to the device
+and scales it there.
 
 Checkpoint state is a few JSON ints, taken after the batches the caller has received::
 
