@@ -134,9 +134,8 @@ class VideoLoader:
         # epoch, start and "follow into later epochs" for the workers
         self._control = torch.zeros(3, dtype=torch.int64).share_memory_()
         self._dataloader: DataLoader | None = None
-        # The workers' live block stream, where it stands (None: unknown, restart it) and an item of a later
+        # Where the workers' live block stream stands (None: unknown, restart it) and an item of a later
         # epoch already taken from it.
-        self._stream: Iterator[dict[str, Any]] | None = None
         self._stream_at: tuple[int, int] | None = None
         self._pending: dict[str, Any] | None = None
         self._workers = _Workers()
@@ -233,15 +232,15 @@ class VideoLoader:
     def close(self) -> None:
         """Stop the worker processes now (iterating again starts new ones); also done on collection."""
         self._workers.shut()
-        self._dataloader, self._stream, self._stream_at, self._pending = None, None, None, None
+        self._dataloader, self._stream_at, self._pending = None, None, None
 
     def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
         """The block items of ``epoch`` from rank position ``start``: from the live stream when it stands
         there (the previous epoch was read to its end), else from a restarted one."""
-        if self._stream is None or self._stream_at != (epoch, start):
-            self._stream = self._restart(epoch, start)
+        stream = self._workers.iterator
+        if stream is None or self._stream_at != (epoch, start):
+            stream = self._restart(epoch, start)
         self._stream_at = None  # unknown until the caller has read this epoch to its end
-        stream = self._stream
         if self._pending is not None:
             item, self._pending = self._pending, None
             stream = itertools.chain([item], stream)
@@ -252,11 +251,11 @@ class VideoLoader:
                 self._pending = item
                 return
             yield item
-        self._stream = None  # exhausted: not following
 
     def _epoch_done(self, epoch: int) -> None:
-        """The caller read ``epoch`` to its end: a following stream now stands at the next epoch's start."""
-        self._stream_at = (epoch + 1, 0) if self._stream is not None and self._follows() else None
+        """The caller read ``epoch`` to its end: a following stream (endless) now stands at the next epoch's
+        start; one that does not follow has ended."""
+        self._stream_at = (epoch + 1, 0) if self._follows() else None
 
     def _host_batches(self, epoch: int, start: int, batcher: HostBatcher):
         """uint8 host batches (and their pinned slot) cut from the blocks, from rank position ``start``."""
