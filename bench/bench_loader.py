@@ -117,6 +117,9 @@ def plain_webdataset(paths: list[Path], batch_size: int, workers: int) -> Callab
     return lambda: sum(len(videos) for (videos,) in loader)
 
 
+SETTLE_S = 0.1  # pause after each timed run: workers finish reading ahead before the next method runs
+
+
 def best_times(
     methods: dict[str, Callable[[], int]], repeat: int, epochs: int
 ) -> dict[str, tuple[float, int]]:
@@ -140,9 +143,6 @@ def best_times(
             best[label] = min(best[label], (seconds, items))
             time.sleep(SETTLE_S)
     return best
-
-
-SETTLE_S = 0.1
 
 
 def main(argv: list[str] | None = None) -> dict:
