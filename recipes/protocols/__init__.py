@@ -1,0 +1,1 @@
+"""Reproduction protocols, one module per recipe; each registers itself with `recipes.reproduce.register`."""

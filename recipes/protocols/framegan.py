@@ -1,0 +1,1 @@
+"""Reproduction protocols for the framegan recipe (registered with recipes.reproduce.register)."""

@@ -1,0 +1,1 @@
+"""Reproduction protocols for the glo recipe (registered with recipes.reproduce.register)."""

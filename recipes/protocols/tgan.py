@@ -1,0 +1,1 @@
+"""Reproduction protocols for the tgan recipe (registered with recipes.reproduce.register)."""

@@ -1,0 +1,239 @@
+"""Named reproduction protocols: make or reuse the data, train every stage, evaluate, say which targets hold.
+
+    python -m recipes.reproduce --list
+    python -m recipes.reproduce framegan-1ball --out runs/repro-fg1 --quick
+    python -m recipes.reproduce tgan-mnist --out runs/repro-tgan --device cuda
+
+Each protocol writes ``DIR/report.json``::
+
+    {"protocol", "quick", "device", "seconds", "steps": {...}, "metrics": {...},
+     "targets": {name: {"metric", "op", "value", "why"}}, "passed": {name: bool}, "all_passed": bool}
+
+plus its sample PNG/GIFs. Targets are data, not code: each names a metric by its dotted path in
+``metrics`` (``"stage1.one_ball_fraction"``), a comparison and a threshold; :func:`check_targets` decides
+``passed`` from the measured metrics alone, so no protocol can declare itself passed. A target whose metric
+is missing fails (a protocol that did not measure something did not show it). ``--quick`` runs a shortened
+protocol (at most ~10 minutes on 2 CPU cores) with its own, stated weaker targets.
+
+Protocols live in ``recipes/protocols/`` (one module per recipe) and register here with
+:func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import operator
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datagen.errors import DatagenError
+from datagen.store.atomic import write_json_atomic
+
+PROTOCOL_MODULES = ("recipes.protocols.framegan", "recipes.protocols.tgan", "recipes.protocols.glo")
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """`metrics[metric] <op> value`, with the reason the threshold is what it is (paper figure, issue)."""
+
+    metric: str
+    op: str
+    value: float
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"target op must be one of {', '.join(OPS)}, got {self.op!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "op": self.op, "value": self.value, "why": self.why}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a protocol run is given: where to write, how long to run, on what."""
+
+    out: Path
+    quick: bool
+    device: str
+    seed: int = 0
+    data_root: Path | None = None  # where stores are made or reused (default: out / "data")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.data_root if self.data_root is not None else self.out / "data"
+
+
+@dataclass
+class Outcome:
+    """What a protocol measured. `steps`: optimizer steps (and seconds) per stage; `metrics`: nested dict."""
+
+    steps: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # sample images, GIFs, checkpoints (relative paths)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    summary: str
+    run: Callable[[Context], Outcome]
+    targets: Callable[[bool], Mapping[str, Target]]  # quick -> targets
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register(protocol: Protocol) -> Protocol:
+    if protocol.name in PROTOCOLS:
+        raise ValueError(f"protocol {protocol.name!r} registered twice")
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def load_protocols() -> dict[str, Protocol]:
+    """Import the protocol modules (importing registers them)."""
+    for module in PROTOCOL_MODULES:
+        importlib.import_module(module)
+    return PROTOCOLS
+
+
+def metric_value(metrics: Mapping[str, Any], path: str) -> float | None:
+    """The number at dotted `path` in `metrics`, or None when absent or not a finite number."""
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int | float) or not math.isfinite(node):
+        return None
+    return float(node)
+
+
+def check_targets(metrics: Mapping[str, Any], targets: Mapping[str, Target]) -> dict[str, bool]:
+    """Which targets the measured metrics meet; a missing or non-finite metric fails its target."""
+    passed = {}
+    for name, t in targets.items():
+        v = metric_value(metrics, t.metric)
+        passed[name] = v is not None and OPS[t.op](v, t.value)
+    return passed
+
+
+def build_report(protocol: Protocol, ctx: Context, outcome: Outcome, seconds: float) -> dict[str, Any]:
+    targets = dict(protocol.targets(ctx.quick))
+    passed = check_targets(outcome.metrics, targets)
+    return {
+        "protocol": protocol.name,
+        "summary": protocol.summary,
+        "quick": ctx.quick,
+        "device": ctx.device,
+        "seed": ctx.seed,
+        "seconds": round(seconds, 1),
+        "steps": outcome.steps,
+        "metrics": outcome.metrics,
+        "targets": {k: t.to_json() for k, t in targets.items()},
+        "passed": passed,
+        "all_passed": all(passed.values()),
+        "files": outcome.files,
+    }
+
+
+def reproduce(
+    name: str,
+    out: str | Path,
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run protocol `name` into `out` and write `out/report.json`; returns the report."""
+    protocols = load_protocols()
+    if name not in protocols:
+        raise DatagenError(f"unknown protocol {name!r}; choose from {', '.join(sorted(protocols))}")
+    protocol = protocols[name]
+    ctx = Context(
+        out=Path(out),
+        quick=quick,
+        device=device,
+        seed=seed,
+        data_root=Path(data_root) if data_root is not None else None,
+    )
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    outcome = protocol.run(ctx)
+    report = build_report(protocol, ctx, outcome, time.perf_counter() - start)
+    write_json_atomic(ctx.out / "report.json", report)
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    lines = [
+        f"{report['protocol']} ({'quick' if report['quick'] else 'full'}, {report['device']}, "
+        f"{report['seconds']:.0f} s)"
+    ]
+    for name, t in report["targets"].items():
+        v = metric_value(report["metrics"], t["metric"])
+        shown = "missing" if v is None else f"{v:.4g}"
+        mark = "PASS" if report["passed"][name] else "FAIL"
+        lines.append(f"  {mark} {name}: {t['metric']} = {shown} (target {t['op']} {t['value']:.4g})")
+    return "\n".join(lines)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m recipes.reproduce", description=__doc__.split("\n\n")[0], add_help=add_help
+    )
+    p.add_argument("name", nargs="?", help="protocol name (see --list)")
+    p.add_argument("--out", "-o", help="output folder (report.json, samples, runs)")
+    p.add_argument("--quick", action="store_true", help="shortened run with its own, weaker targets")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", help="where stores are made or reused [default: OUT/data]")
+    p.add_argument("--list", action="store_true", help="list the protocols and their targets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, proto in sorted(load_protocols().items()):
+            print(f"{name}: {proto.summary}")
+            for quick in (False, True):
+                for tname, t in proto.targets(quick).items():
+                    print(f"  {'quick' if quick else 'full '} {tname}: {t.metric} {t.op} {t.value:g}")
+        return 0
+    if not args.name or not args.out:
+        parser.error("a protocol name and --out are required (or --list)")
+    try:
+        report = reproduce(
+            args.name,
+            args.out,
+            quick=args.quick,
+            device=args.device,
+            seed=args.seed,
+            data_root=args.data_root,
+        )
+    except (DatagenError, ValueError, FileNotFoundError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
