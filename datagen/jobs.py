@@ -20,9 +20,8 @@ from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.parallel import Task, run_tasks
 from datagen.store.atomic import remove_stale_temps, write_json_atomic
+from datagen.store.format import FORMATS, JOB_FILE, JOURNAL, MANIFEST, RECORD_KEYS
 from datagen.store.manifest import (
-    MANIFEST,
-    RECORD_KEYS,
     build_manifest,
     check_shard,
     load_manifest,
@@ -30,10 +29,6 @@ from datagen.store.manifest import (
     write_manifest,
     write_shard,
 )
-
-JOB_FILE = ".datagen-job.json"
-JOURNAL = ".datagen-journal.jsonl"
-FORMATS = ("wds", "hdf5")
 
 
 @dataclass

@@ -14,10 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from webdataset.tariterators import base_plus_ext
 
+from datagen.store.format import META_FIELD, VIDEO_FIELD
 from pipelines.index_cache import IndexCache
-
-VIDEO_FIELD = "video.npy"
-META_FIELD = "meta.json"
 
 
 @dataclass(frozen=True)

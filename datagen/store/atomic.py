@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TMP_SUFFIX = ".tmp"
+from datagen.store.format import TMP_SUFFIX
 
 
 @contextlib.contextmanager

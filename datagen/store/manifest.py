@@ -6,28 +6,27 @@ canonical (sorted keys, no timestamps): the same job gives the same manifest.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datagen.errors import DatagenError
 from datagen.store.atomic import atomic_path, file_sha256, write_json_atomic
+from datagen.store.format import (
+    MANIFEST,
+    RECORD_KEYS,
+    SCHEMA_VERSION,
+    SEEDING,
+    dataset_digest,
+    load_manifest,
+    shard_name,
+    validate_manifest,
+)
 from datagen.store.hdf5 import write_hdf5
 from datagen.store.readers import count_samples as count_shard_samples
 from datagen.store.sample import Sample
 from datagen.store.wds import write_wds
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-EXTENSIONS = {"wds": ".tar", "hdf5": ".h5"}
-SEEDING = "numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(global_index,)))"
-
-
-def shard_name(prefix: str, index: int, fmt: str) -> str:
-    return f"{prefix}-{index:06d}{EXTENSIONS[fmt]}"
+__all__ = ["MANIFEST", "load_manifest", "shard_name", "validate_manifest", "write_shard", "verify_store"]
 
 
 def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs: dict | None = None) -> dict:
@@ -50,18 +49,6 @@ def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs:
     }
 
 
-RECORD_KEYS = ("generator", "params", "seed", "layout", "sample")
-
-
-def dataset_digest(record: dict[str, Any], shards: Iterable[dict]) -> str:
-    """sha256 over the job record and every shard's (path, count, sha256): one value names the dataset."""
-    body = {
-        "record": {k: record[k] for k in RECORD_KEYS},
-        "shards": sorted((s["path"], s["n_samples"], s["sha256"]) for s in shards),
-    }
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def build_manifest(record: dict[str, Any], shards: list[dict], extra: dict | None = None) -> dict:
     """`record` holds RECORD_KEYS (what defines the content); `extra` adds summaries outside the digest."""
     shards = sorted(shards, key=lambda s: (s["format"], s["path"]))
@@ -81,27 +68,11 @@ def build_manifest(record: dict[str, Any], shards: list[dict], extra: dict | Non
     }
     if extra:
         manifest.update(extra)
-    return manifest
+    return validate_manifest(manifest, "new manifest")  # what we write must pass what we read
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     write_json_atomic(Path(folder) / MANIFEST, manifest)
-
-
-def load_manifest(path: Path) -> dict:
-    """Accept a store folder or the manifest file itself."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    if not path.exists():
-        raise DatagenError(f"no manifest at {path} (not a datagen store, or generation did not finish)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatagenError(f"corrupt manifest {path}: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise DatagenError(f"{path}: unsupported manifest schema {manifest.get('schema_version')!r}")
-    return manifest
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,9 @@ from typing import Any
 
 import numpy as np
 
-KEY_WIDTH = 9
+from datagen.store.format import KEY_WIDTH, sample_key
 
-
-def sample_key(index: int) -> str:
-    """Zero-padded global index: sorts like the index, and has no dot (webdataset splits keys at dots)."""
-    if index < 0:
-        raise ValueError(f"sample index must be >= 0, got {index}")
-    return f"{index:0{KEY_WIDTH}d}"
+__all__ = ["KEY_WIDTH", "Sample", "sample_key"]
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from datagen.store.direct_io import ShardOutput
+from datagen.store.format import META_FIELD, VIDEO_FIELD
 from datagen.store.sample import Sample
 
 MTIME = 0
 MODE = 0o444
-VIDEO_FIELD = "video.npy"
-META_FIELD = "meta.json"
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 

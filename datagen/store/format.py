@@ -1,0 +1,254 @@
+"""The on-disk store format, defined once: names, keys, shard naming, the manifest schema and its validator.
+
+Every reader of a store (`verify`, `info`, `build`, `preview`, `pipelines`, the recipes) loads the manifest
+through :func:`load_manifest` / :func:`validate_manifest`, so nothing read from a store is used before it
+is checked: shard paths are plain file names matching the shard pattern (never a path, URL or command),
+counts and keys agree, totals add up, hashes look like hashes. Stores come from strangers; a manifest is
+data, not instructions.
+
+This module imports only the standard library (`pipelines` imports it without pulling in the writers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from datagen.errors import DatagenError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+JOB_FILE = ".datagen-job.json"
+JOURNAL = ".datagen-journal.jsonl"
+TMP_SUFFIX = ".tmp"
+EXTENSIONS = {"wds": ".tar", "hdf5": ".h5"}
+FORMATS = tuple(EXTENSIONS)
+KEY_WIDTH = 9
+VIDEO_FIELD = "video.npy"  # WebDataset member suffixes: <key>.video.npy, <key>.meta.json
+META_FIELD = "meta.json"
+SEEDING = "numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(global_index,)))"
+RECORD_KEYS = ("generator", "params", "seed", "layout", "sample")  # what defines a dataset's content
+
+PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+SHARD_RE = re.compile(r"(?P<prefix>[A-Za-z0-9][A-Za-z0-9_-]{0,63})-(?P<index>[0-9]{6,12})(?P<ext>\.tar|\.h5)")
+KEY_RE = re.compile(rf"[0-9]{{{KEY_WIDTH},19}}")  # wider past 10**9 samples
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_SEED = 2**63
+MAX_CLIP_BYTES = 2**32  # one clip's (T, H, W, C) uint8 array: readers allocate this much per sample
+MAX_DIM = 1 << 16
+
+
+class ManifestError(DatagenError, ValueError):
+    """A manifest or dataset spec is malformed or unsafe; the message names the file and the field."""
+
+
+def shard_name(prefix: str, index: int, fmt: str) -> str:
+    return f"{prefix}-{index:06d}{EXTENSIONS[fmt]}"
+
+
+def is_shard_name(name: str) -> bool:
+    """A plain shard file name (`<prefix>-<6+ digits>.tar|.h5`): no folder, no `..`, no scheme, no shell."""
+    return isinstance(name, str) and SHARD_RE.fullmatch(name) is not None
+
+
+def check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
+        raise DatagenError(
+            f"shard prefix {prefix!r} must be 1-64 letters, digits, '_' or '-', not starting with '_' or '-'"
+        )
+    return prefix
+
+
+def sample_key(index: int) -> str:
+    """Zero-padded global index: sorts like the index, and has no dot (webdataset splits keys at dots)."""
+    if index < 0:
+        raise ValueError(f"sample index must be >= 0, got {index}")
+    return f"{index:0{KEY_WIDTH}d}"
+
+
+def dataset_digest(record: Mapping[str, Any], shards: Iterable[Mapping[str, Any]]) -> str:
+    """sha256 over the job record and every shard's (path, count, sha256): one value names the dataset."""
+    body = {
+        "record": {k: record[k] for k in RECORD_KEYS},
+        "shards": sorted((s["path"], s["n_samples"], s["sha256"]) for s in shards),
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Checker:
+    """Collects the first problem as one line: '<where>: <field> <what is wrong>'."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, field: str, what: str) -> ManifestError:
+        return ManifestError(f"{self.where}: {field} {what}")
+
+    def mapping(self, obj: Any, field: str) -> Mapping[str, Any]:
+        if not isinstance(obj, Mapping):
+            raise self.fail(field, f"must be an object, got {type(obj).__name__}")
+        return obj
+
+    def get(self, obj: Mapping[str, Any], key: str, field: str) -> Any:
+        if key not in obj:
+            raise self.fail(field, "is missing")
+        return obj[key]
+
+    def int_in(self, v: Any, field: str, lo: int, hi: int | None = None) -> int:
+        if not _is_int(v):
+            raise self.fail(field, f"must be an integer, got {type(v).__name__} {v!r:.40}")
+        if v < lo or (hi is not None and v > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise self.fail(field, f"must be {bound}, got {v}")
+        return v
+
+    def string(self, v: Any, field: str, pattern: re.Pattern | None = None, what: str = "") -> str:
+        if not isinstance(v, str):
+            raise self.fail(field, f"must be a string, got {type(v).__name__}")
+        if pattern is not None and not pattern.fullmatch(v):
+            raise self.fail(field, f"{v!r:.80} is not {what}")
+        return v
+
+
+def check_seed(v: Any, field: str = "seed", where: str = "seed") -> int:
+    """A root seed is an integer in [0, 2**63): 1.5 or True are refused, never truncated."""
+    return _Checker(where).int_in(v, field, 0, MAX_SEED - 1)
+
+
+def _check_sample(c: _Checker, sample: Any) -> None:
+    video = c.mapping(c.get(c.mapping(sample, "sample"), "video", "sample.video"), "sample.video")
+    if c.get(video, "dtype", "sample.video.dtype") != "uint8":
+        raise c.fail("sample.video.dtype", f"must be 'uint8', got {video['dtype']!r}")
+    if c.get(video, "layout", "sample.video.layout") != "THWC":
+        raise c.fail("sample.video.layout", f"must be 'THWC', got {video['layout']!r}")
+    shape = c.get(video, "shape", "sample.video.shape")
+    if not isinstance(shape, list) or len(shape) != 4:
+        raise c.fail("sample.video.shape", f"must be a list of 4 integers (T, H, W, C), got {shape!r:.80}")
+    size = 1
+    for i, d in enumerate(shape):
+        size *= c.int_in(d, f"sample.video.shape[{i}]", 1, MAX_DIM)
+    if size > MAX_CLIP_BYTES:
+        raise c.fail(
+            "sample.video.shape", f"{shape} is {size} bytes per clip, over the {MAX_CLIP_BYTES} limit"
+        )
+
+
+def _check_shard(c: _Checker, i: int, entry: Any, prefix: str, shard_size: int | None) -> dict[str, Any]:
+    f = f"shards[{i}]"
+    e = c.mapping(entry, f)
+    path = c.string(c.get(e, "path", f + ".path"), f + ".path")
+    m = SHARD_RE.fullmatch(path)
+    if m is None:
+        raise c.fail(f + ".path", f"{path!r:.80} is not a plain shard file name (<prefix>-NNNNNN.tar|.h5)")
+    fmt = c.get(e, "format", f + ".format")
+    if fmt not in EXTENSIONS:
+        raise c.fail(f + ".format", f"{fmt!r:.40} is not a known format ({', '.join(FORMATS)})")
+    if m["ext"] != EXTENSIONS[fmt] or m["prefix"] != prefix:
+        raise c.fail(f + ".path", f"{path!r} does not match the layout (prefix {prefix!r}, format {fmt})")
+    hi = shard_size if shard_size is not None else None
+    n = c.int_in(c.get(e, "n_samples", f + ".n_samples"), f + ".n_samples", 1 if shard_size else 0, hi)
+    first, last = c.get(e, "first_key", f + ".first_key"), c.get(e, "last_key", f + ".last_key")
+    if n == 0:
+        if first is not None or last is not None:
+            raise c.fail(f, "has no samples but names first/last keys")
+    else:
+        a = int(c.string(first, f + ".first_key", KEY_RE, "a zero-padded key"))
+        b = int(c.string(last, f + ".last_key", KEY_RE, "a zero-padded key"))
+        span = b - a + 1
+        if span < n or (shard_size is not None and span != n):
+            raise c.fail(f, f"keys {first}..{last} cannot hold {n} samples")
+        if shard_size is not None and a != int(m["index"]) * shard_size:
+            raise c.fail(f + ".first_key", f"{first} is not where shard {m['index']} starts")
+    c.int_in(c.get(e, "bytes", f + ".bytes"), f + ".bytes", 0)
+    c.string(c.get(e, "sha256", f + ".sha256"), f + ".sha256", SHA256_RE, "64 lowercase hex digits")
+    return {"path": path, "format": fmt, "n_samples": n}
+
+
+def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
+    """Check every field a reader uses; return the manifest unchanged or raise a one-line ManifestError."""
+    c = _Checker(where)
+    m = c.mapping(manifest, "manifest")
+    version = m.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise c.fail(
+            "schema_version", f"{version!r:.40} is not supported (this install reads {SCHEMA_VERSION})"
+        )
+    gen = c.mapping(c.get(m, "generator", "generator"), "generator")
+    c.string(c.get(gen, "name", "generator.name"), "generator.name", PREFIX_RE, "a generator name")
+    c.string(c.get(gen, "version", "generator.version"), "generator.version")
+    c.mapping(c.get(m, "params", "params"), "params")
+    check_seed(c.get(m, "seed", "seed"), where=where)
+    layout = c.mapping(c.get(m, "layout", "layout"), "layout")
+    prefix = c.string(c.get(layout, "prefix", "layout.prefix"), "layout.prefix", PREFIX_RE, "a shard prefix")
+    formats = c.get(layout, "formats", "layout.formats")
+    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
+        raise c.fail(
+            "layout.formats", f"must be a non-empty list of {', '.join(FORMATS)}, got {formats!r:.80}"
+        )
+    shard_size = None
+    if "shard_size" in layout:
+        shard_size = c.int_in(layout["shard_size"], "layout.shard_size", 1)
+    _check_sample(c, c.get(m, "sample", "sample"))
+    c.string(c.get(m, "digest", "digest"), "digest", DIGEST_RE, "'sha256:' and 64 hex digits")
+    shards = c.get(m, "shards", "shards")
+    if not isinstance(shards, list):
+        raise c.fail("shards", f"must be a list, got {type(shards).__name__}")
+    seen: set[str] = set()
+    totals: dict[str, dict[str, int]] = {}
+    for i, entry in enumerate(shards):
+        s = _check_shard(c, i, entry, prefix, shard_size)
+        if s["path"] in seen:
+            raise c.fail(f"shards[{i}].path", f"{s['path']!r} is listed twice")
+        seen.add(s["path"])
+        if s["format"] not in formats:
+            raise c.fail(f"shards[{i}].format", f"{s['format']} is not in layout.formats")
+        t = totals.setdefault(s["format"], {"n_shards": 0, "n_samples": 0, "bytes": 0})
+        t["n_shards"] += 1
+        t["n_samples"] += s["n_samples"]
+        t["bytes"] += entry["bytes"]
+    if c.get(m, "totals", "totals") != totals:
+        raise c.fail("totals", "do not equal the sums over the shards")
+    if shard_size is not None:
+        n = c.int_in(c.get(layout, "n_samples", "layout.n_samples"), "layout.n_samples", 1)
+        if any(t["n_samples"] != n for t in totals.values()) or set(totals) != set(formats):
+            raise c.fail("layout.n_samples", f"{n} does not match the shards of every format")
+    return dict(m)
+
+
+def read_manifest_text(text: str | bytes, where: str) -> dict[str, Any]:
+    """Parse and validate manifest bytes read from anywhere (file, URL)."""
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ManifestError(f"{where}: not valid JSON ({e})") from None
+    return validate_manifest(manifest, where)
+
+
+def manifest_path(store: str | Path) -> Path:
+    """A store folder or its manifest file -> the manifest file's path."""
+    path = Path(store)
+    return path / MANIFEST if path.is_dir() else path
+
+
+def load_manifest(store: str | Path) -> dict[str, Any]:
+    """Read and validate a local store's manifest (the folder or the file itself)."""
+    path = manifest_path(store)
+    if not path.is_file():
+        raise DatagenError(f"no manifest at {path} (not a datagen store, or generation did not finish)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatagenError(f"cannot read {path}: {e.strerror or e}") from None
+    return read_manifest_text(data, str(path))
