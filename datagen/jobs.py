@@ -9,8 +9,8 @@ check out, so an interrupted run ends with exactly the bytes an uninterrupted on
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,16 @@ from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.parallel import Task, run_tasks
 from datagen.store.atomic import remove_stale_temps, write_json_atomic
-from datagen.store.format import FORMATS, JOB_FILE, JOURNAL, MANIFEST, RECORD_KEYS
+from datagen.store.format import (
+    FORMATS,
+    JOB_FILE,
+    JOURNAL,
+    MANIFEST,
+    RECORD_KEYS,
+    check_prefix,
+    check_seed,
+    validate_record,
+)
 from datagen.store.manifest import (
     build_manifest,
     check_shard,
@@ -29,11 +38,19 @@ from datagen.store.manifest import (
     write_manifest,
     write_shard,
 )
+from datagen.store.ownership import refuse_protected, remove_store
 
 
 @dataclass
 class StoreJob:
-    """`summarize(results)` (results in task order) returns extra manifest fields outside the digest."""
+    """What to make into `out`: the record (what defines the content) and one task per shard.
+
+    `tasks` may be lazy (a Sequence computing each Task on access): planning costs no memory per task.
+    `summarize(results)` (results in task order) returns extra manifest fields outside the digest.
+    `results_from_manifest(manifest)` rebuilds each task's result from a finished manifest (task id ->
+    result), so a damaged complete store can be repaired shard by shard; None when results hold more than
+    the manifest keeps. `min_bytes` is a lower bound on what the whole store takes on disk (0 = unknown).
+    """
 
     out: Path
     record: dict[str, Any]
@@ -41,6 +58,8 @@ class StoreJob:
     summarize: Callable[[list[dict]], dict] | None = None
     prepare: Callable[[], None] | None = None  # run once in this process before tasks go to workers
     progress_unit: str = "shards"
+    results_from_manifest: Callable[[dict], dict[str, dict]] | None = None
+    min_bytes: int = 0
 
 
 ProgressFn = Callable[[int, int], None]
@@ -55,22 +74,25 @@ def run_store_job(
     scheduler: str | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict:
-    """Run `job` into `job.out` and return the manifest written there."""
+    """Run `job` into `job.out` and return the manifest written there.
+
+    Running into a folder that already holds this exact store checks every shard (size and sha256) and
+    returns its manifest; damaged shards are made again when `resume` is given.
+    """
     out = Path(job.out)
-    existing = prepare_output(out, job.record, resume=resume, overwrite=overwrite)
+    existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
     if existing is not None:
         if on_progress:
             on_progress(len(job.tasks), len(job.tasks))
         return existing
-    done = read_journal(out) if resume else {}
+    done = read_journal(out)
     results: dict[str, dict] = {}
     journal = open(out / JOURNAL, "a")
     try:
         for t in job.tasks:
-            r = done.get(t.id)
+            r = done.pop(t.id, None)
             if r is not None and all(check_shard(out, s) is None for s in r["shards"]):
                 results[t.id] = r
-        todo = [t for t in job.tasks if t.id not in results]
         if on_progress:
             on_progress(len(results), len(job.tasks))
 
@@ -82,8 +104,11 @@ def run_store_job(
             if on_progress:
                 on_progress(len(results), len(job.tasks))
 
-        if todo and job.prepare:
-            job.prepare()
+        if len(results) < len(job.tasks):
+            check_free_space(out, job, done=len(results))
+            if job.prepare:
+                job.prepare()
+        todo = [t for t in job.tasks if t.id not in results]
         run_tasks(todo, scheduler=scheduler, workers=workers, on_result=record_result)
     finally:
         journal.close()
@@ -91,47 +116,115 @@ def run_store_job(
     extra = job.summarize(ordered) if job.summarize else None
     manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
     write_manifest(out, manifest)
-    (out / JOURNAL).unlink(missing_ok=True)
-    (out / JOB_FILE).unlink(missing_ok=True)
+    remove_run_files(out)
     return manifest
 
 
-def prepare_output(out: Path, record: dict, *, resume: bool, overwrite: bool) -> dict | None:
-    """Make `out` ready for the job, or return the finished manifest when resuming a complete store.
+def remove_run_files(out: Path) -> None:
+    """Remove the job file and journal of a finished store (also after a kill right after the manifest)."""
+    (out / JOURNAL).unlink(missing_ok=True)
+    (out / JOB_FILE).unlink(missing_ok=True)
 
-    Refuses (DatagenError, nothing touched) to write into a non-empty folder unless told to resume or
-    overwrite, to resume a different job, and to overwrite a folder that is not a datagen store.
+
+def check_free_space(out: Path, job: StoreJob, *, done: int) -> None:
+    """Refuse up front a job whose remaining shards cannot fit the free space of `out`'s file system."""
+    total = len(job.tasks)
+    if not job.min_bytes or not total:
+        return
+    need = job.min_bytes * (total - done) // total
+    try:
+        st = os.statvfs(out)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise DatagenError(
+            f"not enough space in {out}: the job needs at least {_size(need)} "
+            f"({total - done} of {total} shards left), the disk has {_size(free)} free"
+        )
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000 or unit == "EB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def prepare_output(out: Path, job: StoreJob, *, resume: bool, overwrite: bool) -> dict | None:
+    """Make `out` ready for the job, or return the finished manifest when it already holds this store.
+
+    Refuses (DatagenError, nothing touched) to write into a non-empty folder that holds anything but this
+    job's store unless told to resume (an unfinished run of the same job) or overwrite (only a folder that is
+    recognisably a datagen store; see `datagen.store.ownership`).
     """
     if resume and overwrite:
         raise DatagenError("--resume and --overwrite exclude each other")
     if out.exists() and not out.is_dir():
         raise DatagenError(f"output path {out} exists and is not a folder")
+    if overwrite:
+        refuse_protected(out)
     if out.is_dir() and any(out.iterdir()):
-        is_store = (out / MANIFEST).exists() or (out / JOB_FILE).exists()
-        if resume:
-            if not is_store:
-                raise DatagenError(
-                    f"cannot resume: {out} is not a datagen store (no {JOB_FILE} or {MANIFEST})"
-                )
-            previous = _previous_record(out)
-            if previous != _record_only(record):
-                raise DatagenError(f"cannot resume: {out} holds a different job ({_diff(previous, record)})")
-            if (out / MANIFEST).exists():
-                return load_manifest(out)
-        elif overwrite:
-            if not is_store:
-                raise DatagenError(f"refusing to overwrite {out}: it is not a datagen store")
-            shutil.rmtree(out)
+        if overwrite:
+            remove_store(out)
         else:
-            raise DatagenError(
-                f"output folder {out} is not empty; pass --resume to continue it or --overwrite to replace it"
-            )
+            finished = _finished_store(out, job, resume=resume)
+            if finished is not None:
+                return finished
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
-        write_json_atomic(out / JOB_FILE, _record_only(record))
+        write_json_atomic(out / JOB_FILE, _record_only(job.record))
     except OSError as e:
         raise DatagenError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+    return None
+
+
+def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
+    """For a non-empty `out` without --overwrite: the manifest if it holds this job's store, checked shard by
+    shard; None to (re)start the run in it; DatagenError when it holds anything else."""
+    is_store = (out / MANIFEST).exists() or (out / JOB_FILE).exists()
+    if not is_store:
+        hint = "" if resume else "; choose another --out (or --overwrite a datagen store)"
+        raise DatagenError(f"output folder {out} is not empty and is not a datagen store{hint}")
+    previous = _previous_record(out)
+    if previous != _record_only(job.record):
+        flag = "--resume" if resume else "--overwrite to replace it"
+        raise DatagenError(
+            f"output folder {out} holds a different datagen job ({_diff(previous, job.record)})"
+            + ("" if resume else f"; pass {flag}")
+        )
+    if not (out / MANIFEST).exists():
+        if not resume:
+            raise DatagenError(
+                f"output folder {out} holds an unfinished run of this job; pass --resume to continue it "
+                "or --overwrite to start again"
+            )
+        return None
+    manifest = load_manifest(out)
+    remove_run_files(out)  # a kill between the manifest's rename and this cleanup left them
+    bad = [s["path"] for s in manifest["shards"] if check_shard(out, s) is not None]
+    if not bad:
+        return manifest
+    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if not resume or job.results_from_manifest is None:
+        how = (
+            "pass --resume to make them again"
+            if job.results_from_manifest
+            else "pass --overwrite to remake it"
+        )
+        raise DatagenError(f"the store in {out} has {len(bad)} damaged or missing shards ({names}); {how}")
+    # back to an unfinished run: the good shards journaled, the manifest gone, the damaged shards to make
+    results = job.results_from_manifest(manifest)
+    write_json_atomic(out / JOB_FILE, _record_only(job.record))
+    with open(out / JOURNAL, "w") as journal:
+        for task_id, result in results.items():
+            if all(s["path"] not in bad for s in result["shards"]):
+                journal.write(json.dumps({"task": task_id, "result": result}, sort_keys=True) + "\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+    (out / MANIFEST).unlink()
     return None
 
 
@@ -154,11 +247,15 @@ def _record_only(record: dict) -> dict:
 
 
 def _previous_record(out: Path) -> dict:
-    source = out / MANIFEST if (out / MANIFEST).exists() else out / JOB_FILE
+    """The record of the store in `out` (its manifest, else its job file), validated."""
+    if (out / MANIFEST).exists():
+        return _record_only(load_manifest(out))
+    source = out / JOB_FILE
     try:
-        return _record_only(json.loads(source.read_text()))
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise DatagenError(f"cannot resume: {source} is unreadable ({e})") from None
+        record = json.loads(source.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise DatagenError(f"{source} is unreadable ({e})") from None
+    return _record_only(validate_record(record, str(source)))
 
 
 def _diff(previous: dict, record: dict) -> str:
@@ -200,6 +297,67 @@ def write_generated_shard(
     }
 
 
+@dataclass(frozen=True)
+class GenerationTasks(Sequence[Task]):
+    """The tasks of a generation job, computed on access: shard i holds indices [i*size, (i+1)*size) of n."""
+
+    out: str
+    generator: str
+    params: dict
+    seed: int
+    prefix: str
+    formats: tuple[str, ...]
+    n: int
+    shard_size: int
+
+    def __len__(self) -> int:
+        return -(-self.n // self.shard_size)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = i * self.shard_size
+        args = (
+            self.out,
+            self.generator,
+            self.params,
+            self.seed,
+            self.prefix,
+            list(self.formats),
+            i,
+            start,
+            min(self.n, start + self.shard_size),
+        )
+        return Task(id=task_id(i), fn=write_generated_shard, args=args)
+
+
+def task_id(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+def results_by_shard(manifest: dict) -> dict[str, dict]:
+    """A generation store's task results, rebuilt from its manifest (a task's result is its shards)."""
+    results: dict[str, dict] = {}
+    for s in manifest["shards"]:
+        index = int(s["path"].rsplit("-", 1)[1].split(".")[0])
+        results.setdefault(task_id(index), {"shards": []})["shards"].append(s)
+    for r in results.values():
+        r["shards"].sort(key=lambda s: s["format"])
+    return results
+
+
+def _count(value: Any, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DatagenError(f"{flag} must be a whole number, got {value!r}")
+    if value < 1:
+        raise DatagenError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
 def generation_job(
     out: Path,
     generator: str,
@@ -214,39 +372,37 @@ def generation_job(
     """Validate the request and plan it: shard i holds global indices [i*shard_size, (i+1)*shard_size)."""
     gen = get_generator(generator)
     params = gen.validate(dict(params))
-    if n < 1:
-        raise DatagenError(f"--n must be at least 1, got {n}")
-    if shard_size < 1:
-        raise DatagenError(f"--shard-size must be at least 1, got {shard_size}")
-    if not 0 <= seed < 2**63:
-        raise DatagenError(f"--seed must be in [0, 2**63), got {seed}")
+    n, shard_size = _count(n, "--n"), _count(shard_size, "--shard-size")
+    check_seed(seed, "--seed", "--seed")
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise DatagenError(f"unknown format {bad[0] if bad else ''!r}; choose from wds, hdf5, both")
     formats = sorted(set(formats))
-    prefix = prefix or gen.name
+    prefix = check_prefix(prefix or gen.name)
+    shape = list(gen.sample_shape(params))
     record = {
         "generator": {"name": gen.name, "version": gen.version},
         "params": params,
         "seed": seed,
         "layout": {"n_samples": n, "shard_size": shard_size, "formats": formats, "prefix": prefix},
         "sample": {
-            "video": {"dtype": "uint8", "shape": list(gen.sample_shape(params)), "layout": "THWC"},
+            "video": {"dtype": "uint8", "shape": shape, "layout": "THWC"},
             "key": "global sample index, zero-padded to 9 digits",
         },
     }
-    tasks = [
-        Task(
-            id=f"shard-{i:06d}",
-            fn=write_generated_shard,
-            args=(str(out), generator, params, seed, prefix, formats, i, start, min(n, start + shard_size)),
-        )
-        for i, start in enumerate(range(0, n, shard_size))
-    ]
+    validate_record(record, "the job")
+    tasks = GenerationTasks(str(out), generator, params, seed, prefix, tuple(formats), n, shard_size)
 
     def warm_up() -> None:
         """Compile and cache JIT kernels once here, so local workers load them instead of each compiling."""
         for _ in gen.generate(params, seed, 0, 1):
             pass
 
-    return StoreJob(out=Path(out), record=record, tasks=tasks, prepare=warm_up)
+    return StoreJob(
+        out=Path(out),
+        record=record,
+        tasks=tasks,
+        prepare=warm_up,
+        results_from_manifest=results_by_shard,
+        min_bytes=n * math.prod(shape) * len(formats),  # the clips alone, without headers or ground truth
+    )

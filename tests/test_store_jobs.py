@@ -104,7 +104,7 @@ def test_refuses_non_empty_out_and_foreign_folders(tmp_path, pattern):
 def test_resume_rejects_a_different_job_and_overwrite_replaces(tmp_path, pattern):
     out = tmp_path / "s"
     first = make(out, pattern)
-    with pytest.raises(DatagenError, match="different job.*seed"):
+    with pytest.raises(DatagenError, match="different datagen job.*seed"):
         make(out, pattern, seed=9, resume=True)
     assert make(out, pattern, resume=True) == first  # finished store: nothing to do
     again = make(out, pattern, seed=9, overwrite=True)

@@ -176,6 +176,32 @@ def _check_shard(c: _Checker, i: int, entry: Any, prefix: str, shard_size: int |
     return {"path": path, "format": fmt, "n_samples": n}
 
 
+def _check_record(c: _Checker, m: Mapping[str, Any]) -> tuple[str, list[str], int | None]:
+    """The fields that define a dataset (RECORD_KEYS); returns (prefix, formats, shard size or None)."""
+    gen = c.mapping(c.get(m, "generator", "generator"), "generator")
+    c.string(c.get(gen, "name", "generator.name"), "generator.name", PREFIX_RE, "a generator name")
+    c.string(c.get(gen, "version", "generator.version"), "generator.version")
+    c.mapping(c.get(m, "params", "params"), "params")
+    check_seed(c.get(m, "seed", "seed"), where=c.where)
+    layout = c.mapping(c.get(m, "layout", "layout"), "layout")
+    prefix = c.string(c.get(layout, "prefix", "layout.prefix"), "layout.prefix", PREFIX_RE, "a shard prefix")
+    formats = c.get(layout, "formats", "layout.formats")
+    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
+        raise c.fail("layout.formats", f"must be a non-empty list of wds/hdf5, got {formats!r:.80}")
+    shard_size = None
+    if "shard_size" in layout:
+        shard_size = c.int_in(layout["shard_size"], "layout.shard_size", 1)
+    _check_sample(c, c.get(m, "sample", "sample"))
+    return prefix, formats, shard_size
+
+
+def validate_record(record: Any, where: str) -> dict[str, Any]:
+    """Check a job record (the job file of an unfinished store) like the same fields of a manifest."""
+    c = _Checker(where)
+    _check_record(c, c.mapping(record, "job record"))
+    return dict(record)
+
+
 def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     """Check every field a reader uses; return the manifest unchanged or raise a one-line ManifestError."""
     c = _Checker(where)
@@ -185,22 +211,8 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
         raise c.fail(
             "schema_version", f"{version!r:.40} is not supported (this install reads {SCHEMA_VERSION})"
         )
-    gen = c.mapping(c.get(m, "generator", "generator"), "generator")
-    c.string(c.get(gen, "name", "generator.name"), "generator.name", PREFIX_RE, "a generator name")
-    c.string(c.get(gen, "version", "generator.version"), "generator.version")
-    c.mapping(c.get(m, "params", "params"), "params")
-    check_seed(c.get(m, "seed", "seed"), where=where)
-    layout = c.mapping(c.get(m, "layout", "layout"), "layout")
-    prefix = c.string(c.get(layout, "prefix", "layout.prefix"), "layout.prefix", PREFIX_RE, "a shard prefix")
-    formats = c.get(layout, "formats", "layout.formats")
-    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
-        raise c.fail(
-            "layout.formats", f"must be a non-empty list of {', '.join(FORMATS)}, got {formats!r:.80}"
-        )
-    shard_size = None
-    if "shard_size" in layout:
-        shard_size = c.int_in(layout["shard_size"], "layout.shard_size", 1)
-    _check_sample(c, c.get(m, "sample", "sample"))
+    prefix, formats, shard_size = _check_record(c, m)
+    layout = m["layout"]
     c.string(c.get(m, "digest", "digest"), "digest", DIGEST_RE, "'sha256:' and 64 hex digits")
     shards = c.get(m, "shards", "shards")
     if not isinstance(shards, list):
@@ -252,3 +264,18 @@ def load_manifest(store: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise DatagenError(f"cannot read {path}: {e.strerror or e}") from None
     return read_manifest_text(data, str(path))
+
+
+# --- what in a store folder is ours ---------------------------------------------------------------------
+
+TEMP_RE = re.compile(r"\.(?P<final>[A-Za-z0-9][A-Za-z0-9_.-]{0,200})\.[0-9a-f]{1,32}\.tmp")
+VIDEOGAN_DIR = "videogan"  # `datagen stabilize --videogan`: <video:06d>/<clip:04d>.jpg strips and list.txt
+VIDEOGAN_VIDEO_RE = re.compile(r"[0-9]{6,12}")
+VIDEOGAN_STRIP_RE = re.compile(r"[0-9]{4,9}\.jpg")
+VIDEOGAN_LIST = "list.txt"
+
+
+def is_temp_of(name: str, finals: set[str] | None = None) -> bool:
+    """`name` is a temporary file of ours (`.<final>.<id>.tmp`), for one of `finals` when given."""
+    m = TEMP_RE.fullmatch(name)
+    return m is not None and (finals is None or m["final"] in finals)
