@@ -80,6 +80,8 @@ def run_store_job(
     returns its manifest; damaged shards are made again when `resume` is given.
     """
     out = Path(job.out)
+    if not (out.is_dir() and any(out.iterdir())):
+        check_free_space(out, job, done=0)  # before anything is written
     existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
     if existing is not None:
         if on_progress:
@@ -126,14 +128,31 @@ def remove_run_files(out: Path) -> None:
     (out / JOB_FILE).unlink(missing_ok=True)
 
 
+def remove_leftovers(out: Path, manifest: dict) -> bool:
+    """After a kill between the manifest's rename and the cleanup: remove the finished job's job file and
+    journal (only when the job file records this very store). Returns whether anything was removed."""
+    if not (out / JOB_FILE).exists():
+        return False
+    try:
+        same = _previous_job_record(out) == _record_only(manifest)
+    except DatagenError:
+        return False
+    if same:
+        remove_run_files(out)
+    return same
+
+
 def check_free_space(out: Path, job: StoreJob, *, done: int) -> None:
     """Refuse up front a job whose remaining shards cannot fit the free space of `out`'s file system."""
     total = len(job.tasks)
     if not job.min_bytes or not total:
         return
     need = job.min_bytes * (total - done) // total
+    where = out
+    while not where.exists() and where.parent != where:
+        where = where.parent  # the file system `out` will be made on
     try:
-        st = os.statvfs(out)
+        st = os.statvfs(where)
     except OSError:
         return
     free = st.f_bavail * st.f_frsize
@@ -188,7 +207,7 @@ def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
     if not is_store:
         hint = "" if resume else "; choose another --out (or --overwrite a datagen store)"
         raise DatagenError(f"output folder {out} is not empty and is not a datagen store{hint}")
-    previous = _previous_record(out)
+    previous = stored_record(out)
     if previous != _record_only(job.record):
         flag = "--resume" if resume else "--overwrite to replace it"
         raise DatagenError(
@@ -203,7 +222,7 @@ def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
             )
         return None
     manifest = load_manifest(out)
-    remove_run_files(out)  # a kill between the manifest's rename and this cleanup left them
+    remove_leftovers(out, manifest)
     bad = [s["path"] for s in manifest["shards"] if check_shard(out, s) is not None]
     if not bad:
         return manifest
@@ -246,10 +265,14 @@ def _record_only(record: dict) -> dict:
     return json.loads(json.dumps({k: record[k] for k in RECORD_KEYS}, sort_keys=True))
 
 
-def _previous_record(out: Path) -> dict:
+def stored_record(out: Path) -> dict:
     """The record of the store in `out` (its manifest, else its job file), validated."""
     if (out / MANIFEST).exists():
         return _record_only(load_manifest(out))
+    return _previous_job_record(out)
+
+
+def _previous_job_record(out: Path) -> dict:
     source = out / JOB_FILE
     try:
         record = json.loads(source.read_bytes())

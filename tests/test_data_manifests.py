@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datagen.cli import main
-from datagen.cli.store_cmds import SPEC_KEYS
+from datagen.store.format import load_spec
 from datagen.jobs import write_generated_shard
 
 SPECS = sorted((Path(__file__).parents[1] / "data_manifests").glob("*.json"))
@@ -17,8 +17,7 @@ SPECS = sorted((Path(__file__).parents[1] / "data_manifests").glob("*.json"))
 def test_specs_exist_and_are_complete():
     assert {p.stem for p in SPECS} >= {"balls-1", "balls-3"}
     for p in SPECS:
-        spec = json.loads(p.read_text())
-        assert SPEC_KEYS <= set(spec), p
+        spec = load_spec(p)  # validates every field
         assert spec["n"] == 100_000 and spec["params"]["frames"] == 30 and spec["params"]["size"] == 30
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 
 from datagen.errors import DatagenError
-from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job
+from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job, stored_record
 from datagen.parallel import default_workers
 from datagen.store.manifest import MANIFEST
 
@@ -71,16 +70,11 @@ def formats_of(fmt: str) -> list[str]:
 
 
 def resolve_seed(opts: RunOptions, out: Path) -> int:
-    """An explicit seed wins; a resumed run reuses the recorded one; otherwise draw one (and record it)."""
+    """An explicit seed wins; --resume reuses the recorded (validated) one; otherwise draw and record one."""
     if opts.seed is not None:
         return opts.seed
-    if opts.resume:
-        for name in (JOB_FILE, MANIFEST):
-            if (out / name).exists():
-                try:
-                    return int(json.loads((out / name).read_text())["seed"])
-                except (OSError, ValueError, KeyError):
-                    break
+    if opts.resume and ((out / JOB_FILE).exists() or (out / MANIFEST).exists()):
+        return stored_record(out)["seed"]
     return secrets.randbelow(2**32)
 
 

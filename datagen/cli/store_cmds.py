@@ -12,7 +12,8 @@ from datagen.cli import _common as c
 from datagen.cli._app import app
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
-from datagen.jobs import generation_job
+from datagen.jobs import generation_job, remove_leftovers
+from datagen.store.format import JOB_FILE, load_spec
 from datagen.store.manifest import load_manifest, verify_store
 from datagen.store.preview import write_preview
 
@@ -27,8 +28,10 @@ def verify_cli(
     ] = False,
 ) -> None:
     """Recompute every shard's hash and sample count against the manifest; exit 1 naming each bad shard."""
-    problems = verify_store(store, count_samples=not quick)
     manifest = load_manifest(store)
+    if remove_leftovers(Path(store), manifest):
+        c.err.print(f"removed the finished run's leftover {JOB_FILE} and journal")
+    problems = verify_store(store, count_samples=not quick, manifest=manifest)
     if problems:
         for p in problems:
             c.err.print(f"BAD {p}")
@@ -55,7 +58,8 @@ def info_cli(
     typer.echo(f"sample     {video['dtype']} {tuple(video['shape'])} ({video['layout']})")
     for fmt, t in sorted(m["totals"].items()):
         typer.echo(f"{fmt:<10} {t['n_samples']} samples in {t['n_shards']} shards, {t['bytes'] / 1e6:.1f} MB")
-    typer.echo(f"shard size {layout['shard_size']}")
+    if "shard_size" in layout:
+        typer.echo(f"shard size {layout['shard_size']}")
     typer.echo(f"digest     {m['digest']}")
     for key in sorted(
         set(m)
@@ -124,19 +128,3 @@ def build_cli(
         c.err.print(f"DIGEST MISMATCH for {s['name']}: expected {s['digest']}, got {manifest['digest']}")
         raise typer.Exit(1)
     c.err.print(f"ok: {s['name']} matches its spec digest {s['digest']}")
-
-
-SPEC_KEYS = {"name", "generator", "params", "seed", "n", "shard_size", "formats", "digest"}
-
-
-def load_spec(path: Path) -> dict:
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DatagenError(f"no dataset spec at {path}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatagenError(f"unreadable dataset spec {path}: {e}") from None
-    missing = SPEC_KEYS - set(spec)
-    if missing:
-        raise DatagenError(f"dataset spec {path} lacks {', '.join(sorted(missing))}")
-    return spec

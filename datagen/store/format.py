@@ -239,6 +239,59 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     return dict(m)
 
 
+SPEC_REQUIRED = ("name", "generator", "params", "seed", "n", "shard_size", "formats", "digest")
+SPEC_OPTIONAL = ("generator_version", "description", "bytes", "first_shard")
+
+
+def validate_spec(spec: Any, where: str) -> dict[str, Any]:
+    """A `data_manifests/` dataset spec: what `datagen build` regenerates, and the digest it must reach.
+
+    `name` becomes a folder under the output root, so it must be a plain folder name (no `/`, no `..`).
+    """
+    c = _Checker(where)
+    m = c.mapping(spec, "spec")
+    unknown = sorted(set(m) - set(SPEC_REQUIRED) - set(SPEC_OPTIONAL))
+    if unknown:
+        raise c.fail(unknown[0], f"is not a spec field (fields: {', '.join(SPEC_REQUIRED + SPEC_OPTIONAL)})")
+    c.string(c.get(m, "name", "name"), "name", PREFIX_RE, "a plain folder name (letters, digits, '_', '-')")
+    c.string(c.get(m, "generator", "generator"), "generator", PREFIX_RE, "a generator name")
+    if "generator_version" in m:
+        c.string(m["generator_version"], "generator_version")
+    c.mapping(c.get(m, "params", "params"), "params")
+    check_seed(c.get(m, "seed", "seed"), where=where)
+    c.int_in(c.get(m, "n", "n"), "n", 1)
+    c.int_in(c.get(m, "shard_size", "shard_size"), "shard_size", 1)
+    formats = c.get(m, "formats", "formats")
+    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
+        raise c.fail("formats", f"must be a non-empty list of wds/hdf5, got {formats!r:.80}")
+    c.string(c.get(m, "digest", "digest"), "digest", DIGEST_RE, "'sha256:' and 64 hex digits")
+    if "bytes" in m:
+        c.int_in(m["bytes"], "bytes", 0)
+    if "first_shard" in m:
+        first = c.mapping(m["first_shard"], "first_shard")
+        path = c.string(c.get(first, "path", "first_shard.path"), "first_shard.path")
+        if not is_shard_name(path):
+            raise c.fail("first_shard.path", f"{path!r:.80} is not a plain shard file name")
+        c.int_in(c.get(first, "n_samples", "first_shard.n_samples"), "first_shard.n_samples", 1)
+        c.string(c.get(first, "sha256", "first_shard.sha256"), "first_shard.sha256", SHA256_RE, "a sha256")
+    return dict(m)
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatagenError(f"no dataset spec at {path}") from None
+    except OSError as e:
+        raise DatagenError(f"unreadable dataset spec {path}: {e.strerror or e}") from None
+    try:
+        spec = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    return validate_spec(spec, str(path))
+
+
 def read_manifest_text(text: str | bytes, where: str) -> dict[str, Any]:
     """Parse and validate manifest bytes read from anywhere (file, URL)."""
     try:

@@ -36,8 +36,7 @@ def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs:
         if fmt == "wds":
             keys, sha256 = write_wds(tmp, samples)
         else:
-            keys = write_hdf5(tmp, samples, attrs)
-            sha256 = file_sha256(tmp)
+            keys, sha256 = write_hdf5(tmp, samples, attrs)
     return {
         "path": name,
         "format": fmt,
@@ -97,10 +96,10 @@ def check_shard(folder: Path, entry: dict) -> Problem | None:
     return None
 
 
-def verify_store(folder: Path, *, count_samples: bool = True) -> list[Problem]:
+def verify_store(folder: Path, *, count_samples: bool = True, manifest: dict | None = None) -> list[Problem]:
     """Recompute hashes (and sample counts) of every shard; return every problem found."""
     folder = Path(folder)
-    manifest = load_manifest(folder)
+    manifest = load_manifest(folder) if manifest is None else manifest
     problems = []
     for entry in manifest["shards"]:
         problem = check_shard(folder, entry)
