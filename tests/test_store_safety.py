@@ -199,7 +199,7 @@ def _spec(tmp_path: Path, **change) -> Path:
         ({"formats": ["zip"]}, "formats"),
         ({"digest": "md5:abc"}, "digest"),
         ({"params": [1, 2]}, "params must be an object"),
-        ({"nmae": "typo"}, "nmae is not a spec field"),
+        ({"nmae": "typo"}, "'nmae' is not a spec field"),
     ],
 )
 def test_bad_specs_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, change, message):

@@ -83,6 +83,10 @@ def dataset_digest(record: Mapping[str, Any], shards: Iterable[Mapping[str, Any]
 # --- validation ----------------------------------------------------------------------------------------
 
 
+def _is_format(v: Any) -> bool:
+    return isinstance(v, str) and v in EXTENSIONS
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -153,7 +157,7 @@ def _check_shard(c: _Checker, i: int, entry: Any, prefix: str, shard_size: int |
     if m is None:
         raise c.fail(f + ".path", f"{path!r:.80} is not a plain shard file name (<prefix>-NNNNNN.tar|.h5)")
     fmt = c.get(e, "format", f + ".format")
-    if fmt not in EXTENSIONS:
+    if not _is_format(fmt):
         raise c.fail(f + ".format", f"{fmt!r:.40} is not a known format ({', '.join(FORMATS)})")
     if m["ext"] != EXTENSIONS[fmt] or m["prefix"] != prefix:
         raise c.fail(f + ".path", f"{path!r} does not match the layout (prefix {prefix!r}, format {fmt})")
@@ -186,7 +190,7 @@ def _check_record(c: _Checker, m: Mapping[str, Any]) -> tuple[str, list[str], in
     layout = c.mapping(c.get(m, "layout", "layout"), "layout")
     prefix = c.string(c.get(layout, "prefix", "layout.prefix"), "layout.prefix", PREFIX_RE, "a shard prefix")
     formats = c.get(layout, "formats", "layout.formats")
-    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
+    if not isinstance(formats, list) or not formats or not all(_is_format(f) for f in formats):
         raise c.fail("layout.formats", f"must be a non-empty list of wds/hdf5, got {formats!r:.80}")
     shard_size = None
     if "shard_size" in layout:
@@ -252,7 +256,9 @@ def validate_spec(spec: Any, where: str) -> dict[str, Any]:
     m = c.mapping(spec, "spec")
     unknown = sorted(set(m) - set(SPEC_REQUIRED) - set(SPEC_OPTIONAL))
     if unknown:
-        raise c.fail(unknown[0], f"is not a spec field (fields: {', '.join(SPEC_REQUIRED + SPEC_OPTIONAL)})")
+        raise c.fail(
+            f"{unknown[0]!r:.40}", f"is not a spec field (fields: {', '.join(SPEC_REQUIRED + SPEC_OPTIONAL)})"
+        )
     c.string(c.get(m, "name", "name"), "name", PREFIX_RE, "a plain folder name (letters, digits, '_', '-')")
     c.string(c.get(m, "generator", "generator"), "generator", PREFIX_RE, "a generator name")
     if "generator_version" in m:
@@ -262,7 +268,7 @@ def validate_spec(spec: Any, where: str) -> dict[str, Any]:
     c.int_in(c.get(m, "n", "n"), "n", 1)
     c.int_in(c.get(m, "shard_size", "shard_size"), "shard_size", 1)
     formats = c.get(m, "formats", "formats")
-    if not isinstance(formats, list) or not formats or any(f not in EXTENSIONS for f in formats):
+    if not isinstance(formats, list) or not formats or not all(_is_format(f) for f in formats):
         raise c.fail("formats", f"must be a non-empty list of wds/hdf5, got {formats!r:.80}")
     c.string(c.get(m, "digest", "digest"), "digest", DIGEST_RE, "'sha256:' and 64 hex digits")
     if "bytes" in m:
