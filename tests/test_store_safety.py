@@ -333,3 +333,29 @@ def test_free_space_is_checked_on_the_file_system_the_store_goes_to(tmp_path, pa
     monkeypatch.setattr(os, "statvfs", fake_statvfs)
     make(tmp_path / "a" / "b" / "c", pattern)
     assert seen and seen[0] == tmp_path
+
+
+def test_overwrite_of_a_videogan_store_removes_its_strips_and_nothing_else(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from datagen.sources.video import FrameReader, VideoSource, shipped_sample_video
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k, f in enumerate(
+        FrameReader(VideoSource(str(shipped_sample_video("carphone_pristine.mp4")), "video"))
+    ):
+        cv2.imwrite(str(frames / f"{k:03d}.png"), f)
+        if k == 19:
+            break
+    out = tmp_path / "golf"
+    cmd = ["stabilize", str(frames), "-o", str(out), "-q", "-w", "0", "--videogan", "--min-frames", "16"]
+    assert main(cmd) == 0
+    assert (out / "videogan" / "list.txt").exists()
+    stray = out / "videogan" / "000000" / "my-notes.txt"
+    stray.write_text("mine")
+    before = snapshot(out)
+    assert main([*cmd, "--overwrite"]) == 2
+    assert snapshot(out) == before
+    stray.unlink()
+    assert main([*cmd, "--overwrite"]) == 0
+    assert (out / "videogan" / "list.txt").exists() and load_manifest(out)["stabilize"]["clips_kept"] >= 1
