@@ -97,3 +97,21 @@ def test_blank_frames_lower_valid_fraction_only(classifier, movies):
     m = mnist_identity_metrics(_to_model(blanked), classifier[0])
     assert m["valid_frame_fraction"] < clean["valid_frame_fraction"] - 0.05
     assert m["label_agreement"] > 0.95  # identity is still kept where digits are visible
+
+
+def test_confident_frames_count_every_frame_and_reject_non_digits(classifier, movies):
+    """A uniform grey frame is one frame-sized component that the CNN labels confidently: it must not
+    count as a digit. Blurred digits lose confidence; blank frames count against the fraction."""
+    params, videos, _ = movies
+    clean = mnist_identity_metrics(_to_model(videos), classifier[0])
+    # every frame is valid or not; the confident ones are a subset of the valid ones
+    assert 0.3 < clean["confident_frame_fraction"] <= clean["valid_frame_fraction"]
+    grey = mnist_identity_metrics(torch.zeros(4, 1, FRAMES, 64, 64), classifier[0])
+    assert grey["valid_frame_fraction"] == 0.0 and grey["confident_frame_fraction"] == 0.0
+    blanked = videos.copy()
+    blanked[:, ::2] = 0
+    half = mnist_identity_metrics(_to_model(blanked), classifier[0])
+    assert half["confident_frame_fraction"] <= clean["confident_frame_fraction"] / 2 + 0.05
+    smeared = torch.nn.functional.avg_pool3d(_to_model(videos), (1, 7, 7), stride=1, padding=(0, 3, 3))
+    blurred = mnist_identity_metrics(smeared, classifier[0])
+    assert blurred["confident_frame_fraction"] < clean["confident_frame_fraction"] / 2
