@@ -2,46 +2,93 @@
 
 Readable by plain h5py: `f["video"][i]` is clip i as uint8 (T, H, W, C), `f["key"][i]` its key and
 `json.loads(f["meta"][i])` its ground truth. No compression: clips are small and reads stay cheap.
+
+The file is built in memory (HDF5's core driver, no backing store) and its finished image written out by
+:class:`~datagen.store.direct_io.ShardOutput`, never by HDF5 itself. Why: HDF5 does not survive a failed
+write. On a full disk the chunk write fails, closing the dataset fails again while flushing its cache, and
+closing the file then dereferences the half-closed dataset: the process dies with SIGSEGV (h5py 3.16,
+HDF5 2.0; reproduced on a 2 MB tmpfs, in `File.close` or in the finalizer at exit). In memory HDF5 cannot
+meet an I/O error; the disk write is ours, fails with an ordinary OSError, and is hashed on the way out (no
+re-read). The image is byte-identical to what HDF5 writes to disk for the same content (a test pins it).
+Cost: one more copy of the shard in memory (the image, then `get_file_image`): writing and hashing 1000
+clips of 196 KB took 0.49 CPU-s against 0.33 for HDF5's own file write plus a sha256 re-read (medians of 7).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from datagen.store.atomic import write_error
+from datagen.store.direct_io import ShardOutput
 from datagen.store.sample import Sample
 from datagen.store.wds import meta_bytes
 
 STR = h5py.string_dtype("utf-8")
+_IMAGES = itertools.count()  # HDF5 wants a distinct name for every open file, in memory too
+IMAGE_STEP = 4 << 20
+"""The in-memory image grows by this much at a time (HDF5's default 64 KiB measured 15% more CPU)."""
 
 
-def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None) -> list[str]:
-    """Write `samples` to `path`; `attrs` (JSON-able) become file attributes. Returns the keys written."""
-    samples = list(samples)
-    keys = [s.key for s in samples]
-    with h5py.File(path, "w", libver="earliest", track_order=False) as f:
+def hdf5_image(samples: Sequence[Sample], attrs: dict | None = None) -> bytes:
+    """The bytes of the HDF5 shard file for `samples`; `attrs` (JSON-able) become file attributes."""
+    with h5py.File(
+        f"datagen-image-{os.getpid()}-{next(_IMAGES)}.h5",
+        "w",
+        driver="core",
+        backing_store=False,
+        block_size=IMAGE_STEP,
+        libver="earliest",
+        track_order=False,
+    ) as f:
         if samples:
             shape = samples[0].video.shape
-            video = f.create_dataset(
-                "video", shape=(len(samples), *shape), dtype=np.uint8, chunks=(1, *shape), track_times=False
-            )
             for s in samples:
                 if s.video.shape != shape:
                     raise ValueError(f"sample {s.key}: shape {s.video.shape} differs from {shape}")
-            video[...] = np.stack([s.video for s in samples])
+            video = f.create_dataset(
+                "video", shape=(len(samples), *shape), dtype=np.uint8, chunks=(1, *shape), track_times=False
+            )
+            # A few clips per write through the chunk cache: no stacked copy of the whole shard, few h5py
+            # calls, and the file layout (where HDF5 places chunks and index nodes) stays what earlier
+            # versions wrote. write_direct_chunk saves CPU but places chunks elsewhere: other bytes.
+            step = max(1, IMAGE_STEP // max(1, samples[0].video.nbytes))
+            for i in range(0, len(samples), step):
+                video[i : i + step] = np.stack([s.video for s in samples[i : i + step]])
         else:
             f.create_dataset("video", shape=(0,), dtype=np.uint8, track_times=False)
+        keys = [s.key for s in samples]
         f.create_dataset("key", data=np.array(keys, dtype=object), dtype=STR, track_times=False)
         metas = [meta_bytes(s.meta).decode() for s in samples]
         f.create_dataset("meta", data=np.array(metas, dtype=object), dtype=STR, track_times=False)
         for name, value in (attrs or {}).items():
             plain = isinstance(value, (int, float, str))
             f.attrs[name] = value if plain else json.dumps(value, sort_keys=True)
-    return keys
+        f.flush()
+        return f.id.get_file_image()
+
+
+def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None) -> tuple[list[str], str]:
+    """Write `samples` to `path`; returns (keys in order, sha256 of the file).
+
+    A failed write (full disk, I/O error) raises :class:`~datagen.store.atomic.WriteError` naming the
+    folder and the space the file needs; the caller (an atomic temporary) removes the partial file.
+    """
+    samples = list(samples)
+    image = hdf5_image(samples, attrs)
+    try:
+        with ShardOutput(path) as out:
+            out.write(image)
+            sha256 = out.close()
+    except OSError as e:
+        raise write_error(e, Path(path), len(image)) from None
+    return [s.key for s in samples], sha256
 
 
 def read_hdf5(path: Path) -> Iterator[Sample]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from datagen.store.atomic import write_error
 from datagen.store.direct_io import ShardOutput
 from datagen.store.format import META_FIELD, VIDEO_FIELD
 from datagen.store.sample import Sample
@@ -108,7 +109,17 @@ def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
 
     A sample is three writes into the output's staging buffer (headers, clip bytes, the rest), so the clip is
     copied once; the output hashes and writes whole staging buffers (:mod:`datagen.store.direct_io`).
+    A failed write (full disk, I/O error) raises :class:`~datagen.store.atomic.WriteError` naming the
+    folder and the space the file needs; the caller (an atomic temporary) removes the partial file.
     """
+    try:
+        return _write_wds(path, samples)
+    except OSError as e:
+        needed = tar_size(samples) if isinstance(samples, Sequence) else None
+        raise write_error(e, Path(path), needed) from None
+
+
+def _write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
     keys: list[str] = []
     with ShardOutput(path) as out:
         for s in samples:
@@ -129,11 +140,28 @@ def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
                 )
             )
             keys.append(s.key)
-        end = 2 * BLOCK  # two zero blocks, then pad to a whole record, as tarfile does
-        end += -(out.size + end) % RECORD
-        out.write(b"\0" * end)
+        out.write(b"\0" * _end_padding(out.size))
         sha256 = out.close()
     return keys, sha256
+
+
+def _end_padding(size: int) -> int:
+    """Two zero blocks, then padding to a whole record, as tarfile ends an archive."""
+    end = 2 * BLOCK
+    return end + -(size + end) % RECORD
+
+
+def _member_size(size: int) -> int:
+    return BLOCK + size + len(_padding(size))
+
+
+def tar_size(samples: Sequence[Sample]) -> int:
+    """The size of the tar :func:`write_wds` makes from `samples` (for a disk-full message)."""
+    size = 0
+    for s in samples:
+        size += _member_size(len(npy_header(s.video)) + s.video.nbytes)
+        size += _member_size(len(meta_bytes(s.meta)))
+    return size + _end_padding(size)
 
 
 def read_wds(path: Path) -> Iterator[Sample]:
