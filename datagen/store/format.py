@@ -302,7 +302,7 @@ def read_manifest_text(text: str | bytes, where: str) -> dict[str, Any]:
     """Parse and validate manifest bytes read from anywhere (file, URL)."""
     try:
         manifest = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: also an integer of more than 4300 digits
         raise ManifestError(f"{where}: not valid JSON ({e})") from None
     return validate_manifest(manifest, where)
 
