@@ -146,6 +146,16 @@ def make_optimizer(module: torch.nn.Module, cfg: TGANConfig) -> torch.optim.RMSp
 # ----------------------------------------------------------------------------------------------- one step
 
 
+def ddp_group(module: torch.nn.Module) -> Any:
+    """The process group of the DDP wrapper around `module` (under any torch.compile wrapper), else None."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            return module.process_group
+        if not hasattr(module, "_orig_mod"):
+            return None
+        module = module._orig_mod
+
+
 def train_step(
     gen: torch.nn.Module,
     critic: torch.nn.Module,
@@ -190,6 +200,7 @@ def train_step(
         iteration=step,
         svc_every=cfg.svc_every,
         svc_scope=cfg.svc_scope,
+        group=ddp_group(critic),
     )
     metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
     if largest_sv is not None:

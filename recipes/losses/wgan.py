@@ -5,6 +5,11 @@ Facts (pfnet-research/tgan `updaters/tgan_updater_wgan.py`):
 - Singular value clipping (SVC), every `freq` = 5 iterations: each critic weight W is viewed as
   (out_ch, -1), decomposed W = U diag(s) V^T, s clipped to <= 1, and W rebuilt.
 - BN gamma clipping at the same time: gamma clamped to [0.01 sigma, sigma], sigma = sqrt(running variance).
+  Under DDP each rank's running statistics come from its own batches (DDP only broadcasts rank 0's buffers
+  at the start of each forward), so clipping with them would give each rank different gammas and the
+  replicas would drift apart. With `group` set (train_step passes the DDP critic's process group) the
+  running means and variances are first averaged over the ranks (one all-reduce), so every rank clips
+  with the same sigma and the parameters stay bitwise identical. Single-process training is unchanged.
 - The weight-clipping baseline clamps every critic parameter to [-0.01, 0.01] after every update.
 
 Which weights SVC touches (`scope`), following the project rule "paper by default, code as an option":
@@ -24,9 +29,10 @@ weights' own device (no Python loop over matrices, no host round trip); groups w
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 SvcScope = Literal["paper", "code"]
@@ -73,20 +79,44 @@ def clip_singular_values_(module: nn.Module, *, scope: SvcScope = "paper", bound
     return largest
 
 
+def _tracked_bns(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.weight is not None
+        and m.running_var is not None
+    ]
+
+
 @torch.no_grad()
-def clip_bn_gamma_(module: nn.Module, *, low: float = 0.01) -> int:
-    """Clamp every BN gamma to [low * sigma, sigma], sigma = sqrt(running_var); returns the BN layer count."""
-    count = 0
-    for m in module.modules():
-        if (
-            isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.weight is not None
-            and m.running_var is not None
-        ):
-            std = m.running_var.sqrt().to(m.weight.dtype)
-            m.weight.copy_(torch.minimum(torch.maximum(m.weight, low * std), std))
-            count += 1
-    return count
+def average_running_stats_(module: nn.Module, group: Any = None) -> None:
+    """Replace every BN running mean / variance by its mean over the ranks of `group` (one all-reduce of
+    all of them together; every rank ends with the same bits)."""
+    bns = _tracked_bns(module)
+    if not bns:
+        return
+    stats = [t for m in bns for t in (m.running_mean, m.running_var) if t is not None]
+    flat = torch.cat([t.reshape(-1) for t in stats])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    for t, part in zip(stats, flat.split([t.numel() for t in stats]), strict=True):
+        t.copy_(part.view_as(t))
+
+
+@torch.no_grad()
+def clip_bn_gamma_(module: nn.Module, *, low: float = 0.01, group: Any = None) -> int:
+    """Clamp every BN gamma to [low * sigma, sigma], sigma = sqrt(running_var); returns the BN layer count.
+
+    `group`: a torch.distributed process group (or `dist.group.WORLD`) whose ranks first average their
+    running statistics (see the module docstring); None = this process's statistics only."""
+    if group is not None:
+        average_running_stats_(module, group)
+    bns = _tracked_bns(module)
+    for m in bns:
+        std = m.running_var.sqrt().to(m.weight.dtype)
+        m.weight.copy_(torch.minimum(torch.maximum(m.weight, low * std), std))
+    return len(bns)
 
 
 @torch.no_grad()
@@ -103,13 +133,17 @@ def apply_lipschitz_constraint_(
     iteration: int,
     svc_every: int = 5,
     svc_scope: SvcScope = "paper",
+    group: Any = None,
 ) -> float | None:
     """After the critic update of (1-based) `iteration`: SVC + gamma clipping every `svc_every` iterations,
-    or weight clipping every iteration. Returns the largest singular value before SVC when it ran."""
+    or weight clipping every iteration. Returns the largest singular value before SVC when it ran.
+
+    `group`: the process group of a DDP critic (its running statistics are averaged before gamma
+    clipping); None for single-process training."""
     if method == "svc":
         if iteration % svc_every == 0:
             largest = clip_singular_values_(critic, scope=svc_scope)
-            clip_bn_gamma_(critic)
+            clip_bn_gamma_(critic, group=group)
             return largest
     elif method == "clip":
         clip_weights_(critic)

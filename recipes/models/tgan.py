@@ -163,13 +163,18 @@ class ImageGenerator(nn.Module):
             ]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, out_channels, 3, 1, 1, bias=True), nn.Tanh()]
-        self.up = nn.Sequential(*layers)
+        # kernels in the activations' channels-last layout (see forward), so their gradients have the
+        # parameters' strides (DDP's gradient buckets expect that)
+        self.up = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         init_uniform_(self)
 
     def forward(self, z_slow: torch.Tensor, z_fast: torch.Tensor) -> torch.Tensor:
         shape = (-1, self.half, self.bottom, self.bottom)
         h = torch.cat([self.slow(z_slow).view(shape), self.fast(z_fast).view(shape)], dim=1)
-        return self.up(h)
+        # channels-last activations: PyTorch's CPU transposed convolutions with few channels run about twice
+        # as fast in this layout (G1 forward + backward at 16 x 16 frames of 64x64, conv_ch 64: 0.49 -> 0.23
+        # CPU s); same maths, cuDNN likes it too
+        return self.up(h.contiguous(memory_format=torch.channels_last))
 
 
 class VideoGenerator(nn.Module):
