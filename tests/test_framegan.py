@@ -24,7 +24,7 @@ from recipes.models.framegan import (
     render_video,
     video_discriminators,
 )
-from recipes.train_framegan import train_step
+from recipes.train_framegan import FrameGANConfig, build_discriminators, build_frame_generator, train_step
 
 
 def conv_output_shapes(d: MultiDiscriminator, x: torch.Tensor) -> list[tuple[int, ...]]:
@@ -191,3 +191,80 @@ def test_mean_sum_modes_and_bce_losses() -> None:
     sp = torch.nn.functional.softplus
     torch.testing.assert_close(discriminator_losses(real, fake), sp(-real[0]) + sp(fake[0]))
     torch.testing.assert_close(generator_losses(fake), sp(-fake[0]))
+
+
+def _conv_and_linear(module: nn.Module) -> list[nn.Module]:
+    kinds = nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_dcgan_init_by_default_pytorch_as_option(stage: int) -> None:
+    """G_F and D weights ~ N(0, 0.02) with zero biases (DCGAN / authors' code); `init="pytorch"` keeps
+    PyTorch's Kaiming-uniform default (bounded by 1/sqrt(fan_in), biases not zero)."""
+    cfg = FrameGANConfig(stage=stage, k=3, g_width=64, d_width=8)
+    for build in (build_frame_generator, build_discriminators):
+        torch.manual_seed(0)
+        dcgan = _conv_and_linear(build(cfg))
+        weights = torch.cat([m.weight.flatten() for m in dcgan])
+        assert weights.mean().abs() < 2e-3 and weights.std().item() == pytest.approx(0.02, rel=0.05)
+        assert all(m.bias is None or not m.bias.any() for m in dcgan)
+        torch.manual_seed(0)
+        default = _conv_and_linear(
+            build(FrameGANConfig(stage=stage, k=3, g_width=64, d_width=8, init="pytorch"))
+        )
+        assert any(m.bias is not None and m.bias.any() for m in default)
+        for m in default:
+            fan_in = m.weight[0].numel()  # PyTorch's convention, transposed convs included
+            assert m.weight.abs().max() <= 1 / fan_in**0.5 + 1e-6
+    with pytest.raises(ValueError, match="init must be"):
+        FrameGenerator(width=16, init="xavier")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_generator_step_draws_fresh_z(fresh: bool) -> None:
+    """The G step renders G(z_g) from a fresh z (authors' stage 1 code); without z_g it reuses D's batch."""
+    torch.manual_seed(0)
+    g, d = FrameGenerator(width=16), frame_discriminators(2, width=4)
+    calls: list[tuple[torch.Tensor, bool]] = []
+
+    def fake_fn(z: torch.Tensor) -> torch.Tensor:
+        calls.append((z, torch.is_grad_enabled()))
+        return g(z)
+
+    z, z_g = torch.randn(4, 100), torch.randn(4, 100)
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-3), torch.optim.Adam(d.parameters(), 1e-3)
+    stats = train_step(
+        fake_fn,
+        d,
+        opt_g,
+        opt_d,
+        torch.rand(4, 1, 30, 30) * 2 - 1,
+        z,
+        g_loss="mean",
+        nadir_slack=1.5,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        autocast=contextlib.nullcontext,
+        z_g=z_g if fresh else None,
+    )
+    if fresh:  # D's fake batch needs no graph through G; G's batch is new noise
+        assert [(c[0] is z, c[1]) for c in calls] == [(True, False), (False, True)] and calls[1][0] is z_g
+    else:
+        assert len(calls) == 1 and calls[0][0] is z and calls[0][1]
+    assert stats["g_objective"] == pytest.approx(stats["g_loss"])  # "mean": the objective is the K-average
+
+
+def test_mean_loss_gives_each_discriminator_weight_one_over_k() -> None:
+    """Paper: G minimises the average of the K discriminators' losses, i.e. the gradient of each l_k / K."""
+    torch.manual_seed(0)
+    g, d = FrameGenerator(width=16), frame_discriminators(4, width=4)
+    z = torch.randn(6, 100)
+    per_d = []
+    for k in range(4):
+        g.zero_grad()
+        generator_losses(d(g(z)))[k].backward()
+        per_d.append([p.grad.clone() for p in g.parameters()])
+    g.zero_grad()
+    combine_generator_losses(generator_losses(d(g(z))), "mean").backward()
+    for i, p in enumerate(g.parameters()):
+        torch.testing.assert_close(p.grad, sum(grads[i] for grads in per_d) / 4, rtol=1e-4, atol=1e-7)

@@ -96,3 +96,18 @@ def test_isomap_plot_of_the_latent_sequences_that_made_the_videos(evaluated: tup
     with torch.no_grad():
         rendered = render_video(gf.eval(), torch.from_numpy(codes)).numpy()
     np.testing.assert_allclose(rendered, np.load(out / "eval" / "samples.npy"), atol=1e-5)
+
+
+def test_fig5_and_collapse_verdicts_next_to_table1(evaluated: tuple[Path, dict, Path]) -> None:
+    """Fig. 5 (6 paths, their end-point interpolations, prior samples) and, per Table 1 row, whether the
+    row's videos are collapsed (so a low adjacent-frame MSE of a collapsed model is not read as success)."""
+    out, summary, _ = evaluated
+    assert summary["fig5"] == str(out / "eval" / "fig5.png")
+    img = cv2.imread(summary["fig5"])
+    assert img.shape == (512, 512, 3) and (img == 170).all(axis=-1).any()  # grey prior samples drawn
+    assert set(summary["collapse"]) == set(ROWS)
+    assert summary["collapse"]["real"]["collapsed"] is False and summary["collapse"]["real"]["reasons"] == []
+    for row in ROWS:
+        verdict = summary["collapse"][row]
+        assert verdict["collapsed"] is bool(verdict["reasons"])
+        assert verdict["count_accuracy"] == summary["physics"][row]["count_accuracy"]

@@ -4,16 +4,19 @@ resume, weights_only checkpoints, the G_F swap, presets and one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from recipes.common.config import config_from_args
 from recipes.common.data import smoke_store
+from recipes.metrics.physics_balls import BallsGeometry, balls_diversity_metrics
 from recipes.train_framegan import (
     PRESETS,
     SMOKE,
@@ -75,9 +78,9 @@ def assert_state_equal(a: Any, b: Any, where: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def stage1(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smoke stage 1 run: 8 steps over 2 epochs, checkpoints at 3, 6 and 8."""
+    """A smoke stage 1 run: 8 steps over 2 epochs, checkpoints at 3, 6 and 8, 16 frames evaluated."""
     out = tmp_path_factory.mktemp("stage1")
-    result = main(smoke_cfg(store, out, ckpt_every=3, log_every=1, max_steps=8))
+    result = main(smoke_cfg(store, out, ckpt_every=3, log_every=1, max_steps=8, eval_videos=16))
     assert result["step"] == 8
     return out
 
@@ -92,6 +95,24 @@ def test_stage1_smoke_trains_discriminators(stage1: Path) -> None:
         "ckpt-000000008.pt",
     ]
     assert (stage1 / "config.yaml").is_file() and list((stage1 / "samples").glob("frames-*.png"))
+
+
+def test_stage1_evaluation_counts_balls_and_flags_collapse(stage1: Path) -> None:
+    """Stage 1 evaluation: frames from independent z vs real frames, ball count and the collapse verdict."""
+    summary = json.loads((stage1 / "eval.json").read_text())
+    real, generated = summary["real"], summary["generated"]
+    assert real["count_accuracy"] == 1.0 and real["collapsed"] is False  # the 1-ball store
+    assert real["centre_spread_ratio"] == 1.0 and real["centre_spread"] > 5
+    assert summary["collapse"]["real"] == {**summary["collapse"]["real"], "collapsed": False, "reasons": []}
+    samples = np.load(stage1 / "eval" / "samples.npy", allow_pickle=False)
+    assert samples.shape == (16, 1, 1, 30, 30)  # one frame per independent z
+    geometry = BallsGeometry.for_simulator(30, n_balls=1)
+    again = balls_diversity_metrics(samples, geometry)
+    assert generated["count_accuracy"] == again["count_accuracy"]
+    assert generated["pixel_std"] == pytest.approx(again["pixel_std"])
+    verdict = summary["collapse"]["generated"]
+    assert verdict["collapsed"] is generated["collapsed"] is bool(verdict["reasons"])
+    assert verdict["collapsed"]  # 8 steps from init: no ball-like frames yet, and flagged as such
 
 
 def test_checkpoint_is_weights_only_and_complete(stage1: Path) -> None:
@@ -134,7 +155,7 @@ def test_stage2_smoke_trains_with_frozen_gf(stage1: Path, stage2: tuple[Path, di
     state = load(result["checkpoint"])
     gf_path = stage1 / "checkpoints" / "ckpt-000000008.pt"
     assert_state_equal(state["models"]["gf"], load(gf_path)["models"]["g"])  # G_F stayed frozen
-    assert "gf" not in state["optimizers"] and state["config"]["g_loss"] == "hypervolume"
+    assert "gf" not in state["optimizers"] and state["config"]["g_loss"] == "mean"  # paper: the average
     assert set(result["eval"]) >= {"real", "generated", "independent"} and result["eval"]["real"]["n"] == 4
     assert 0 < result["eval"]["real"]["mean"] < 0.2  # one moving ball: a few pixels flip per frame
     assert list((out / "samples").glob("videos-*.gif")) and (out / "eval.json").is_file()
@@ -178,8 +199,9 @@ def test_presets_paper_vs_authors() -> None:
         3e-4,
         64,
         50,
-        "hypervolume",
+        "mean",  # the paper: "the average of discriminator losses"
     )
+    assert (paper1.g_noise, paper1.init) == ("fresh", "dcgan")
     paper2 = resolve_defaults(FrameGANConfig(stage=2))
     assert (paper2.k, paper2.optimizer, paper2.lr, paper2.batch_size, paper2.epochs) == (
         16,
@@ -188,6 +210,7 @@ def test_presets_paper_vs_authors() -> None:
         8,
         15,
     )
+    assert (paper2.g_loss, paper2.g_noise) == ("mean", "fresh")  # Neyshabur et al.'s scheme: the mean
     authors = resolve_defaults(config_from_args(FrameGANConfig, {"preset": "authors"}, presets=PRESETS))
     assert (authors.k, authors.optimizer, authors.lr, authors.betas, authors.g_loss) == (
         8,
@@ -196,7 +219,13 @@ def test_presets_paper_vs_authors() -> None:
         (0.5, 0.999),
         "sum",
     )
-    assert authors.projection_init == "uniform" and authors.raw_view
+    assert authors.projection_init == "uniform" and authors.raw_view and authors.g_noise == "fresh"
+    authors2 = resolve_defaults(
+        config_from_args(FrameGANConfig, {"preset": "authors", "stage": 2}, presets=PRESETS)
+    )
+    assert (authors2.g_loss, authors2.nadir_slack, authors2.g_noise) == ("hypervolume", 1.5, "reuse")
+    hv = resolve_defaults(FrameGANConfig(g_loss="hypervolume"))  # hypervolume stays an option
+    assert hv.g_loss == "hypervolume" and hv.nadir_slack == 1.5
     override = resolve_defaults(
         config_from_args(FrameGANConfig, {"preset": "authors", "k": 3}, presets=PRESETS)
     )

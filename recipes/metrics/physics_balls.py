@@ -23,6 +23,10 @@ motion must be uniform:
   component at those wall bounces (0 for a perfect reflection); ``reflection_parallel_error``: mean change of
   the parallel component there (px/frame).
 
+Every result also carries the diversity figures and the ``collapsed`` flag of ``recipes.metrics.diversity``
+(``centre_spread``, ``occupancy_entropy``, ``pixel_std``), so a collapsed model is flagged wherever physics
+is reported.
+
 Follows research note videogen_anchors.md section 3.2; the thresholds below are ours and documented.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from recipes.metrics.blobs import Blobs, detect_blobs, link_tracks, unit_gray
+from recipes.metrics.diversity import CollapseThresholds, balls_diversity
 
 BOX_SIZE = 10.0
 BALL_RADIUS = 1.2
@@ -81,22 +87,66 @@ class BallsThresholds:
     min_area_frac: float = 0.2  # components smaller than this fraction of one ball are ignored as specks
 
 
-def physics_balls_metrics(
+@dataclass(frozen=True)
+class BallDetections:
+    """Detected balls of a batch of videos: intensities, components, balls per component and per frame."""
+
+    frames: np.ndarray  # (B, T, H, W) float32 in [0, 1]
+    blobs: Blobs
+    multiplicity: np.ndarray  # (K,) int: balls in each component (merged balls cover k single areas)
+    counts: np.ndarray  # (B, T) int: balls per frame
+
+
+def detect_balls(
     videos: torch.Tensor | np.ndarray, geometry: BallsGeometry, thresholds: BallsThresholds | None = None
-) -> dict[str, float]:
-    """The metrics of the module docstring for ``(B, C, T, H, W)`` videos in [-1, 1], averaged over videos."""
+) -> BallDetections:
+    """Threshold 0.5, connected components above ``min_area_frac`` of one ball, counts by area."""
     th = thresholds or BallsThresholds()
     frames = unit_gray(videos)
-    b, t, h, w = frames.shape
+    b, t = frames.shape[:2]
     min_area = max(1, round(th.min_area_frac * geometry.single_area))
     blobs = detect_blobs(frames, threshold=0.5, min_area=min_area)
     multiplicity = np.maximum(1, np.rint(blobs.area / geometry.single_area)).astype(int)
     counts = np.zeros(b * t, int)
     np.add.at(counts, blobs.video * t + blobs.frame, multiplicity)
-    counts = counts.reshape(b, t)
+    return BallDetections(frames, blobs, multiplicity, counts.reshape(b, t))
+
+
+def balls_diversity_metrics(
+    videos: torch.Tensor | np.ndarray,
+    geometry: BallsGeometry,
+    thresholds: BallsThresholds | None = None,
+    *,
+    collapse: CollapseThresholds | None = None,
+) -> dict[str, Any]:
+    """Count accuracy, diversity and the ``collapsed`` flag (``recipes.metrics.diversity``) of ``(B, C, T, H,
+    W)`` videos in [-1, 1]; works for T = 1 (single frames, e.g. FrameGAN's stage 1)."""
+    det = detect_balls(videos, geometry, thresholds)
+    return _diversity(det, geometry, collapse)
+
+
+def _diversity(det: BallDetections, g: BallsGeometry, collapse: CollapseThresholds | None) -> dict[str, Any]:
+    return balls_diversity(
+        det.frames, det.blobs, det.counts, n_balls=g.n_balls, radius_px=g.radius_px, thresholds=collapse
+    )
+
+
+def physics_balls_metrics(
+    videos: torch.Tensor | np.ndarray,
+    geometry: BallsGeometry,
+    thresholds: BallsThresholds | None = None,
+    *,
+    collapse: CollapseThresholds | None = None,
+) -> dict[str, Any]:
+    """The metrics of the module docstring for ``(B, C, T, H, W)`` videos in [-1, 1], averaged over videos,
+    plus the diversity figures and ``collapsed`` flag of :func:`balls_diversity_metrics`."""
+    th = thresholds or BallsThresholds()
+    det = detect_balls(videos, geometry, th)
+    blobs, multiplicity, counts = det.blobs, det.multiplicity, det.counts
+    b, t, h, w = det.frames.shape
 
     per_video = [_video_dynamics(blobs, multiplicity, v, (t, h, w), geometry, th) for v in range(b)]
-    out = {
+    out: dict[str, Any] = {
         "count_accuracy": float((counts == geometry.n_balls).mean()),
         "count_constancy": float((counts == counts[:, :1]).all(axis=1).mean()),
         "mean_count": float(counts.mean()),
@@ -107,7 +157,7 @@ def physics_balls_metrics(
             out[key] = float(values.sum())
         else:
             out[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    return out
+    return out | _diversity(det, geometry, collapse)
 
 
 def _video_dynamics(

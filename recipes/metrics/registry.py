@@ -90,11 +90,22 @@ def _json_number(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _per_source(opts: MetricOptions, compute: Callable[[Any], Mapping[str, float]], clips: int, frames: int):
-    results: dict[str, float] = {}
-    for name, source in opts.sources.items():
-        for key, value in compute(source.clips(clips, frames, seed=opts.seed)).items():
-            results[f"{name}/{key}"] = value
+def _per_source(
+    opts: MetricOptions,
+    compute: Callable[[Any], Mapping[str, float]],
+    clips: int,
+    frames: int,
+    across: Callable[[dict[str, dict[str, Any]]], Mapping[str, Mapping[str, Any]]] | None = None,
+):
+    """``compute`` on each source's clips, flattened to ``<source>/<key>``; ``across`` may first relate the
+    sources' dicts to each other (e.g. ratios to ``real``)."""
+    per = {
+        name: dict(compute(source.clips(clips, frames, seed=opts.seed)))
+        for name, source in opts.sources.items()
+    }
+    if across is not None:
+        per = dict(across(per))
+    results = {f"{name}/{key}": value for name, values in per.items() for key, value in values.items()}
     if not results:
         raise DatagenError("no videos to evaluate: give at least one source")
     return results
@@ -123,12 +134,27 @@ def adjacent_mse(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]
 def physics_balls(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from recipes.metrics.diversity import CollapseThresholds, compare_to_real
     from recipes.metrics.physics_balls import BallsThresholds, physics_balls_metrics
 
     geometry = balls_geometry(opts)
     thresholds = BallsThresholds(**opts.extra.get("balls_thresholds", {}))
-    results = _per_source(opts, lambda v: physics_balls_metrics(v, geometry, thresholds), clips, frames)
-    protocol = _protocol(opts, clips, frames, geometry=asdict(geometry), thresholds=asdict(thresholds))
+    collapse = CollapseThresholds(**opts.extra.get("collapse_thresholds", {}))
+    results = _per_source(
+        opts,
+        lambda v: physics_balls_metrics(v, geometry, thresholds, collapse=collapse),
+        clips,
+        frames,
+        across=lambda per: compare_to_real(per, radius_px=geometry.radius_px, thresholds=collapse),
+    )
+    protocol = _protocol(
+        opts,
+        clips,
+        frames,
+        geometry=asdict(geometry),
+        thresholds=asdict(thresholds),
+        collapse_thresholds=asdict(collapse),
+    )
     return {"results": results, "protocol": protocol}
 
 

@@ -18,6 +18,12 @@ Differences from the authors' code, all documented where they happen:
   authors' weight_norm(Conv) with PyTorch's default (uniform) direction;
 - G_V reshapes its 3840-vector PER SAMPLE to (30, 128); the authors' raw `view(30, B, 128)` interleaves batch
   items (`raw_view=True` reproduces it).
+
+Initialisation (`init`): "dcgan" (default) draws every conv/linear weight of G_F and of the discriminators
+from N(0, 0.02) with zero biases, as DCGAN and the authors' code (their G_F and both stages'
+discriminators); BN weights N(1, 0.02). "pytorch" keeps PyTorch's default (Kaiming-uniform) init. G_V
+keeps PyTorch's default in both cases, as the authors' code (it sets no init for the navigator; the paper
+says nothing).
 """
 
 from __future__ import annotations
@@ -31,12 +37,24 @@ import torch.nn.functional as F
 from torch import nn
 
 LEAK = 0.2
+INITS = ("dcgan", "pytorch")
+
+
+def init_weights(module: nn.Module, init: str) -> None:
+    """Apply `init` ("dcgan" or "pytorch", see the module docstring) to `module`'s conv/linear/BN layers."""
+    if init == "dcgan":
+        init_dcgan(module)
+    elif init != "pytorch":  # "pytorch": the layers already hold PyTorch's default init
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def init_dcgan(module: nn.Module) -> None:
-    """Authors' G_F init: conv/linear weights N(0, 0.02), BN weights N(1, 0.02), biases 0."""
+    """DCGAN / authors' init: conv/linear weights N(0, 0.02), BN weights N(1, 0.02), biases 0.
+
+    A grouped conv's weight holds the K discriminators' kernels side by side, so drawing it element-wise is
+    the same distribution as K separate convs."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -56,7 +74,9 @@ class FrameGenerator(nn.Module):
     64x64: Linear(z -> 4*4*w), then ConvT w -> w/2 -> w/4 -> w/8 -> C (k4 s2 p1): 8, 16, 32, 64.
     """
 
-    def __init__(self, *, size: int = 30, channels: int = 1, z_dim: int = 100, width: int = 1024) -> None:
+    def __init__(
+        self, *, size: int = 30, channels: int = 1, z_dim: int = 100, width: int = 1024, init: str = "dcgan"
+    ) -> None:
         super().__init__()
         if size == 30:
             start, chans, last_pad = 2, [width, width, width // 2, width // 4], 2
@@ -75,7 +95,7 @@ class FrameGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(chans[-1], channels, 4, 2, last_pad), nn.Tanh()]
         self.deconv = nn.Sequential(*layers)
-        init_dcgan(self)
+        init_weights(self, init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], self.width, self.start, self.start)
@@ -168,8 +188,9 @@ class MultiDiscriminator(nn.Module):
     """K discriminators as grouped convolutions: x (B, C, ...) -> logits (B, K), one launch per layer.
 
     `projection` (K, C, *kernel) is a buffer: never trained, in no optimizer, saved with the weights.
-    Layer i is one Conv with groups=K whose out-channel block k belongs to discriminator k; PyTorch's default
-    init of a grouped conv has the per-group fan-in, so it draws like K separate convs. LeakyReLU 0.2, no BN.
+    Layer i is one Conv with groups=K whose out-channel block k belongs to discriminator k. Either init draws
+    like K separate convs (N(0, 0.02) is element-wise; PyTorch's default uses the per-group fan-in).
+    LeakyReLU 0.2, no BN.
     """
 
     def __init__(
@@ -181,6 +202,7 @@ class MultiDiscriminator(nn.Module):
         *,
         projection_init: str = "gaussian",
         projection_seed: int = 0,
+        init: str = "dcgan",
     ) -> None:
         super().__init__()
         self.k, self.dim, self.proj_spec, self.specs = k, len(proj.kernel), proj, list(layers)
@@ -194,6 +216,7 @@ class MultiDiscriminator(nn.Module):
             convs.append(conv_cls(k * c_in, k * s.out, s.kernel, s.stride, s.padding, groups=k))
             c_in = s.out
         self.convs = nn.ModuleList(convs)
+        init_weights(self.convs, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.proj_spec
@@ -263,11 +286,12 @@ def frame_discriminators(
     width: int = 256,
     projection_init: str = "gaussian",
     projection_seed: int = 0,
+    init: str = "dcgan",
 ) -> MultiDiscriminator:
     """Stage 1: K 2-D discriminators on frames (B, C, size, size) -> (B, K) logits."""
     proj, layers = frame_discriminator_spec(size, width)
     return MultiDiscriminator(
-        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed
+        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed, init=init
     )
 
 
@@ -278,11 +302,12 @@ def video_discriminators(
     width: int = 256,
     projection_init: str = "gaussian",
     projection_seed: int = 0,
+    init: str = "dcgan",
 ) -> MultiDiscriminator:
     """Stage 2: K 3-D discriminators on clips (B, C, T, H, W) -> (B, K) logits."""
     proj, layers = video_discriminator_spec(width)
     return MultiDiscriminator(
-        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed
+        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed, init=init
     )
 
 
