@@ -125,6 +125,12 @@ class LatentStore:
         """Codes of the given global sample indices, ``(B, nz)`` float32 (a copy)."""
         return np.array(self.z[self._check_index(index)], dtype=np.float32)
 
+    def assign(self, index: np.ndarray, z: np.ndarray) -> None:
+        """Set the codes of ``index`` to ``z`` projected onto the sphere (a data-driven init, e.g. PCA)."""
+        index = self._check_index(index)
+        z = np.asarray(z, dtype=np.float64).reshape(len(index), self.nz)
+        self.z[index] = to_sphere(z).astype(np.float32)
+
     def adam_step(
         self,
         index: np.ndarray,

@@ -46,7 +46,7 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +63,7 @@ from recipes.common.data import data_source, epoch_batches, smoke_store
 from recipes.common.dist import barrier, wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
-from recipes.common.samples import save_video_gif
+from recipes.common.samples import save_image_grid, save_video_gif
 from recipes.latent_mappings import load_mapping, make_mapping, save_mapping
 from recipes.latents import LatentStore
 from recipes.losses.laplacian import LaplacianLoss
@@ -93,7 +93,9 @@ class GLOConfig(TrainConfig):
     lr_decay_epochs: int = 20  # both lrs x lr_decay_rate every this many epochs
     lr_decay_rate: float = 0.5
     reset_optimizers_each_epoch: bool = True  # the reference re-creates both Adams every epoch
+    latent_init: Literal["random", "pca"] = "random"  # GLANN-VIDEO's random codes / minimal_glo's PCA scores
     latent_init_std: float = 0.01  # N(0, std) before projecting onto the sphere (GLANN's Embedding init)
+    pca_clips: int = 4096  # clips the principal components are fitted on (latent_init="pca")
     w_lap: float = 1.0  # Laplacian pyramid L1 (recipes.losses.laplacian)
     lap_levels: int = 3  # bands (+ the low-pass residual): LapLoss(max_levels=3)
     lap_weighting: Literal["mean", "decay"] = "mean"  # see recipes.losses.laplacian for why "mean"
@@ -117,6 +119,7 @@ class GLOConfig(TrainConfig):
     mapping_batch_size: int = 128
     eval_clips: int = 256  # clips for the reconstruction error and the physics metrics
     fvd_clips: int = 256  # real and generated clips for FVD (0 = skip FVD)
+    fvd_reconstruction: bool = True  # FVD of the reconstructions too (one more I3D pass)
     eval_batch_size: int = 16
 
 
@@ -210,14 +213,14 @@ def loss_name(cfg: GLOConfig) -> str:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def make_dataset(cfg: GLOConfig, *, shuffle: bool, whole_store: bool = False) -> Any:
+def make_dataset(cfg: GLOConfig, *, shuffle: bool, whole_store: bool = False, with_meta: bool = False) -> Any:
     """Fixed-window clips; ``whole_store`` reads every clip in this process (evaluation on rank 0)."""
     from pipelines.dataset import VideoDataset
     from pipelines.world import World
 
     world = World() if whole_store else None
     return VideoDataset(data_source(cfg), mode="clip", frames=cfg.frames, offset=cfg.window_offset,
-                        shuffle=shuffle, seed=cfg.seed, world=world)  # fmt: skip
+                        shuffle=shuffle, seed=cfg.seed, world=world, with_meta=with_meta)  # fmt: skip
 
 
 def store_channels(dataset: Any, cfg: GLOConfig) -> int:
@@ -275,23 +278,70 @@ def read_manifest(cfg: GLOConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- latents
 
 
-def latent_dir(run: Run) -> Path:
-    return run.run_dir / "latents" / f"rank-{run.world.rank}"
+def latent_dir(run: Run, rank: int | None = None) -> Path:
+    return run.run_dir / "latents" / f"rank-{run.world.rank if rank is None else rank}"
 
 
 def open_latents(cfg: GLOConfig, run: Run, rows: int, snapshot: Path | None) -> LatentStore:
-    """This rank's working table: a copy of the resumed snapshot, or a fresh one (same seed on every rank)."""
+    """This rank's working table: a copy of the resumed snapshot, or a fresh one (identical on every rank).
+
+    A PCA init is computed once, on rank 0; the other ranks copy its table.
+    """
     path = latent_dir(run)
     if snapshot is not None:
         if not snapshot.is_dir():
             raise FileNotFoundError(f"latent snapshot {snapshot} named by the checkpoint is missing")
         store = LatentStore.restore(snapshot, path)
+    elif cfg.latent_init == "pca" and run.world.rank > 0:
+        barrier(run.world)  # wait for rank 0's table
+        store = LatentStore.restore(latent_dir(run, 0), path)
     else:
         shutil.rmtree(path, ignore_errors=True)
         store = LatentStore.create(path, rows, cfg.nz, seed=cfg.seed, init_std=cfg.latent_init_std)
+        if cfg.latent_init == "pca":
+            pca_init(cfg, store, run.device)
+            store.flush()
+            barrier(run.world)
     if (store.n, store.nz) != (rows, cfg.nz):
         raise ValueError(f"latent table is {store.n} x {store.nz}, the run needs {rows} x {cfg.nz}")
     return store
+
+
+def store_clips(cfg: GLOConfig, device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(global indices, clips) of the whole store in key order, fixed window, resized, batch by batch."""
+    from pipelines.loader import make_loader
+
+    dataset = make_dataset(cfg, shuffle=False, whole_store=True)
+    for batch in make_loader(dataset, cfg.eval_batch_size, cfg.num_workers, device):
+        yield sample_index(batch["key"]), fit_clips(batch["video"], cfg.size).float()
+
+
+@torch.no_grad()
+def pca_init(cfg: GLOConfig, latents: LatentStore, device: torch.device) -> None:
+    """Every clip's code := its first ``nz`` principal-component scores, projected onto the sphere.
+
+    minimal_glo's default init (its README: "initialization of the latent vectors with PCA is very crucial";
+    random codes gave blurry reconstructions after 25 epochs): components fitted on the store's first
+    ``pca_clips`` clips (randomized PCA, seeded), then every clip projected. Similar clips start with nearby
+    codes, so the generator learns a smooth map instead of memorising random points (measured on bouncing
+    balls: the table of random codes barely moves during training, cos 0.97 to its init).
+    """
+    fit: list[torch.Tensor] = []
+    for _, clips in store_clips(cfg, device):
+        fit.append(clips.flatten(1))
+        if sum(len(x) for x in fit) >= cfg.pca_clips:
+            break
+    x = torch.cat(fit)[: cfg.pca_clips]
+    mean = x.mean(0)
+    q = min(cfg.nz, *x.shape)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        _, _, v = torch.pca_lowrank(x - mean, q=min(q + 8, *x.shape), center=False, niter=4)
+    v = v[:, :q]
+    for index, clips in store_clips(cfg, device):
+        scores = torch.zeros(len(index), cfg.nz, device=v.device)
+        scores[:, :q] = (clips.flatten(1) - mean) @ v
+        latents.assign(index, scores.cpu().numpy())
 
 
 def gather_rows(index: np.ndarray, grad: torch.Tensor, run: Run) -> tuple[np.ndarray, np.ndarray]:
@@ -422,20 +472,24 @@ def fit_mappings(
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def first_clips(cfg: GLOConfig, device: torch.device, n: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The store's first ``n`` clips in key order (fixed window, resized), on the CPU, and their indices."""
+def first_clips(
+    cfg: GLOConfig, device: torch.device, n: int, *, with_meta: bool = False
+) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+    """The store's first ``n`` clips in key order (fixed window, resized) on the CPU, their indices and
+    (``with_meta``) their ground truth."""
     from pipelines.loader import make_loader
 
-    dataset = make_dataset(cfg, shuffle=False, whole_store=True)
+    dataset = make_dataset(cfg, shuffle=False, whole_store=True, with_meta=with_meta)
     loader = make_loader(dataset, cfg.eval_batch_size, cfg.num_workers, device)
-    videos, index, have = [], [], 0
+    videos, index, metas, have = [], [], [], 0
     for batch in loader:
         videos.append(fit_clips(batch["video"], cfg.size).float().cpu())
         index.append(sample_index(batch["key"]))
+        metas.extend(batch.get("meta") or [])
         have += len(batch["key"])
         if have >= n:
             break
-    return torch.cat(videos)[:n], np.concatenate(index)[:n]
+    return torch.cat(videos)[:n], np.concatenate(index)[:n], metas[:n]
 
 
 def balls_geometry(manifest: Mapping[str, Any], size: int) -> Any | None:
@@ -465,18 +519,57 @@ def fvd_features(device: torch.device) -> Any | None:
         return None
 
 
+def real_fvd_stats(cfg: GLOConfig, features: Any, real: torch.Tensor, digest: str | None) -> Any:
+    """Gaussian statistics of the real clips' I3D features, cached under the store's digest when it has one
+    (the real pass costs as much as a generated one: ~1.5 CPU-s per 16-frame clip)."""
+    from recipes.metrics.fvd import GaussianStats, cached_stats
+
+    if digest is None:
+        return GaussianStats.of(features(real))
+    key = {"digest": digest, "detector": features.detector_id, "clips": len(real), "frames": cfg.frames,
+           "offset": cfg.window_offset, "size": cfg.size, "order": "first clips in key order"}  # fmt: skip
+    return cached_stats(key, lambda: features(real))
+
+
 def video_metrics(videos: torch.Tensor, *, cfg: GLOConfig, geometry: Any, features: Any,
-                  real_features: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
-    """Physics metrics (balls stores) and FVD against the real features, for one set of videos."""
+                  real_stats: Any) -> dict[str, Any]:  # fmt: skip
+    """Physics metrics (balls stores) and FVD against the real statistics, for one set of videos."""
     out: dict[str, Any] = {}
     if geometry is not None:
         from recipes.metrics.physics_balls import physics_balls_metrics
 
         out["physics"] = physics_balls_metrics(videos[: cfg.eval_clips], geometry)
-    if features is not None and real_features is not None:
-        from recipes.metrics.fvd import fvd_from_features
+    if features is not None and real_stats is not None:
+        from recipes.metrics.fvd import GaussianStats, frechet_distance
 
-        out["fvd"] = fvd_from_features(real_features, features(videos[: cfg.fvd_clips]))
+        out["fvd"] = frechet_distance(real_stats, GaussianStats.of(features(videos[: cfg.fvd_clips])))
+    return out
+
+
+def save_filmstrips(videos: torch.Tensor, path: Path) -> Path:
+    """PNG with one row per clip, its frames left to right."""
+    n, c, t, h, w = videos.shape
+    return save_image_grid(videos.transpose(1, 2).reshape(n * t, c, h, w), path, nrow=t)
+
+
+def reconstruction_metrics(cfg: GLOConfig, real: torch.Tensor, recon: torch.Tensor, metas: Sequence[Mapping],
+                           geometry: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Pixel errors of the reconstructions and, on balls stores, detections against the true centres."""
+    r, f = real[: cfg.eval_clips], recon[: cfg.eval_clips]
+    lap = LaplacianLoss(cfg.lap_levels, weighting=cfg.lap_weighting)
+    out: dict[str, Any] = {
+        "clips": len(r),
+        "l1": (f - r).abs().mean().item(),
+        "mse": (f - r).square().mean().item(),
+        "lap1": lap(f, r).mean().item(),
+    }
+    if geometry is not None and len(metas) >= len(r):
+        from recipes.metrics.ball_positions import ball_position_metrics, true_positions
+
+        store_size = int(manifest.get("params", {}).get("size", cfg.size))
+        truth = true_positions(metas[: len(r)], start=cfg.window_offset, frames=cfg.frames,
+                               store_size=store_size, size=cfg.size)  # fmt: skip
+        out["positions"] = ball_position_metrics(f, truth, geometry)
     return out
 
 
@@ -485,12 +578,18 @@ def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mapp
              device: torch.device, sample_dir: Path) -> dict[str, Any]:  # fmt: skip
     """Reconstruction error, FVD and physics metrics of the reconstructions and of every mapping's samples.
 
-    One set of generated videos is held at a time (256 clips of 3x32x64x64 are 400 MB); a GIF per mapping.
+    On balls stores the reconstructions are also scored against the true ball centres of the clips they
+    reconstruct (``reconstruction.positions``). One set of generated videos is held at a time (256 clips of
+    3x32x64x64 are 400 MB); a GIF and a filmstrip PNG per mapping, and ``reconstruction.png`` (rows: a real
+    clip, then its reconstruction).
     """
     result: dict[str, Any] = {"loss": loss_name(cfg), "mappings": {}}
-    real, index = first_clips(cfg, device, max(cfg.eval_clips, cfg.fvd_clips, 2))
-    geometry = balls_geometry(read_manifest(cfg), cfg.size)
-    features = real_features = None
+    manifest = read_manifest(cfg)
+    geometry = balls_geometry(manifest, cfg.size)
+    real, index, metas = first_clips(
+        cfg, device, max(cfg.eval_clips, cfg.fvd_clips, 2), with_meta=geometry is not None
+    )
+    features = real_stats = None
     if cfg.fvd_clips and cfg.frames < MIN_FRAMES:
         print(
             f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
@@ -501,33 +600,29 @@ def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mapp
     if features is not None:
         from recipes.metrics.fvd import fvd_protocol
 
-        real_features = features(real[: cfg.fvd_clips])
-        n_fvd = len(real_features)
+        real_stats = real_fvd_stats(cfg, features, real[: cfg.fvd_clips], manifest.get("digest"))
         result["fvd_protocol"] = fvd_protocol(
-            clips_real=n_fvd, clips_fake=n_fvd, frames=cfg.frames, resolution=(cfg.size, cfg.size),
-            resize=features.resize,
+            clips_real=real_stats.n, clips_fake=min(len(real), cfg.fvd_clips), frames=cfg.frames,
+            resolution=(cfg.size, cfg.size), resize=features.resize,
         )  # fmt: skip
-    measure = dict(cfg=cfg, geometry=geometry, features=features, real_features=real_features)
+    measure = dict(cfg=cfg, geometry=geometry, features=features, real_stats=real_stats)
     if geometry is not None:
         from recipes.metrics.physics_balls import physics_balls_metrics
 
         result["physics_real"] = physics_balls_metrics(real[: cfg.eval_clips], geometry)
     recon = generate(gen, torch.from_numpy(latents.gather(index)).to(device), cfg.eval_batch_size)
-    r, f = real[: cfg.eval_clips], recon[: cfg.eval_clips]
-    lap = LaplacianLoss(cfg.lap_levels, weighting=cfg.lap_weighting)
-    result["reconstruction"] = {
-        "clips": len(r),
-        "l1": (f - r).abs().mean().item(),
-        "mse": (f - r).square().mean().item(),
-        "lap1": lap(f, r).mean().item(),
-        **video_metrics(recon, **measure),
-    }
+    result["reconstruction"] = reconstruction_metrics(cfg, real, recon, metas, geometry, manifest)
+    recon_measure = measure if cfg.fvd_reconstruction else {**measure, "features": None}
+    result["reconstruction"].update(video_metrics(recon, **recon_measure))
+    k = min(cfg.n_samples, len(real))
+    save_filmstrips(torch.stack([real[:k], recon[:k]], 1).flatten(0, 1), sample_dir / "reconstruction.png")
     del recon
     noise = torch.Generator().manual_seed(cfg.seed + 1)
     for name, mapping in mappings.items():
         z = mapping.sample(max(len(real), cfg.n_samples), generator=noise).to(device)  # type: ignore[operator]
         fake = generate(gen, z, cfg.eval_batch_size)
         save_video_gif(fake[: cfg.n_samples], sample_dir / f"{name}.gif")
+        save_filmstrips(fake[: cfg.n_samples], sample_dir / f"{name}.png")
         result["mappings"][name] = video_metrics(fake, **measure)
     return result
 

@@ -221,6 +221,17 @@ def test_latent_snapshot_and_restore_round_trip(tmp_path):
         LatentStore(tmp_path / "missing")
 
 
+def test_latent_assign_sets_rows_on_the_sphere(tmp_path):
+    store = LatentStore.create(tmp_path / "z", 5, 3, seed=0)
+    before = store.read_all()
+    store.assign(np.array([1, 3]), np.array([[3.0, 0, 4], [0, -2, 0]]))
+    z = store.read_all()
+    np.testing.assert_allclose(z[[1, 3]], [[0.6, 0, 0.8], [0, -1, 0]], atol=1e-7)
+    np.testing.assert_array_equal(z[[0, 2, 4]], before[[0, 2, 4]])
+    with pytest.raises(DatagenError, match="outside the latent table"):
+        store.assign(np.array([5]), np.ones((1, 3)))
+
+
 # --- stage 2 mappings --------------------------------------------------------------------------------------
 
 

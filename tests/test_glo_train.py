@@ -17,7 +17,16 @@ from recipes.common.cli import run_cli
 from recipes.common.config import apply_overrides
 from recipes.common.data import smoke_store
 from recipes.latents import LatentStore
-from recipes.train_glo import PRESETS, SMOKE, GLOConfig, fvd_table, get_args_parser, main
+from recipes.train_glo import (
+    PRESETS,
+    SMOKE,
+    GLOConfig,
+    fvd_table,
+    get_args_parser,
+    main,
+    pca_init,
+    store_clips,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +54,14 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     assert saved["reconstruction"]["clips"] == cfg.eval_clips and saved["reconstruction"]["l1"] > 0
     assert saved["physics_real"]["count_accuracy"] == 1.0  # the real balls obey the simulator
     assert "physics" in saved["mappings"]["imle"]
+    # reconstructions scored against the clips' true centres (the smoke model is far from them)
+    assert set(saved["reconstruction"]["positions"]) >= {"count_accuracy", "centre_error_px", "hit_rate"}
+    strips = Image.open(run / "samples" / "reconstruction.png")  # rows: real, reconstruction, ...
+    assert strips.size[1] == 2 * cfg.n_samples * (cfg.size + 1) - 1
     for name in ("imle", "gmm", "vae"):
         gif = Image.open(run / "samples" / f"{name}.gif")
         assert gif.n_frames == cfg.frames
+        assert Image.open(run / "samples" / f"{name}.png").size[0] == cfg.frames * (cfg.size + 1) - 1
         assert (run / "mappings" / "step-000000006" / f"{name}.pt").is_file()
     recon = Image.open(run / "samples" / "recon-step-000000003.gif")
     assert recon.n_frames == cfg.frames
@@ -60,6 +74,20 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
     start = LatentStore.create(tmp_path / "init", 12, cfg.nz, seed=cfg.seed).read_all()
     assert (np.abs(z - start).max(axis=1) > 0).sum() >= cfg.batch_size  # the trained rows moved
+
+
+def test_pca_init_gives_each_clip_its_principal_scores(store, tmp_path):
+    cfg = _cfg(store, tmp_path / "run", nz=4)
+    latents = LatentStore.create(tmp_path / "z", 12, 4, seed=0)
+    pca_init(cfg, latents, torch.device("cpu"))
+    index, clips = zip(*store_clips(cfg, torch.device("cpu")), strict=True)
+    x = torch.cat(clips).flatten(1).double()
+    x = x - x.mean(0)
+    exact = (x @ torch.linalg.svd(x, full_matrices=False).Vh[:4].T).numpy()
+    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
+    z = latents.gather(np.concatenate(index))
+    signs = np.sign((z * exact).sum(0))  # components are defined up to sign
+    np.testing.assert_allclose(z, exact * signs, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["epoch_end_stale_table", "mid_epoch"])
@@ -156,14 +184,16 @@ def test_reconstruction_loss_sums_the_configured_terms(tmp_path):
 
 
 def test_two_process_ddp_keeps_rank_tables_identical(tmp_path):
-    # a real 2-process gloo run: every rank applies all ranks' code gradients to its own copy of the table
+    # a real 2-process gloo run: every rank applies all ranks' code gradients to its own copy of the table;
+    # the PCA init is computed on rank 0 and copied by rank 1
     store = smoke_store(
         tmp_path / "balls32", params={"n_balls": 1, "size": 30, "frames": 16}, n=32
     )  # 2 shards
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "recipes.train_glo", "--smoke", "--data", str(store), "--out-dir", str(out),
-           "--stage", "glo", "--epochs", "1", "--max-steps", "3", "--log-every", "0"]  # fmt: skip
+           "--stage", "glo", "--epochs", "1", "--max-steps", "3", "--log-every", "0",
+           "--latent-init", "pca"]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     r0, r1 = (LatentStore(out / "latents" / f"rank-{r}", readonly=True) for r in (0, 1))
