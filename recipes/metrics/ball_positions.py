@@ -27,8 +27,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from recipes.metrics.blobs import detect_blobs, unit_gray
-from recipes.metrics.physics_balls import BallsGeometry, BallsThresholds
+from recipes.metrics.physics_balls import BallsGeometry, BallsThresholds, detect_balls
 
 # Two rendered balls sum above 0.5 between them up to a distance of 2.08 radii; a margin for pixel sampling.
 ISOLATED_RADII = 2.5
@@ -56,17 +55,11 @@ def ball_position_metrics(
 ) -> dict[str, float]:
     """The metrics of the module docstring for ``(B, C, T, H, W)`` videos in [-1, 1] and ``(B, T, n, 2)``
     true (row, col) centres in the videos' pixels."""
-    th = thresholds or BallsThresholds()
-    frames = unit_gray(videos)
-    b, t = frames.shape[:2]
+    det = detect_balls(videos, geometry, thresholds)
+    blobs, multiplicity, counts = det.blobs, det.multiplicity, det.counts
+    b, t = counts.shape
     if positions.shape[:2] != (b, t):
         raise ValueError(f"positions {positions.shape[:2]} do not match videos {(b, t)}")
-    blobs = detect_blobs(
-        frames, threshold=0.5, min_area=max(1, round(th.min_area_frac * geometry.single_area))
-    )
-    multiplicity = np.maximum(1, np.rint(blobs.area / geometry.single_area)).astype(int)
-    counts = np.zeros(b * t, int)
-    np.add.at(counts, blobs.video * t + blobs.frame, multiplicity)
     gap = np.linalg.norm(positions[:, :, :, None] - positions[:, :, None], axis=-1)  # (B, T, n, n)
     gap[..., np.arange(gap.shape[-1]), np.arange(gap.shape[-1])] = np.inf
     apart = gap.min(axis=-1) > ISOLATED_RADII * geometry.radius_px  # (B, T, n)
