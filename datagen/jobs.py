@@ -18,7 +18,7 @@ from typing import Any
 
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
-from datagen.parallel import Task, run_tasks
+from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Task, check_scheduler, run_tasks
 from datagen.store.atomic import remove_stale_temps, write_json_atomic
 from datagen.store.format import (
     FORMATS,
@@ -72,6 +72,7 @@ def run_store_job(
     overwrite: bool = False,
     workers: int = 1,
     scheduler: str | None = None,
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
     on_progress: ProgressFn | None = None,
 ) -> dict:
     """Run `job` into `job.out` and return the manifest written there.
@@ -80,6 +81,8 @@ def run_store_job(
     returns its manifest; damaged shards are made again when `resume` is given.
     """
     out = Path(job.out)
+    if scheduler:
+        check_scheduler(scheduler, scheduler_timeout)  # before anything is written to out
     if not (out.is_dir() and any(out.iterdir())):
         check_free_space(out, job, done=0)  # before anything is written
     existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
