@@ -1,5 +1,12 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exception types the CLI turns into one line: DatagenError (exit 2) and Interrupted (exit 130)."""
 
 
 class DatagenError(Exception):
     """A user-facing problem: bad arguments, missing or corrupt inputs, an output folder in the way."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a job; the message says how to continue. The CLI prints it as one line, exit 130.
+
+    Not a DatagenError: code that handles bad input must not swallow an interrupt.
+    """

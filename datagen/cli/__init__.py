@@ -12,7 +12,7 @@ import typer
 
 from datagen.cli import balls, mnist, stabilize, store_cmds  # noqa: F401  (importing registers them)
 from datagen.cli._app import app
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, Interrupted
 
 try:  # typer >= 0.22 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -32,12 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 130
     except (UsageError, ClickException) as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         return 2
     except DatagenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as 130
+        print("error: interrupted", file=sys.stderr)
     return code if isinstance(code, int) else 0
 
 

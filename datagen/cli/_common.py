@@ -21,12 +21,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, Interrupted
 from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job, stored_record
-from datagen.parallel import default_workers
+from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, default_workers
 from datagen.store.manifest import MANIFEST
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+INTERRUPTED = "interrupted; --resume continues"
 
 N = Annotated[int, typer.Option("--n", "-n", help="Number of videos.")]
 Frames = Annotated[int, typer.Option("--frames", "-t", help="Frames per video.")]
@@ -41,6 +42,10 @@ Workers = Annotated[
 ]
 Scheduler = Annotated[
     str | None, typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://host:8786.")
+]
+SchedulerTimeout = Annotated[
+    float,
+    typer.Option("--scheduler-timeout", help="Seconds to wait for --scheduler to answer before giving up."),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the existing store in --out.")]
@@ -60,6 +65,7 @@ class RunOptions:
     resume: bool
     overwrite: bool
     quiet: bool
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
 
 
 def formats_of(fmt: str) -> list[str]:
@@ -103,15 +109,19 @@ def run_job(job: StoreJob, opts: RunOptions, *, unit: str = "videos") -> dict:
     if workers < 0:
         raise DatagenError(f"--workers must be >= 0, got {workers}")
     start = time.perf_counter()
-    with _progress(job, quiet=opts.quiet) as on_progress:
-        manifest = run_store_job(
-            job,
-            resume=opts.resume,
-            overwrite=opts.overwrite,
-            workers=workers,
-            scheduler=opts.scheduler,
-            on_progress=on_progress,
-        )
+    try:
+        with _progress(job, quiet=opts.quiet) as on_progress:
+            manifest = run_store_job(
+                job,
+                resume=opts.resume,
+                overwrite=opts.overwrite,
+                workers=workers,
+                scheduler=opts.scheduler,
+                scheduler_timeout=opts.scheduler_timeout,
+                on_progress=on_progress,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(INTERRUPTED) from None
     if not opts.quiet:
         seconds = time.perf_counter() - start
         for fmt, t in sorted(manifest["totals"].items()):

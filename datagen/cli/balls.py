@@ -24,11 +24,14 @@ def balls_cli(
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
+    scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Bouncing balls: videos plus per-frame ball positions and velocities (pixels) as ground truth."""
-    opts = c.RunOptions(out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet)
+    opts = c.RunOptions(
+        out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
+    )
     params = {"n_balls": balls, "frames": frames, "size": size, "radius": radius, "box": box}
     c.run_generation("balls", params, n=n, opts=opts, default_name=f"balls-{balls}b-{size}px-{frames}f-n{n}")

@@ -55,6 +55,7 @@ def mnist_cli(
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
+    scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
@@ -63,7 +64,9 @@ def mnist_cli(
 
     Without --mnist or --download the digits are the 5,000 real MNIST digits built in (4,500 train, 500 test).
     """
-    opts = c.RunOptions(out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet)
+    opts = c.RunOptions(
+        out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
+    )
     params = {
         "frames": frames,
         "size": size,
@@ -84,12 +87,15 @@ def mnist_test_seq_cli(
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
+    scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
 ) -> None:
     """The fixed Moving MNIST test sequences as a store: sample i is sequence i, as (20, 64, 64, 1)."""
-    opts = c.RunOptions(out, 0, format, shard_size, workers, scheduler, resume, overwrite, quiet)
+    opts = c.RunOptions(
+        out, 0, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
+    )
     params = MNIST_TEST_SEQ.validate({"path": str(file)})
     c.run_generation(
         "mnist_test_seq", params, n=params["n_sequences"], opts=opts, default_name="mnist_test_seq"
