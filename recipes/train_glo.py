@@ -624,7 +624,25 @@ def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mapp
         save_video_gif(fake[: cfg.n_samples], sample_dir / f"{name}.gif")
         save_filmstrips(fake[: cfg.n_samples], sample_dir / f"{name}.png")
         result["mappings"][name] = video_metrics(fake, **measure)
+    if geometry is not None:
+        result["collapse"] = collapse_report(result, geometry)
     return result
+
+
+def collapse_report(result: Mapping[str, Any], geometry: Any) -> dict[str, dict[str, Any]]:
+    """``{source: {"collapsed", "reasons", count accuracy, diversity figures and their ratios to real}}`` for
+    the real clips, the reconstructions and every mapping (``recipes.metrics.diversity``), as every balls
+    evaluation reports it: a low FVD or pixel error next to ``collapsed: true`` is not a result."""
+    from recipes.metrics.diversity import DIVERSITY_KEYS, collapse_reasons, compare_to_real
+
+    sources = {"real": result["physics_real"], "reconstruction": result["reconstruction"]["physics"]}
+    sources |= {name: m["physics"] for name, m in result["mappings"].items()}
+    keys = ("count_accuracy", *DIVERSITY_KEYS, *(f"{k}_ratio" for k in DIVERSITY_KEYS))
+    report = {}
+    for name, figures in compare_to_real(sources, radius_px=geometry.radius_px).items():
+        reasons = collapse_reasons(figures, radius_px=geometry.radius_px)
+        report[name] = {"collapsed": bool(reasons), "reasons": reasons} | {k: figures.get(k) for k in keys}
+    return report
 
 
 def json_safe(obj: Any) -> Any:

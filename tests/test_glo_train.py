@@ -54,6 +54,11 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     assert saved["reconstruction"]["clips"] == cfg.eval_clips and saved["reconstruction"]["l1"] > 0
     assert saved["physics_real"]["count_accuracy"] == 1.0  # the real balls obey the simulator
     assert "physics" in saved["mappings"]["imle"]
+    collapse = saved["collapse"]  # every balls evaluation says which sources collapsed, with ratios to real
+    assert set(collapse) == {"real", "reconstruction", "imle", "gmm", "vae"}
+    assert collapse["real"]["collapsed"] is False and collapse["real"]["centre_spread_ratio"] == 1.0
+    assert all(isinstance(c["collapsed"], bool) and isinstance(c["reasons"], list) for c in collapse.values())
+    assert collapse["imle"]["collapsed"] and collapse["imle"]["reasons"]  # 6 steps draw no balls yet
     # reconstructions scored against the clips' true centres (the smoke model is far from them)
     assert set(saved["reconstruction"]["positions"]) >= {"count_accuracy", "centre_error_px", "hit_rate"}
     strips = Image.open(run / "samples" / "reconstruction.png")  # rows: real, reconstruction, ...
