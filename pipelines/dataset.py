@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipelines.errors import PipelineError, ShardError
 from pipelines.handlers import Handler, resolve_handler
 from pipelines.hdf5_files import close_h5_files
+from pipelines.integrity import check_digest, check_verify_mode, drop_bad_shards
 from pipelines.order import (
     Block,
     block_order,
@@ -34,7 +35,7 @@ from pipelines.order import (
     worker_blocks,
 )
 from pipelines.readers import Placement, count_samples, fill_run, parse_meta, read_run
-from pipelines.sources import check_local_shards, resolve_source
+from pipelines.sources import ShardRef, resolve_source
 from pipelines.world import World
 
 log = logging.getLogger("pipelines")
@@ -100,11 +101,21 @@ class VideoDataset(IterableDataset):
         block_size: samples shuffled together and shipped per worker step (default: <= 256 and <= 16 MiB).
         world: a :class:`World`; default ``World.detect()`` (torch.distributed, then RANK / WORLD_SIZE).
         on_error: "raise" (default: a clear error naming the shard), "skip" (warn, skip, count in ``skipped``)
-            or a handler callable ``(exception) -> bool``.
+            or a handler callable ``(exception) -> bool``. Remote shards (HTTP 404, a reset connection)
+            follow it like local ones.
+        verify: how far shards are checked against the manifest (:mod:`pipelines.integrity`): "size"
+            (default, one ``stat`` per local shard up front), "none", or "sha256": each shard hashed the
+            first time a process reads it and refused on a mismatch. Turn sha256 on for stores from places
+            you do not control (downloaded, shared folders): a shard of the right size may hold other bytes.
         count_scan: for exact epochs over a URL pattern without manifest, count each shard's samples first.
         h5_locking: passed to ``h5py.File(locking=...)``; False for NFS/Lustre (None keeps HDF5's default).
 
     Items: ``{"key": str, "video": uint8 tensor, "meta": dict}`` (``meta`` only with ``with_meta``).
+
+    ``skipped``: samples skipped under ``on_error``, in one count: those of shards dropped when the dataset
+    is made (missing, wrong size; counted once, as they are absent from every epoch; 0 for a shard of unknown
+    count) plus those skipped while reading (counted each time, by :func:`pipelines.loader.make_loader`'s
+    loader, or by iterating the dataset in this process; a plain DataLoader's workers count in their copies).
 
     With :func:`pipelines.loader.make_loader` the sequence never depends on ``num_workers``; a plain
     DataLoader over these items gets the same samples, interleaved per worker. Ranks and workers split
@@ -132,6 +143,7 @@ class VideoDataset(IterableDataset):
         on_error: str | Handler = "raise",
         count_scan: bool = False,
         h5_locking: bool | None = None,
+        verify: str = "size",
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -154,7 +166,10 @@ class VideoDataset(IterableDataset):
         self.world = World.detect() if world is None else world
         self.epoch = 0
 
-        info = check_local_shards(resolve_source(source, fmt=format), self.handler)
+        info = resolve_source(source, fmt=format)
+        check_verify_mode(verify, info)
+        self.verify = verify
+        info, self.skipped = drop_bad_shards(info, self.handler, verify)
         self.shards = info.shards
         self.format = self.shards[0].fmt
         self.sample_shape = info.sample_shape
@@ -241,6 +256,12 @@ class VideoDataset(IterableDataset):
         return (t if self.frames is None else self.frames, *frame)
 
     # ------------------------------------------------------------ reading
+    def _checked(self, shard: ShardRef) -> ShardRef:
+        """The shard, once its digest is known good in this process (``verify="sha256"``)."""
+        if self.verify == "sha256":
+            check_digest(shard)
+        return shard
+
     def _kept(self, block: Block, size: int, start: int) -> tuple[int, int]:
         """Output positions ``[lo, hi)`` of a block to keep: none before ``start`` or past epoch_length."""
         lo = max(0, start - block.position) if block.position >= 0 else 0
@@ -296,7 +317,7 @@ class VideoDataset(IterableDataset):
                 continue
             try:
                 run_keys, run_meta = fill_run(
-                    self.shards[seg.shard],
+                    self._checked(self.shards[seg.shard]),
                     seg.start,
                     seg.stop,  # type: ignore[arg-type]
                     out,
@@ -333,7 +354,7 @@ class VideoDataset(IterableDataset):
         for seg in block.segments:
             try:
                 run = read_run(
-                    self.shards[seg.shard],
+                    self._checked(self.shards[seg.shard]),
                     seg.start,
                     seg.stop,
                     with_meta=self.with_meta,
@@ -375,6 +396,7 @@ class VideoDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         for item in self.iter_blocks(0, worker, num_workers):
+            self.skipped += item["skipped"]
             if item["video"] is None:
                 continue
             video = item["video"].movedim(-1, 1)

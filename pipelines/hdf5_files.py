@@ -7,6 +7,7 @@ be read with ``preadv`` straight into their destination.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 from collections import OrderedDict
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from webdataset.gopen import gopen
 
 from pipelines.index_cache import IndexCache
+from pipelines.remote import open_location
 from pipelines.sources import ShardRef
 
 _CACHE_SIZE = 64
@@ -44,7 +45,7 @@ def h5_file(shard: ShardRef, locking: bool | None):
         if path is not None:
             handle = h5py.File(path, "r", **kwargs)
         else:
-            with gopen(shard.url) as stream:
+            with open_location(shard.url, shard.nbytes) as stream:
                 handle = h5py.File(io.BytesIO(stream.read()), "r", **kwargs)
         _H5_FILES[cache_key] = handle
         in_memory = [key for key in _H5_FILES if ShardRef(key[0], "hdf5").local_path is None]
@@ -63,6 +64,11 @@ def close_h5_files() -> None:
         for handle in _H5_FILES.values():
             handle.close()
     _H5_FILES.clear()
+
+
+# HDF5 files left open on in-memory buffers (remote shards) crashed the interpreter at exit (SIGSEGV while
+# tearing down modules); closing them first avoids it.
+atexit.register(close_h5_files)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.dataset import VideoDataset
 from pipelines.device import HostBatcher, feed_device, to_model_layout
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, ShardError
 from pipelines.order import Block, worker_blocks
 from pipelines.ring import BlockRing
 
@@ -68,13 +68,26 @@ class _BlockStream(IterableDataset):
             self.ring.start_epoch()
         # Exactly one item per block, even an empty one, keeps the round-robin hand-back in block order.
         for number, (block_epoch, block_start, block) in enumerate(blocks):
-            if self.ring is None or info is None:
-                item = self.dataset.read_block(block, block_start)
-            else:
-                item = self.dataset.read_block(block, block_start, alloc=self.ring.writer(worker, number))
-                item = self.ring.publish(item, worker, number)
+            try:
+                if self.ring is None or info is None:
+                    item = self.dataset.read_block(block, block_start)
+                else:
+                    item = self.dataset.read_block(block, block_start, alloc=self.ring.writer(worker, number))
+                    item = self.ring.publish(item, worker, number)
+            except PipelineError:
+                raise  # names its shard; torch re-raises it in the caller as the same type and message
+            except Exception as exn:
+                raise self._block_error(block, exn) from exn
             item["epoch"] = block_epoch
             yield item
+
+    def _block_error(self, block: Block, exn: Exception) -> PipelineError:
+        """Any other failure while reading a block, as our error type naming the block's shards."""
+        names = sorted({self.dataset.shards[seg.shard].url for seg in block.segments})
+        reason = f"reading failed: {type(exn).__name__}: {exn}"
+        if len(names) == 1:
+            return ShardError(names[0], reason)
+        return PipelineError(f"shards {', '.join(names)}: {reason}")
 
     def _epochs(self, epoch: int, start: int, follow: bool) -> Iterator[tuple[int, int, Block]]:
         """(epoch, start, block) of this epoch from ``start``, then of every later epoch when following."""
@@ -126,7 +139,6 @@ class VideoLoader:
         self.device, self.dtype, self.drop_last, self.prefetch = device, dtype, drop_last, prefetch
         self.timeout, self.multiprocessing_context = timeout, multiprocessing_context
         self.persistent_workers = persistent_workers
-        self.skipped = 0
         self._position = 0  # samples of the current epoch handed to the caller
         self._epoch = dataset.epoch
         self._resume: tuple[int, int] | None = None
@@ -140,6 +152,12 @@ class VideoLoader:
         self._pending: dict[str, Any] | None = None
         self._workers = _Workers()
         weakref.finalize(self, self._workers.shut)
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped under ``on_error="skip"``: the dataset's one count (:attr:`VideoDataset.skipped`),
+        shards dropped when it was made plus samples skipped while reading."""
+        return self.dataset.skipped
 
     # ------------------------------------------------------------ epochs and checkpoints
     def set_epoch(self, epoch: int) -> None:
@@ -273,7 +291,7 @@ class VideoLoader:
             return batch, slot
 
         for item in self._blocks(epoch, start):
-            self.skipped += item["skipped"]
+            self.dataset.skipped += item["skipped"]
             if "ring" in item:
                 item["video"] = self._block_ring.take(item["ring"])  # type: ignore[union-attr]
             if item["video"] is None:

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from numpy.typing import NDArray
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+
+
+def _numpy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """numpy's parse of a whole header; any failure is a ValueError (numpy lets tokenize's TokenError and
+    others through on some corrupt headers)."""
+    stream = io.BytesIO(header)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(stream)
+        return np.lib.format.read_array_header_2_0(stream)
+    except ValueError:
+        raise
+    except Exception as exn:
+        raise ValueError(f"cannot parse the .npy header: {type(exn).__name__}: {exn}") from None
 
 
 def parse_npy_header(buf: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bool, int]:
@@ -19,6 +35,8 @@ def parse_npy_header(buf: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...]
     view = memoryview(buf)
     if bytes(view[:6]) != b"\x93NUMPY":
         raise ValueError("not a .npy file")
+    if len(view) < 12:
+        raise ValueError(".npy header is cut short")
     major = view[6]
     if major == 1:
         end = 10 + int.from_bytes(view[8:10], "little")
@@ -31,14 +49,13 @@ def parse_npy_header(buf: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...]
     if parsed is None:
         if len(header) != end:
             raise ValueError(".npy header is cut short")
-        stream = io.BytesIO(header)
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        shape, fortran, dtype = _numpy_header(header)
         if dtype.hasobject:
             raise ValueError(".npy holds Python objects (would need pickle); refused")
+        if any(d < 0 for d in shape):
+            raise ValueError(f".npy shape {tuple(shape)} has a negative dimension")
+        if dtype.itemsize == 0:
+            raise ValueError(f".npy dtype {dtype} has items of 0 bytes")
         parsed = (dtype, tuple(shape), fortran, end)
         if len(_NPY_HEADERS) < 256:
             _NPY_HEADERS[header] = parsed
@@ -49,8 +66,8 @@ def decode_npy(buf: bytes | memoryview) -> NDArray:
     """A numpy array viewing ``buf`` (.npy bytes), without a copy and without pickle."""
     view = memoryview(buf)
     dtype, shape, fortran, offset = parse_npy_header(view)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: a huge shape must not wrap around to a small count
     if len(view) - offset < count * dtype.itemsize:
-        raise ValueError(".npy data is cut short")
+        raise ValueError(f".npy data is cut short ({len(view) - offset} bytes for {shape} {dtype})")
     flat = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C")

@@ -4,8 +4,9 @@
   row of the block's output through :class:`pipelines.gather.Gather` (local tars via their member index,
   plainly chunked local HDF5 via its chunk offsets): one copy from the page cache.
 - ``read_run`` (everything else: streamed tars, filtered HDF5, meta): local tars with one sequential read of
-  the run's byte span; streamed tars (``http(s)://``, ``pipe:``, ...) through webdataset's ``gopen`` and tar
-  stages (``tar_file_expander`` -> ``group_by_keys``); HDF5 with one ``read_direct`` of the slice.
+  the run's byte span; streamed tars (``http(s)://``, ``pipe:``, ...) opened by :mod:`pipelines.remote` and
+  read by webdataset's tar stages (``tar_file_expander`` -> ``group_by_keys``); HDF5 with one
+  ``read_direct`` of the slice.
 
 Nothing is unpickled: object dtypes are refused, ``np.load`` only ever runs with ``allow_pickle=False``.
 Every failure is a :class:`ShardError` naming the shard, checked against the manifest's record.
@@ -14,6 +15,7 @@ Every failure is a :class:`ShardError` naming the shard, checked against the man
 from __future__ import annotations
 
 import json
+import math
 import os
 import tarfile
 import threading
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from webdataset.gopen import gopen
 from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -29,6 +30,7 @@ from pipelines.errors import ShardError
 from pipelines.gather import Gather, fd_for
 from pipelines.hdf5_files import h5_file, h5_layout
 from pipelines.npy import decode_npy, parse_npy_header
+from pipelines.remote import open_location
 from pipelines.sources import ShardRef
 from pipelines.tar_index import META_FIELD, VIDEO_FIELD, tar_index
 
@@ -103,13 +105,47 @@ def _read_local_tar(shard: ShardRef, path: str, start: int, stop: int | None, wi
     return RawRun(list(keys), _stack(shard, keys, arrays), meta)
 
 
+def _reason(exn: BaseException) -> str:
+    """A stream failure's cause in a few words (webdataset appends the stream and URL to the args)."""
+    if isinstance(exn, OSError) and exn.strerror:
+        return exn.strerror
+    return (str(exn.args[0]) if exn.args else type(exn).__name__).split(" @ <", 1)[0]
+
+
+class _EndOfStream:
+    """A tar stream that fails when read on past its end: tarfile's stream mode skips a member it does not
+    handle by reading and dropping its declared size, block by block, even past the end (a forged 2**40-byte
+    member kept it busy for hours)."""
+
+    def __init__(self, stream, reads_past_end: int = 8) -> None:
+        self.stream, self.left = stream, reads_past_end
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if not data and size:
+            self.left -= 1
+            if self.left < 0:
+                raise OSError("the tar stream ended inside a member (a member larger than the file)")
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _open_tar_stream(shard: ShardRef) -> _EndOfStream:
+    return _EndOfStream(open_location(shard.url, shard.nbytes))
+
+
 def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: bool) -> RawRun:
-    stream = gopen(shard.url)
+    try:
+        stream = _open_tar_stream(shard)
+    except OSError as exn:  # HTTP status, refused connection, a missing file
+        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
     keys: list[str] = []
     arrays: list[NDArray] = []
     metas: list[str] = []
     count = 0
-    complete = False
+    complete = failed = False
     try:
         expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
         for sample in group_by_keys(expanded, handler=reraise_exception):
@@ -132,16 +168,19 @@ def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: b
             complete = True
             _check_count(shard, count, None, keys[-1] if keys and stop is None else None)
     except ShardError:
+        failed = True
         raise
     except Exception as exn:  # tar / transport errors from the stream
-        raise ShardError(shard.url, f"cannot read: {exn}") from None
+        failed = True
+        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
     finally:
         try:
             stream.close()
-        except Exception:
-            # Stopping a pipe early kills its writer (SIGPIPE); only a complete run is accepted then.
-            if not complete:
-                raise
+        except Exception as exn:
+            # Stopping a pipe early kills its writer (SIGPIPE); only a complete run is accepted then. A
+            # failed read keeps its own error (the command's exit status is a consequence).
+            if not (complete or failed):
+                raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
     if stop is not None and count < stop:
         raise ShardError(shard.url, f"holds {count} samples, asked for samples up to {stop} (truncated?)")
     if start == 0 and keys:
@@ -221,11 +260,14 @@ def count_samples(shard: ShardRef, *, h5_locking: bool | None = None) -> int:
         except (OSError, tarfile.TarError, ValueError) as exn:
             raise ShardError(shard.url, f"cannot read: {exn}") from None
     try:
-        with gopen(shard.url) as stream:
+        stream = _open_tar_stream(shard)
+        try:
             expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
             return sum(1 for _ in group_by_keys(expanded, handler=reraise_exception))
+        finally:
+            stream.close()
     except Exception as exn:
-        raise ShardError(shard.url, f"cannot read: {exn}") from None
+        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
 
 
 def parse_meta(texts: list[str] | None) -> list[dict] | None:
@@ -295,7 +337,7 @@ def _fill_local_tar(
             shard.url,
             f"sample {index.keys[start + needed[0]]}: video {dtype} {shape}, not uint8 (T, *{frame_shape})",
         )
-    expected_size = header_len + int(np.prod(shape))
+    expected_size = header_len + math.prod(shape)  # Python ints: a forged shape cannot wrap around
     # Every sample is read with its .npy header, which must equal the first one: same dtype, shape and layout.
     spans = index.video[start + needed]
     wrong = np.flatnonzero(spans[:, 1] != expected_size)

@@ -1,32 +1,42 @@
 """Turn a ``source`` (store folder, manifest.json, shard URL pattern) into the list of shards to read.
 
-Only the manifest's generic fields are used (shards, counts, keys, bytes, sample shape): the loader never
-needs to know which simulator made a store.
+Only the manifest's generic fields are used (shards, counts, keys, bytes, sha256, sample shape): the loader
+never needs to know which simulator made a store.
+
+A manifest is data from wherever the store came from, never instructions. It is read (local file, ``file:``,
+``http(s)://`` or an fsspec URL; see :mod:`pipelines.remote`, none of them a shell) and checked by the store
+format's one validator (:func:`datagen.store.format.read_manifest_text`) before anything in it is used; an
+invalid one is a :class:`PipelineError` of one line naming the manifest. A shard's location is always
+``<the manifest's folder>/<plain shard file name>``: a path, URL, ``pipe:`` or shell text in a manifest
+never becomes something to open. A ``pipe:`` manifest source is refused: its shards would be shell
+commands built from the manifest's text. ``pipe:`` shard patterns (the user's own commands) stay.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
+from urllib.request import url2pathname
 
-from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
-from pipelines.errors import PipelineError, ShardError
-from pipelines.handlers import Handler
+from datagen.store.format import MANIFEST, ManifestError, is_shard_name, read_manifest_text
+from pipelines.errors import PipelineError
+from pipelines.remote import read_location, scheme_of
 
 FORMAT_OF_SUFFIX = {".tar": "wds", ".h5": "hdf5", ".hdf5": "hdf5"}
 FORMATS = ("wds", "hdf5")
+# A manifest lists ~250 bytes per shard: 1 GiB is four million shards; past it a source is not a manifest.
+MAX_MANIFEST_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One shard: what to open (``url``: local path or anything webdataset's ``gopen`` opens), its record."""
+    """One shard: what to open (``url``: local path or URL, see :mod:`pipelines.remote`), its record."""
 
     url: str
     fmt: str
@@ -34,15 +44,15 @@ class ShardRef:
     first_key: str | None = None
     last_key: str | None = None
     nbytes: int | None = None
+    sha256: str | None = None
 
     @property
     def local_path(self) -> str | None:
         """The file path when the shard is a local file (random access possible), else None."""
-        if self.url.startswith("file:"):
-            return urlparse(self.url).path
-        if "://" in self.url or self.url.startswith("pipe:"):
-            return None
-        return self.url
+        scheme = scheme_of(self.url)
+        if scheme == "file":
+            return url2pathname(urlparse(self.url).path)
+        return self.url if scheme == "" else None
 
 
 @dataclass(frozen=True)
@@ -54,18 +64,33 @@ class SourceInfo:
     manifest: dict | None
 
 
-def _is_url(text: str) -> bool:
-    return "://" in text or text.startswith("pipe:")
-
-
 def _read_manifest(location: str) -> dict:
+    """The validated manifest at ``location``, or a one-line PipelineError naming it."""
     try:
-        with gopen(location) as stream:
-            return json.loads(stream.read().decode("utf-8"))
+        data = read_location(location, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise PipelineError(f"no manifest at {location}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
-        raise PipelineError(f"cannot read manifest {location}: {exn}") from None
+    except OSError as exn:
+        raise PipelineError(f"cannot read manifest {location}: {exn.strerror or exn}") from None
+    try:
+        return read_manifest_text(data, location)
+    except ManifestError as exn:
+        raise PipelineError(str(exn).splitlines()[0]) from None
+
+
+def _manifest_folder(location: str) -> str:
+    """Where a manifest's shards are: its folder (local path, or URL without query or fragment)."""
+    if scheme_of(location) == "":
+        return str(Path(location).parent)
+    parts = urlparse(location)
+    return urlunparse((parts.scheme, parts.netloc, posixpath.dirname(parts.path).rstrip("/"), "", "", ""))
+
+
+def _shard_location(folder: str, name: str, manifest: str) -> str:
+    """``<folder>/<name>``: the one place text from a manifest becomes a location, so checked here too."""
+    if not is_shard_name(name):
+        raise PipelineError(f"{manifest}: shard path {name!r:.80} is not a plain shard file name")
+    return f"{folder}/{name}"
 
 
 def _format_of_url(url: str) -> str | None:
@@ -89,27 +114,24 @@ def _pick_format(available: Sequence[str], fmt: str, where: str) -> str:
 
 def _from_manifest(location: str, fmt: str) -> SourceInfo:
     manifest = _read_manifest(location)
-    base = location.rsplit("/", 1)[0] if "/" in location else "."
-    try:
-        entries = manifest["shards"]
-        available = [entry["format"] for entry in entries]
-        chosen = _pick_format(available, fmt, location)
-        shards = tuple(
-            ShardRef(
-                url=f"{base}/{entry['path']}",
-                fmt=chosen,
-                n_samples=int(entry["n_samples"]),
-                first_key=entry.get("first_key"),
-                last_key=entry.get("last_key"),
-                nbytes=entry.get("bytes"),
-            )
-            for entry in entries
-            if entry["format"] == chosen
+    folder = _manifest_folder(location)
+    entries = manifest["shards"]
+    chosen = _pick_format([entry["format"] for entry in entries], fmt, location)
+    shards = tuple(
+        ShardRef(
+            url=_shard_location(folder, entry["path"], location),
+            fmt=chosen,
+            n_samples=entry["n_samples"],
+            first_key=entry["first_key"],
+            last_key=entry["last_key"],
+            nbytes=entry["bytes"],
+            sha256=entry["sha256"],
         )
-        shape = manifest.get("sample", {}).get("video", {}).get("shape")
-    except (KeyError, TypeError, ValueError) as exn:
-        raise PipelineError(f"manifest {location} lacks a field the loader needs: {exn}") from None
-    return SourceInfo(shards, tuple(int(s) for s in shape) if shape else None, manifest)
+        for entry in entries
+        if entry["format"] == chosen
+    )
+    shape = tuple(manifest["sample"]["video"]["shape"])
+    return SourceInfo(shards, shape, manifest)
 
 
 def _from_urls(urls: Sequence[str], fmt: str) -> SourceInfo:
@@ -130,41 +152,24 @@ def resolve_source(source: str | os.PathLike | Sequence[str], *, fmt: str = "aut
     if isinstance(source, (list, tuple)):
         return _from_urls([str(url) for url in source], fmt)
     text = os.fspath(source)  # type: ignore[arg-type]
-    if not _is_url(text) and Path(text).is_dir():
-        location = str(Path(text).resolve() / "manifest.json")
-        if not Path(location).exists():
+    scheme = scheme_of(text)
+    if scheme == "pipe":
+        if MANIFEST in text:
             raise PipelineError(
-                f"{text}: no manifest.json (pass a shard URL pattern to read shards without one)"
+                f"{text}: a pipe: command cannot be a manifest source (the loader never builds shell "
+                "commands from a manifest's text); pass the store folder, its manifest.json path or URL, "
+                "or the shards as pipe: commands with count_scan=True"
             )
-        return _from_manifest(location, fmt)
-    if text.endswith("manifest.json"):
-        return _from_manifest(text if _is_url(text) else str(Path(text).resolve()), fmt)
+        return _from_urls(expand_urls(text), fmt)
+    if scheme == "file":
+        text, scheme = url2pathname(urlparse(text).path), ""
+    if scheme == "" and Path(text).is_dir():
+        location = Path(text).resolve() / MANIFEST
+        if not location.exists():
+            raise PipelineError(
+                f"{text}: no {MANIFEST} (pass a shard URL pattern to read shards without one)"
+            )
+        return _from_manifest(str(location), fmt)
+    if text.endswith(MANIFEST):
+        return _from_manifest(str(Path(text).resolve()) if scheme == "" else text, fmt)
     return _from_urls(expand_urls(text), fmt)
-
-
-def check_local_shards(info: SourceInfo, handler: Handler) -> SourceInfo:
-    """Drop-or-raise for local shards that are missing or whose size disagrees with the manifest.
-
-    Cheap (one ``stat`` per shard) and done before any worker starts, so every rank sees the same shard list
-    and a truncated shard is named at once instead of deep inside a worker.
-    """
-    kept = []
-    for shard in info.shards:
-        path = shard.local_path
-        try:
-            if path is not None:
-                if not os.path.exists(path):
-                    raise ShardError(shard.url, "missing")
-                size = os.path.getsize(path)
-                if shard.nbytes is not None and size != shard.nbytes:
-                    raise ShardError(
-                        shard.url,
-                        f"{size} bytes on disk but the manifest says {shard.nbytes} (truncated or changed)",
-                    )
-        except ShardError as exn:
-            if handler(exn):
-                continue
-        kept.append(shard)
-    if not kept:
-        raise PipelineError("no readable shards left")
-    return replace(info, shards=tuple(kept))

@@ -1,7 +1,9 @@
 """Index of a local tar shard: per sample key, offset and size of its video and meta members.
 
 Plain USTAR headers (what the store writer and webdataset's TarWriter produce) are read with one ``pread``
-each, checksums checked; anything else (pax, GNU long names) goes through :mod:`tarfile`.
+each, checksums checked; anything else (pax, GNU long names) goes through :mod:`tarfile`, after the header
+chain was walked and checked. A shard is data from wherever the store came from: every failure is a
+ValueError (or tarfile's error) with the byte offset, never a loop or a read outside the file.
 """
 
 from __future__ import annotations
@@ -30,17 +32,32 @@ class TarIndex:
 _TAR_INDEX: IndexCache[TarIndex] = IndexCache(lambda index: len(index.keys))
 
 
-class _NotPlainUstar(Exception):
-    """A member this fast scanner does not handle (pax / GNU long names, links...): use tarfile instead."""
+# pax / GNU long-name records are a few hundred bytes; Python < 3.11.10 parses big ones in quadratic time
+# (CVE-2024-6232), so a larger one is refused before tarfile sees it.
+MAX_EXTENDED_HEADER = 8 << 10
+_EXTENDED = (b"x", b"g", b"L", b"K")
 
 
-def _ustar_members(path: str) -> list[tuple[str, int, int]]:
-    """``(name, data_offset, size)`` of the regular members of a plain USTAR tar, one ``pread`` per header.
+def _octal(field: bytes, what: str, offset: int) -> int:
+    """A header's number: octal digits only (``int(.., 8)`` takes a sign, and a size of -1000 stepped the
+    scan back forever), or positive base-256 (the 0x80 prefix); empty is 0."""
+    if field[0] == 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    if digits.strip(b"01234567"):
+        raise ValueError(f"tar header at byte {offset}: {what} {bytes(field)!r} is not a number")
+    return int(digits or b"0", 8)
 
-    Checks every header's checksum and that data lies inside the file; raises _NotPlainUstar for headers it
-    does not parse, so :mod:`tarfile` takes over.
+
+def _ustar_members(path: str) -> list[tuple[str, int, int]] | None:
+    """``(name, data_offset, size)`` of the regular members of a plain USTAR tar, one ``pread`` per header;
+    None when other headers (pax, GNU long names, links...) need :mod:`tarfile`.
+
+    Walks every header either way, checking checksums, numbers, that data lies inside the file and that
+    extended headers are small, so tarfile only ever gets a tar whose header chain is sound.
     """
     members = []
+    plain = True
     size = os.path.getsize(path)
     with open(path, "rb", buffering=0) as fh:
         fd = fh.fileno()
@@ -50,32 +67,46 @@ def _ustar_members(path: str) -> list[tuple[str, int, int]]:
             if len(header) < 512:
                 raise ValueError(f"tar header at byte {offset} is cut short (truncated)")
             if header == bytes(512):
-                return members  # end-of-archive marker
-            stored = header[148:156].split(b"\0", 1)[0].strip()
-            if not stored or sum(header[:148]) + 256 + sum(header[156:]) != int(stored, 8):
+                return members if plain else None  # end-of-archive marker
+            try:
+                stored = _octal(header[148:156], "checksum", offset)
+            except ValueError:
+                stored = -1
+            if sum(header[:148]) + 256 + sum(header[156:]) != stored:
                 raise ValueError(f"bad tar header checksum at byte {offset}")
             kind = header[156:157]
-            if kind not in (b"0", b"\0") or header[124] & 0x80 or not header[257:262] == b"ustar":
-                raise _NotPlainUstar
-            length = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
-            if prefix:
-                name = f"{prefix}/{name}"
+            length = _octal(header[124:136], "size", offset)
             if offset + 512 + length > size:
-                raise ValueError(f"member {name} runs past the end of the file (truncated)")
-            members.append((name, offset + 512, length))
+                raise ValueError(f"tar member at byte {offset} runs past the end of the file (truncated)")
+            if kind in _EXTENDED and length > MAX_EXTENDED_HEADER:
+                raise ValueError(f"tar extended header at byte {offset} of {length} bytes (at most 8 KiB)")
+            if kind not in (b"0", b"\0") or header[257:262] != b"ustar":
+                plain = False
+            elif plain:
+                name = header[:100].split(b"\0", 1)[0]
+                prefix = header[345:500].split(b"\0", 1)[0]
+                try:
+                    text = (prefix + b"/" + name if prefix else name).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"tar member name at byte {offset} is not UTF-8") from None
+                members.append((text, offset + 512, length))
             offset += 512 + (length + 511) // 512 * 512
     if offset < size or not members and size:
         raise ValueError("tar ends inside a header (truncated)")
-    return members
+    return members if plain else None
 
 
 def _tarfile_members(path: str) -> list[tuple[str, int, int]]:
+    """Regular members through :mod:`tarfile`, each checked to lie inside the file, after the last one (a
+    pax ``size`` record of -1536 made tarfile read one header forever)."""
     size = os.path.getsize(path)
     members = []
+    last = -1
     with tarfile.open(path, mode="r:") as tar:
         for member in tar:
+            if member.size < 0 or member.offset <= last:
+                raise ValueError(f"tar member {member.name!r:.80} at byte {member.offset}: bad size or order")
+            last = member.offset
             if member.isreg():
                 if member.offset_data + member.size > size:
                     raise ValueError(f"member {member.name} runs past the end of the file (truncated)")
@@ -84,9 +115,8 @@ def _tarfile_members(path: str) -> list[tuple[str, int, int]]:
 
 
 def _scan_tar(path: str) -> TarIndex:
-    try:
-        members = _ustar_members(path)
-    except _NotPlainUstar:
+    members = _ustar_members(path)
+    if members is None:
         members = _tarfile_members(path)
     keys: list[str] = []
     video: list[tuple[int, int]] = []
