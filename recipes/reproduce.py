@@ -236,4 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m recipes.reproduce`` this file is ``__main__``, while the protocol modules register
+    # with the imported ``recipes.reproduce``: use that module, so lookup and registration share one registry.
+    from recipes import reproduce
+
+    sys.exit(reproduce.main())

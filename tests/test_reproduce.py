@@ -46,3 +46,16 @@ def test_reproduce_writes_report(tmp_path, monkeypatch):
     assert set(report) >= {"protocol", "quick", "device", "seconds", "steps", "metrics", "targets", "passed"}
     assert r.main(["toy", "--out", str(tmp_path / "f")]) == 1
     assert r.main(["nope", "--out", str(tmp_path / "n")]) == 2
+
+
+def test_module_cli_sees_the_registered_protocols():
+    # `python -m` runs this file as __main__; the protocols register with the imported recipes.reproduce
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "recipes.reproduce", "--list"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "glo-balls:" in res.stdout and "framegan-1ball:" in res.stdout
