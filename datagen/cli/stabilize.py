@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -9,20 +10,37 @@ import typer
 
 from datagen.cli import _common as c
 from datagen.cli._app import app
+from datagen.errors import DatagenError
 from datagen.sources.video import expand_inputs
-from datagen.stabilize.job import VIDEOGAN_DIR, stabilization_job
+from datagen.stabilize.job import VIDEOGAN_DIR, NoReadableInput, stabilization_job
 from datagen.stabilize.params import DEFAULT_MATCH_SHORT_SIDE
 from datagen.stabilize.videogan_format import write_list
+from datagen.store.ownership import remove_store
 
 
 def stabilize(inputs: list[str], params: dict, *, opts: c.RunOptions, videogan: bool = False) -> dict:
-    """Plan and run the stabilization job; returns the manifest (its `stabilize` entry has the figures)."""
-    out = opts.out or Path("data") / "stabilized"
+    """Plan and run the stabilization job; returns the manifest (its `stabilize` entry has the figures).
+
+    When not one input can be read (NoReadableInput, exit 2) no store is written, and an --out that was
+    missing or empty before is left so: what this run put there is removed. A folder that held an
+    interrupted run keeps its job file and journal (they name the failed inputs).
+    """
+    out = Path(opts.out or Path("data") / "stabilized")
     seed = 0 if opts.seed is None else opts.seed
     job = stabilization_job(
         out, expand_inputs(inputs), params, seed=seed, formats=c.formats_of(opts.format), videogan=videogan
     )
-    manifest = c.run_job(job, opts, unit="clips")
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(out.iterdir()))
+    try:
+        manifest = c.run_job(job, opts, unit="clips")
+    except NoReadableInput:
+        if fresh and out.is_dir():
+            with contextlib.suppress(DatagenError, OSError):  # a folder we may not clear stays as it is
+                remove_store(out)
+                if not existed:
+                    out.rmdir()
+        raise
     if videogan:
         write_list(Path(out) / VIDEOGAN_DIR)
     return manifest
@@ -66,12 +84,13 @@ def stabilize_cli(
     format: c.Format = "wds",
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
+    scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Stabilize real videos (SIFT, ratio 0.7, RANSAC 5 px, chained to each clip's first frame) into clips."""
-    opts = c.RunOptions(out, seed, format, 1, workers, scheduler, resume, overwrite, quiet)
+    opts = c.RunOptions(out, seed, format, 1, workers, scheduler, resume, overwrite, quiet, scheduler_timeout)
     params = {
         "size": size,
         "max_frames": frames,

@@ -85,12 +85,15 @@ def preview_cli(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output image: .gif (animated grid) or .png (filmstrips).")
     ],
-    count: Annotated[int, typer.Option("--count", "-k", help="Number of clips.")] = 16,
+    count: Annotated[int, typer.Option("--count", "-k", help="Number of clips (at most the store's).")] = 16,
     scale: Annotated[
-        int | None, typer.Option("--scale", help="Pixel zoom [default: to about 96 px].")
+        int | None, typer.Option("--scale", help="Pixel zoom [default: to about 96 px, less to fit].")
     ] = None,
 ) -> None:
-    """Write a grid of the store's first clips as an animated GIF or a PNG of filmstrips."""
+    """Write a grid of the store's first clips as an animated GIF or a PNG of filmstrips.
+
+    A preview that would need over 1 GiB of memory (or a GIF over 65535 px a side) is refused up front.
+    """
     path = write_preview(store, out, count=count, scale=scale)
     c.err.print(f"wrote {path}")
 

@@ -75,9 +75,31 @@ def write_stabilized_shard(
     return {"shards": shards, "video": video}
 
 
+class NoReadableInput(DatagenError):
+    """Every input failed to decode: there is no dataset to write (the reasons are in the message)."""
+
+
+REASONS_SHOWN = 3
+
+
+def check_some_readable(videos: list[dict]) -> None:
+    """Raise NoReadableInput, one line with the first reasons, when not one input could be read."""
+    failed = [v for v in videos if v["error"]]
+    if not videos or len(failed) < len(videos):
+        return
+    reasons = [v["error"] if v["source"] in v["error"] else f"{v['source']}: {v['error']}" for v in failed]
+    more = len(reasons) - REASONS_SHOWN
+    listed = "; ".join(reasons[:REASONS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+    raise NoReadableInput(f"no input could be read ({len(failed)} of {len(videos)} failed): {listed}")
+
+
 def summarize(results: list[dict]) -> dict:
-    """Manifest `stabilize` entry: counts, unreadable inputs and the dataset's quality figures."""
+    """Manifest `stabilize` entry: counts, unreadable inputs and the dataset's quality figures.
+
+    Raises NoReadableInput when every input failed: the store is not written.
+    """
     videos = [r["video"] for r in results]
+    check_some_readable(videos)
     clips = [c for v in videos for c in v["clips"]]
     quality = {k: float(np.mean([c[k] for c in clips])) if clips else None for k in _QUALITY_KEYS}
     return {

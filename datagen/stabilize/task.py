@@ -8,6 +8,7 @@ RANSAC is seeded per frame pair.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,9 @@ def pad_frames(frames: np.ndarray, length: int) -> np.ndarray:
 def stabilize_video(source: VideoSource, video_index: int, p: StabilizeParams, seed: int) -> VideoResult:
     """Cut, stabilize and check every clip of one video."""
     cv2.setNumThreads(1)  # SIFT and RANSAC deterministic: one thread, seeded RNG per frame pair
+    # FFmpeg's own log lines ("moov atom not found") would add to the one-line errors; the reason is in
+    # VideoResult.error. Read at OpenCV's first capture; set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     result = VideoResult(video_index, source.path)
     extract = FeatureExtractor(p.match_short_side)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.errors import DatagenError
-from datagen.store.format import TMP_SUFFIX
+from datagen.store.format import TEMP_RE, TMP_SUFFIX
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 """Write errors that more room (or a higher quota) cures."""
@@ -37,11 +37,8 @@ def format_bytes(n: float) -> str:
 def final_name(path: Path) -> str:
     """The name a temporary from :func:`atomic_path` is renamed to (other names unchanged)."""
     name = Path(path).name
-    if name.startswith(".") and name.endswith(TMP_SUFFIX):
-        stem = name[1 : -len(TMP_SUFFIX)]
-        head, _, pid = stem.rpartition(".")
-        return head if head and pid.isdigit() else name
-    return name
+    m = TEMP_RE.fullmatch(name)
+    return m["final"] if m else name
 
 
 def write_error(exc: OSError, path: Path, needed: int | None = None) -> WriteError:

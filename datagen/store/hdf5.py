@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from datagen.errors import DatagenError
 from datagen.store.atomic import write_error
 from datagen.store.direct_io import ShardOutput
 from datagen.store.sample import Sample
@@ -91,9 +93,18 @@ def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None)
     return [s.key for s in samples], sha256
 
 
-def read_hdf5(path: Path) -> Iterator[Sample]:
+def read_hdf5(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Sample]:
+    """Read a shard back (verify, preview, tests); with `max_clip_bytes`, a file whose clips are larger
+    raises DatagenError before any is read."""
     with h5py.File(path, "r") as f:
+        video = f["video"]
+        if max_clip_bytes is not None and video.ndim > 1:
+            clip_bytes = math.prod(video.shape[1:]) * video.dtype.itemsize
+            if clip_bytes > max_clip_bytes:
+                raise DatagenError(
+                    f"{path}: clips of {video.shape[1:]} are {clip_bytes} bytes, over {max_clip_bytes}"
+                )
         keys = f["key"].asstr()[:]
         metas = f["meta"].asstr()[:]
         for i, key in enumerate(keys):
-            yield Sample(str(key), f["video"][i], json.loads(metas[i]))
+            yield Sample(str(key), video[i], json.loads(metas[i]))

@@ -1,34 +1,132 @@
-"""Look at a store: a grid of its first clips as an animated GIF or a PNG of filmstrips."""
+"""Look at a store: a grid of its first clips as an animated GIF or a PNG of filmstrips.
+
+What a preview allocates is planned from the manifest before anything is read (:func:`plan_preview`): the
+clips, the grid and the image encoder's copy of it must fit MAX_PREVIEW_BYTES, or the command says so in one
+line. Reading is bounded too: a clip whose stored size disagrees with the manifest is refused before it is
+loaded (a store from a stranger can lie).
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datagen.errors import DatagenError
+from datagen.store.atomic import format_bytes
+from datagen.store.hdf5 import read_hdf5
 from datagen.store.manifest import load_manifest
-from datagen.store.readers import iter_samples
+from datagen.store.wds import read_wds
 
 MAX_STRIP_FRAMES = 12
+PAD = 2
+MAX_PREVIEW_BYTES = 1 << 30
+"""Most memory one preview may plan for: the clips read, the grid and the encoder's copy of the image."""
+PER_CLIP_BYTES = 1024
+"""Python objects per clip read (array header, Sample, meta dict), on top of its pixels."""
+GIF_MAX_SIDE = 65535
+"""GIF stores width and height in 16 bits."""
+TARGET_SIDE = 96
+"""The default --scale zooms a clip to about this many pixels a side."""
 
 
-def first_clips(store: Path, count: int) -> list[np.ndarray]:
-    manifest = load_manifest(store)
-    shards = sorted(manifest["shards"], key=lambda s: (s["format"] != "wds", s["path"]))
-    fmt = shards[0]["format"] if shards else None
-    clips = (
-        s.video for e in shards if e["format"] == fmt for s in iter_samples(Path(store) / e["path"], fmt)
-    )
-    return list(itertools.islice(clips, count))
+@dataclass(frozen=True)
+class PreviewPlan:
+    """What a preview reads and makes: `image` is (T, H, W, C) for a GIF, (H, W, C) for a PNG."""
+
+    fmt: str
+    count: int
+    scale: int
+    clip: tuple[int, int, int, int]
+    image: tuple[int, ...]
+    bytes: int
 
 
-def tile(clips: list[np.ndarray], scale: int, pad: int = 2) -> np.ndarray:
+def _grid(count: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(count))
+    return math.ceil(count / cols), cols
+
+
+def _strip_frames(t: int) -> np.ndarray:
+    return np.unique(np.linspace(0, t - 1, min(t, MAX_STRIP_FRAMES)).round().astype(int))
+
+
+def _image_shape(kind: str, count: int, clip: tuple[int, int, int, int], scale: int) -> tuple[int, ...]:
+    t, h, w, c = clip
+    if kind == ".png":
+        return (count * (h + PAD) * scale, len(_strip_frames(t)) * (w + PAD) * scale, c)
+    rows, cols = _grid(count)
+    return (t, rows * (h + PAD) * scale, cols * (w + PAD) * scale, c)
+
+
+def _plan_bytes(count: int, clip: tuple[int, int, int, int], image: tuple[int, ...]) -> int:
+    """Clips read and stacked, the grid, its zoomed copy and the encoder's copy of that."""
+    return count * (2 * math.prod(clip) + PER_CLIP_BYTES) + 3 * math.prod(image)
+
+
+def plan_preview(manifest: dict, kind: str, *, count: int, scale: int | None) -> PreviewPlan:
+    """Check a preview of `count` clips at `scale` (None: about TARGET_SIDE px a clip, less if needed to
+    fit) against MAX_PREVIEW_BYTES and the image format's limits; DatagenError in one line otherwise."""
+    if count < 1:
+        raise DatagenError(f"--count must be at least 1, got {count}")
+    if scale is not None and scale < 1:
+        raise DatagenError(f"--scale must be at least 1, got {scale}")
+    totals = manifest["totals"]
+    fmt = "wds" if "wds" in totals else min(totals, default=None)
+    available = totals[fmt]["n_samples"] if fmt else 0
+    if not available:
+        raise DatagenError("the store holds no clips")
+    count = min(count, available)
+    shape = manifest["sample"]["video"]["shape"]
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise DatagenError(f"cannot plan a preview: the manifest's clip shape is {shape}")
+    clip = (shape[0], shape[1], shape[2], shape[3])
+    scales = [scale] if scale is not None else range(max(1, round(TARGET_SIDE / clip[1])), 0, -1)
+    for s in scales:
+        image = _image_shape(kind, count, clip, s)
+        need = _plan_bytes(count, clip, image)
+        side = max(image[-3], image[-2])
+        if need <= MAX_PREVIEW_BYTES and not (kind == ".gif" and side > GIF_MAX_SIDE):
+            return PreviewPlan(fmt, count, s, clip, image, need)
+    size = f"{image[-2]} x {image[-3]} px"
+    if kind == ".gif" and side > GIF_MAX_SIDE:
+        why = f"would be {size}, over GIF's {GIF_MAX_SIDE} px a side"
+    else:
+        limit = format_bytes(MAX_PREVIEW_BYTES)
+        why = f"({size}) would take about {format_bytes(need)}, over the {limit} limit"
+    raise DatagenError(f"a preview of {count} clips {clip} at scale {s} {why}; lower --count or --scale")
+
+
+def first_clips(store: Path, manifest: dict, plan: PreviewPlan) -> list[np.ndarray]:
+    """The store's first `plan.count` clips; a clip larger than the manifest's shape is refused unread."""
+    shards = sorted((s for s in manifest["shards"] if s["format"] == plan.fmt), key=lambda s: s["path"])
+    limit = math.prod(plan.clip)
+    read = read_wds if plan.fmt == "wds" else read_hdf5
+    out: list[np.ndarray] = []
+    for e in shards:
+        path = Path(store) / e["path"]
+        try:
+            for s in itertools.islice(read(path, max_clip_bytes=limit), plan.count - len(out)):
+                if s.video.shape != plan.clip:
+                    raise DatagenError(
+                        f"{path}: clip {s.key} is {s.video.shape}, the manifest says {plan.clip}"
+                    )
+                out.append(s.video)
+        except (OSError, ValueError, KeyError, tarfile.TarError) as err:
+            raise DatagenError(f"cannot read {path}: {err}") from None
+        if len(out) == plan.count:
+            break
+    return out
+
+
+def tile(clips: list[np.ndarray], scale: int, pad: int = PAD) -> np.ndarray:
     """(K, T, H, W, C) -> (T, rows*(H+pad), cols*(W+pad), C) near-square grid, zoomed by `scale`."""
     k, t, h, w, ch = np.stack(clips).shape
-    cols = int(np.ceil(np.sqrt(k)))
-    rows = int(np.ceil(k / cols))
+    rows, cols = _grid(k)
     grid = np.zeros((t, rows * (h + pad), cols * (w + pad), ch), np.uint8)
     for i, clip in enumerate(clips):
         r, col = divmod(i, cols)
@@ -36,11 +134,11 @@ def tile(clips: list[np.ndarray], scale: int, pad: int = 2) -> np.ndarray:
     return grid.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def filmstrips(clips: list[np.ndarray], scale: int, pad: int = 2) -> np.ndarray:
+def filmstrips(clips: list[np.ndarray], scale: int, pad: int = PAD) -> np.ndarray:
     """One row per clip, up to MAX_STRIP_FRAMES evenly spaced frames per row."""
     video = np.stack(clips)
     k, t, h, w, ch = video.shape
-    idx = np.unique(np.linspace(0, t - 1, min(t, MAX_STRIP_FRAMES)).round().astype(int))
+    idx = _strip_frames(t)
     img = np.zeros((k * (h + pad), len(idx) * (w + pad), ch), np.uint8)
     for i in range(k):
         for j, f in enumerate(idx):
@@ -49,26 +147,26 @@ def filmstrips(clips: list[np.ndarray], scale: int, pad: int = 2) -> np.ndarray:
 
 
 def write_preview(store: Path, out: Path, *, count: int = 16, scale: int | None = None) -> Path:
+    """Write the preview image; its size is checked (:func:`plan_preview`) before any clip is read."""
     from PIL import Image
 
     out = Path(out)
-    if out.suffix.lower() not in {".gif", ".png"}:
+    kind = out.suffix.lower()
+    if kind not in {".gif", ".png"}:
         raise DatagenError(f"preview output must end in .gif or .png, got {out.name}")
-    if count < 1:
-        raise DatagenError(f"--count must be at least 1, got {count}")
-    clips = first_clips(store, count)
+    manifest = load_manifest(store)
+    plan = plan_preview(manifest, kind, count=count, scale=scale)
+    clips = first_clips(store, manifest, plan)
     if not clips:
         raise DatagenError(f"store {store} holds no clips")
-    h = clips[0].shape[1]
-    scale = scale or max(1, round(96 / h))
 
     def image(a: np.ndarray) -> Image.Image:
         return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
-        image(filmstrips(clips, scale)).save(out)
+    if kind == ".png":
+        image(filmstrips(clips, plan.scale)).save(out)
     else:
-        frames = [image(f) for f in tile(clips, scale)]
+        frames = [image(f) for f in tile(clips, plan.scale)]
         frames[0].save(out, save_all=True, append_images=frames[1:], duration=80, loop=0)
     return out

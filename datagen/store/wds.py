@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datagen.errors import DatagenError
 from datagen.store.atomic import write_error
 from datagen.store.direct_io import ShardOutput
 from datagen.store.format import META_FIELD, VIDEO_FIELD
@@ -164,12 +165,28 @@ def tar_size(samples: Sequence[Sample]) -> int:
     return size + _end_padding(size)
 
 
-def read_wds(path: Path) -> Iterator[Sample]:
-    """Read a shard back without webdataset (used by verify, preview and tests)."""
+NPY_HEADER_MAX = 1 << 16
+"""A .npy header numpy writes is far shorter (format 1.0 caps it at 65535 bytes)."""
+MAX_META_BYTES = 16 << 20
+"""Largest ground-truth member a bounded read accepts."""
+
+
+def read_wds(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Sample]:
+    """Read a shard back without webdataset (used by verify, preview and tests).
+
+    With `max_clip_bytes`, a member larger than a clip of that many bytes (or a ground-truth member over
+    MAX_META_BYTES) raises DatagenError before it is read: its size comes from the tar header.
+    """
     with tarfile.open(path, mode="r") as tar:
         pending: dict[str, dict] = {}
         for member in tar:
             key, _, field = member.name.partition(".")
+            if max_clip_bytes is not None:
+                limit = max_clip_bytes + NPY_HEADER_MAX if field == VIDEO_FIELD else MAX_META_BYTES
+                if member.size > limit:
+                    raise DatagenError(
+                        f"{path}: member {member.name!r:.80} is {member.size} bytes, over {limit}"
+                    )
             data = tar.extractfile(member).read()
             entry = pending.setdefault(key, {})
             if field == VIDEO_FIELD:
