@@ -258,24 +258,27 @@ def run_tasks(
     cluster: Cluster | None = None,
     scheduler: str | None = None,
     workers: int = 1,
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
     max_in_flight: int | None = None,
+    n_tasks: int | None = None,
 ) -> None:
     """Run every task and call `on_result(task, result)` in this process as each one finishes.
 
     `tasks` may be lazy: they are drawn as results come back, at most `max_in_flight` submitted and not
     yet handled [default: IN_FLIGHT_PER_THREAD per worker thread, at least MIN_IN_FLIGHT]. Without
     `cluster`, one is opened for this call from `scheduler` / `workers`; `workers=0` runs in this process
-    without Dask (for debugging and profiling). A task's exception is raised here once the tasks in
-    flight are cancelled.
+    without Dask (for debugging and profiling). `n_tasks` (or `len(tasks)` when it has one) sizes a
+    local cluster: no idle worker processes for a small job. A task's exception is raised here once the
+    tasks in flight are cancelled.
     """
     if cluster is None:
         if workers == 0 and not scheduler:  # no cluster to open, nor a scheduler to check
             cluster = Cluster(scheduler=None, workers=0, timeout=DEFAULT_SCHEDULER_TIMEOUT)
         else:
-            n = len(tasks) if hasattr(tasks, "__len__") else None  # type: ignore[arg-type]
+            n = len(tasks) if n_tasks is None and hasattr(tasks, "__len__") else n_tasks  # type: ignore[arg-type]
             if n == 0:
                 return
-            with open_cluster(scheduler=scheduler, workers=workers) as opened:
+            with open_cluster(scheduler=scheduler, workers=workers, timeout=scheduler_timeout) as opened:
                 if n is not None:
                     opened.client(n)  # sized to the job
                 run_tasks(tasks, on_result=on_result, cluster=opened, max_in_flight=max_in_flight)
