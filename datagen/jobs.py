@@ -8,6 +8,7 @@ check out, so an interrupted run ends with exactly the bytes an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Task, check_scheduler, run_tasks
-from datagen.store.atomic import remove_stale_temps, write_json_atomic
+from datagen.store.atomic import remove_stale_temps, write_error, write_json_atomic
 from datagen.store.format import (
     FORMATS,
     JOB_FILE,
@@ -103,9 +104,12 @@ def run_store_job(
 
         def record_result(task: Task, result: dict) -> None:
             results[task.id] = result
-            journal.write(json.dumps({"task": task.id, "result": result}, sort_keys=True) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+            try:
+                journal.write(json.dumps({"task": task.id, "result": result}, sort_keys=True) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+            except OSError as e:  # a full disk: one line; the torn last line is ignored on --resume
+                raise write_error(e, out / JOURNAL) from None
             if on_progress:
                 on_progress(len(results), len(job.tasks))
 
@@ -113,10 +117,22 @@ def run_store_job(
             check_free_space(out, job, done=len(results))
             if job.prepare:
                 job.prepare()
-        todo = [t for t in job.tasks if t.id not in results]
-        run_tasks(todo, scheduler=scheduler, workers=workers, on_result=record_result)
+        todo = (t for t in job.tasks if t.id not in results)  # drawn as workers free up
+        try:
+            run_tasks(
+                todo,
+                scheduler=scheduler,
+                workers=workers,
+                scheduler_timeout=scheduler_timeout,
+                on_result=record_result,
+                n_tasks=len(job.tasks) - len(results),
+            )
+        except BaseException:
+            remove_stale_temps(out)  # of tasks stopped mid-shard (their workers closed with the cluster)
+            raise
     finally:
-        journal.close()
+        with contextlib.suppress(OSError):  # lines are flushed as written; a failing close adds nothing
+            journal.close()
     ordered = [results[t.id] for t in job.tasks]
     extra = job.summarize(ordered) if job.summarize else None
     manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)

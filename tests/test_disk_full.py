@@ -195,3 +195,29 @@ def test_full_disk_is_one_line_naming_the_space_and_resumable(small_disk, tiny_r
     ballast.unlink()
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
     _check_failed_then_resumed(out, failed, fmt, tiny_reference, TINY)
+
+
+def test_full_disk_at_the_journal_is_one_line(tmp_path, pattern, monkeypatch):
+    """The shard fits, the journal line after it does not: a WriteError, and --resume finishes the store."""
+    from datagen.jobs import JOURNAL, generation_job, run_store_job
+
+    real_fsync = os.fsync
+
+    def journal_full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(JOURNAL):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    def job(out):
+        return generation_job(
+            out, pattern, {"frames": 2, "size": 4}, seed=1, n=6, shard_size=2, formats=["wds"]
+        )
+
+    monkeypatch.setattr(os, "fsync", journal_full)
+    out = tmp_path / "s"
+    with pytest.raises(WriteError, match=f"no space left in {out}: it needs more room for {JOURNAL}"):
+        run_store_job(job(out), workers=0)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
+    resumed = run_store_job(job(out), workers=0, resume=True)
+    assert resumed == run_store_job(job(tmp_path / "ref"), workers=0)
