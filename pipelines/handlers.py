@@ -2,8 +2,8 @@
 
 A handler returns True to skip the bad shard part and go on, or raises. ``raise_error`` (the default)
 re-raises, so a corrupt, truncated or missing shard stops training with a message naming it. ``skip_and_warn``
-logs a warning and lets the reader skip; the reader counts what it skipped (``skipped`` in the block it
-ships, and the loader's ``skipped`` total).
+logs a warning and lets the reader skip; what is skipped is counted in one place, ``VideoDataset.skipped``
+(also ``loader.skipped``): shards dropped when the dataset is made and samples skipped while reading.
 
 Under DDP, shards found missing or of the wrong size are dropped before reading, identically on every rank;
 data found bad while reading is dropped only where it is read, so ranks may then get unequal counts.

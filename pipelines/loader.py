@@ -11,6 +11,10 @@ straight from the ring slots: on the CPU a batch within one block is a view of i
 on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it (uint8) to the device
 and scales it there.
 
+An error in a worker reaches the caller as the same :class:`PipelineError` / :class:`ShardError`, the shard
+named on its first line (the worker's traceback follows); any other exception while reading a block becomes
+one naming the block's shards.
+
 Checkpoint state is a few JSON ints, taken after the batches the caller has received::
 
     {"epoch": 3, "sample_in_epoch": 4096, "seed": 0, "rank": 0, "world_size": 8, "block_size": 256}

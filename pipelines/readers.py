@@ -107,6 +107,8 @@ def _read_local_tar(shard: ShardRef, path: str, start: int, stop: int | None, wi
 
 def _reason(exn: BaseException) -> str:
     """A stream failure's cause in a few words (webdataset appends the stream and URL to the args)."""
+    if isinstance(exn, FileNotFoundError):
+        return "missing"
     if isinstance(exn, OSError) and exn.strerror:
         return exn.strerror
     return (str(exn.args[0]) if exn.args else type(exn).__name__).split(" @ <", 1)[0]

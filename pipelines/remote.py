@@ -120,11 +120,14 @@ def open_location(location: str, max_bytes: int | None = None) -> BinaryIO:
 
 def read_location(location: str, limit: int) -> bytes:
     """The whole content of a location, refused past ``limit`` bytes (a manifest served endlessly)."""
+    chunks, total = [], 0
     with open_location(location, limit) as stream:
-        data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise RemoteError(f"larger than {limit} bytes")
-    return data
+        while chunk := stream.read(_CHUNK):  # read(limit + 1) would allocate the limit up front
+            total += len(chunk)
+            if total > limit:
+                raise RemoteError(f"larger than {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def hash_location(location: str, digest) -> int:

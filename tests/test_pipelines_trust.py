@@ -8,6 +8,7 @@ reset and cut connections), DataLoader worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import socket
@@ -64,8 +65,8 @@ def first_line(exn: BaseException) -> str:
 
 # ---------------------------------------------------------------- a real HTTP server with injected faults
 class _FaultyHandler(SimpleHTTPRequestHandler):
-    """Serves the store; ``faults`` maps a file name to "404", "reset" (half the body, then a TCP reset) or
-    "cut" (half the body, then a clean close, with the full Content-Length announced)."""
+    """Serves the store; ``faults`` maps a file name to "404", "reset" (half the body, then a TCP reset),
+    "cut" (half the body, then a clean close, with the full Content-Length announced) or "endless"."""
 
     faults: dict[str, str] = {}
 
@@ -76,6 +77,12 @@ class _FaultyHandler(SimpleHTTPRequestHandler):
             return super().do_GET()
         if fault == "404":
             return self.send_error(404)
+        if fault == "endless":  # no Content-Length, and no end
+            self.send_response(200)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(b" " * 65536)
         data = (Path(self.directory) / name).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
@@ -191,6 +198,19 @@ def test_remote_manifest_is_validated(web):
     assert "\n" not in str(caught.value)
 
 
+def test_endless_remote_manifest_or_shard_is_cut_off(web, monkeypatch):
+    store, base, faults = web
+    monkeypatch.setattr("pipelines.sources.MAX_MANIFEST_BYTES", 4 << 20)
+    faults["test-000002.tar"] = "endless"
+    ds = VideoDataset(f"{base}/manifest.json", world=World(), shuffle=False)
+    too_long = r"sent more than the \d+ bytes expected"
+    with pytest.raises(ShardError, match=rf"test-000002.tar: cannot read: {too_long}"):
+        run(make_loader(ds, batch_size=4, num_workers=0))
+    faults["manifest.json"] = "endless"
+    with pytest.raises(PipelineError, match=rf"^cannot read manifest {base}/manifest.json: {too_long}"):
+        VideoDataset(f"{base}/manifest.json", world=World())
+
+
 @pytest.mark.parametrize("fmt", ["wds", "hdf5"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_remote_store_is_read_without_a_shell(web, fmt, workers, no_subprocess):
@@ -200,6 +220,25 @@ def test_remote_store_is_read_without_a_shell(web, fmt, workers, no_subprocess):
     keys = run(loader)
     loader.close()  # before the server goes: workers read the next epoch ahead
     assert sorted(keys) == [sample_key(i) for i in range(3 * PER_SHARD)]
+
+
+def test_fsspec_store_is_read_without_a_shell(store, no_subprocess):
+    fsspec = pytest.importorskip("fsspec")
+    memory, root = fsspec.filesystem("memory"), f"/trust-{store.parent.name}"
+    for path in store.iterdir():
+        memory.pipe(f"{root}/{path.name}", path.read_bytes())
+    try:
+        url = f"memory://{root[1:]}/manifest.json"
+        ds = VideoDataset(url, world=World(), verify="sha256")
+        assert sorted(run(make_loader(ds, batch_size=4, num_workers=0))) == [sample_key(i) for i in range(20)]
+        memory.rm(f"{root}/test-000001.tar")
+        ds = VideoDataset(url, world=World(), shuffle=False)
+        with pytest.raises(
+            ShardError, match=rf"^shard memory://{root[1:]}/test-000001.tar: cannot read: missing"
+        ):
+            run(make_loader(ds, batch_size=4, num_workers=0))
+    finally:
+        memory.rm(root, recursive=True)
 
 
 EXIT_CHECK = """
