@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from datagen.errors import DatagenError
 
 DEFAULT_SCHEDULER_TIMEOUT = 5.0
 """Seconds to wait for a scheduler to answer (resolving, connecting, and its identity reply each)."""
+MAX_SCHEDULER_TIMEOUT = 3600.0
 IN_FLIGHT_PER_THREAD = 2
 """Tasks submitted per worker thread: one running, one queued, so no worker waits for the next."""
 MIN_IN_FLIGHT = 8
@@ -39,6 +41,9 @@ MIN_IN_FLIGHT = 8
 LIMIT_REFRESH_S = 5.0
 """How often to ask a scheduler how many threads it has now (an adaptive cluster grows)."""
 _SCHEMES_OVER_TCP = ("tcp", "tls")
+GREETING = struct.Struct("<Q")
+MAX_GREETING_BYTES = 1 << 20
+"""A Dask handshake is about a hundred bytes; a service claiming more is not Dask."""
 
 
 @dataclass(frozen=True)
@@ -60,18 +65,15 @@ def default_workers() -> int:
 def _split_address(address: str) -> tuple[str, str, int | None]:
     """`[scheme://]host:port` -> (scheme, host, port); port None for schemes not carried over TCP."""
     from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
 
     if not isinstance(address, str) or not address.strip() or any(c.isspace() for c in address):
         raise DatagenError(f"--scheduler {address!r} is not an address (expected tcp://host:port)")
     try:
         scheme, location = parse_address(address, strict=False)
-        from distributed.comm.registry import get_backend
-
         get_backend(scheme)
     except ValueError as e:
-        raise DatagenError(
-            f"--scheduler {address!r} is not an address ({e}; expected tcp://host:port)"
-        ) from None
+        raise DatagenError(f"--scheduler {address!r} is not a Dask address ({e})") from None
     if scheme not in _SCHEMES_OVER_TCP:
         return scheme, location, None
     try:
@@ -97,6 +99,31 @@ def _bounded(fn: Callable[[], Any], timeout: float) -> Any:
     return done.result(timeout=timeout)
 
 
+def _expect_dask_greeting(s: socket.socket, address: str, timeout: float) -> None:
+    """A Dask server speaks first: a little-endian uint64 byte count, then a small handshake message.
+
+    Checked on a plain socket because Dask's own reader trusts that count and allocates it: a service
+    answering in another protocol once made it ask for 3 EiB. An HTTP server says nothing until asked.
+    """
+    greeting = b""
+    try:
+        while len(greeting) < GREETING.size:
+            part = s.recv(GREETING.size - len(greeting))
+            if not part:
+                break
+            greeting += part
+    except TimeoutError:
+        pass
+    except OSError as e:
+        raise DatagenError(f"{address} is not a Dask scheduler: {e.strerror or e}") from None
+    if not greeting:
+        raise DatagenError(
+            f"{address} is not a Dask scheduler: no Dask greeting within {timeout:g} s (another service?)"
+        )
+    if len(greeting) < GREETING.size or not 0 < GREETING.unpack(greeting)[0] <= MAX_GREETING_BYTES:
+        raise DatagenError(f"{address} is not a Dask scheduler: it speaks another protocol")
+
+
 async def _identity(address: str, timeout: float) -> dict:
     from distributed.comm import connect
 
@@ -115,8 +142,10 @@ def check_scheduler(address: str, timeout: float = DEFAULT_SCHEDULER_TIMEOUT) ->
     unreachable port, and a service that does not answer as a Dask scheduler within `timeout` seconds
     (an HTTP server, a Dask worker). Touches nothing but the network.
     """
-    if not timeout > 0:
-        raise DatagenError(f"--scheduler-timeout must be > 0 seconds, got {timeout}")
+    if not 0 < timeout <= MAX_SCHEDULER_TIMEOUT:
+        raise DatagenError(
+            f"--scheduler-timeout must be in (0, {MAX_SCHEDULER_TIMEOUT:g}] seconds, got {timeout}"
+        )
     scheme, host, port = _split_address(address)
     where = f"Dask scheduler at {address}"
     if port is not None:
@@ -128,15 +157,17 @@ def check_scheduler(address: str, timeout: float = DEFAULT_SCHEDULER_TIMEOUT) ->
             raise DatagenError(
                 f"cannot reach {where}: host {host!r} does not resolve ({e.strerror})"
             ) from None
-        try:
-            family, kind, proto, _, sockaddr = infos[0]
-            with socket.socket(family, kind, proto) as s:
-                s.settimeout(timeout)
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.settimeout(timeout)
+            try:
                 s.connect(sockaddr)
-        except TimeoutError:
-            raise DatagenError(f"cannot reach {where}: no answer within {timeout:g} s") from None
-        except OSError as e:
-            raise DatagenError(f"cannot reach {where}: {e.strerror or e}") from None
+            except TimeoutError:
+                raise DatagenError(f"cannot reach {where}: no answer within {timeout:g} s") from None
+            except OSError as e:
+                raise DatagenError(f"cannot reach {where}: {e.strerror or e}") from None
+            if scheme == "tcp":
+                _expect_dask_greeting(s, address, timeout)
     try:
         reply = _bounded(
             lambda: asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout)), timeout + 1

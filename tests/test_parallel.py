@@ -55,6 +55,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(scope="module")
+def banner_server():
+    """A real TCP service that greets first, as SSH does: Dask would read its banner as a frame length."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                time.sleep(0.5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,19 +90,24 @@ def test_a_scheduler_passes_the_check(cluster):
     "address, message",
     [
         ("refused", "Connection refused"),
-        ("http", "is not a Dask scheduler"),
+        ("http", "no Dask greeting within 1.5 s"),
+        ("banner", "it speaks another protocol"),
         ("tcp://no-such-host.invalid:8786", "does not resolve"),
         ("tcp://host:port", "is not an address"),
         ("tcp://127.0.0.1", "is not an address"),
         ("tcp://127.0.0.1:99999", "port in 1..65535"),
-        ("http://example.org:8786", "is not an address"),
+        ("http://example.org:8786", "is not a Dask address"),
         ("", "is not an address"),
     ],
 )
-def test_bad_scheduler_addresses_are_one_line_within_the_timeout(http_server, address, message):
-    address = {"refused": f"tcp://127.0.0.1:{_free_port()}", "http": f"tcp://{http_server}"}.get(
-        address, address
-    )
+def test_bad_scheduler_addresses_are_one_line_within_the_timeout(
+    http_server, banner_server, address, message
+):
+    address = {
+        "refused": f"tcp://127.0.0.1:{_free_port()}",
+        "http": f"tcp://{http_server}",
+        "banner": f"tcp://{banner_server}",
+    }.get(address, address)
     start = time.monotonic()
     with pytest.raises(DatagenError, match=message) as e:
         check_scheduler(address, timeout=1.5)
@@ -131,7 +156,7 @@ def test_cli_exit_code_for_an_http_server_as_scheduler(tmp_path, http_server):
     start = time.monotonic()
     r = datagen("balls", "--n", "4", "--out", str(out), "--scheduler", f"tcp://{http_server}", "-q")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"error: tcp://{http_server} is not a Dask scheduler: no Dask reply within 5 s (another service?)"
+        f"error: tcp://{http_server} is not a Dask scheduler: no Dask greeting within 5 s (another service?)"
     ], r.stderr
     assert not out.exists() and time.monotonic() - start < 60
 
@@ -176,6 +201,19 @@ def test_open_cluster_checks_the_scheduler_first(http_server):
     with pytest.raises(DatagenError, match="not a Dask scheduler"):
         with open_cluster(scheduler=f"tcp://{http_server}", timeout=1):
             pytest.fail("entered a cluster that is an HTTP server")
+
+
+def sigint_ignored() -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_local_workers_ignore_ctrl_c_also_after_a_restart():
+    """The parent stops them; a worker that took SIGINT itself printed a traceback."""
+    with open_cluster(workers=1) as c:
+        client = c.client()
+        assert client.submit(sigint_ignored, pure=False).result()
+        client.restart()  # a fresh worker process, started by the nanny at any later time
+        assert client.submit(sigint_ignored, pure=False).result()
 
 
 BALLS = ["balls", "--n", "400", "--frames", "8", "--size", "32", "--shard-size", "5", "--seed", "5", "-q"]
