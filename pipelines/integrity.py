@@ -41,16 +41,20 @@ def check_verify_mode(verify: str, info: SourceInfo) -> None:
         )
 
 
-def _check_size(shard: ShardRef) -> None:
-    path = shard.local_path
-    if path is None:
-        return
+def _stat(shard: ShardRef, path: str) -> os.stat_result:
     try:
-        size = os.path.getsize(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise ShardError(shard.url, "missing") from None
     except OSError as exn:
         raise ShardError(shard.url, f"cannot read: {exn.strerror or exn}") from None
+
+
+def _check_size(shard: ShardRef) -> None:
+    path = shard.local_path
+    if path is None:
+        return
+    size = _stat(shard, path).st_size
     if shard.nbytes is not None and size != shard.nbytes:
         raise ShardError(
             shard.url, f"{size} bytes on disk but the manifest says {shard.nbytes} (truncated or changed)"
@@ -80,12 +84,7 @@ def _version(shard: ShardRef) -> tuple:
     path = shard.local_path
     if path is None:
         return (shard.url, shard.sha256)
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        raise ShardError(shard.url, "missing") from None
-    except OSError as exn:
-        raise ShardError(shard.url, f"cannot read: {exn.strerror or exn}") from None
+    stat = _stat(shard, path)
     return (shard.url, shard.sha256, stat.st_size, stat.st_mtime_ns)
 
 
