@@ -55,7 +55,7 @@ def test_build_checks_the_digest(tmp_path, capsys):
         "n": 12,
         "shard_size": 5,
         "formats": ["wds"],
-        "digest": "sha256:0",
+        "digest": "sha256:" + "0" * 64,
     }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(spec))
