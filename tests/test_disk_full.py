@@ -221,3 +221,18 @@ def test_full_disk_at_the_journal_is_one_line(tmp_path, pattern, monkeypatch):
     assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
     resumed = run_store_job(job(out), workers=0, resume=True)
     assert resumed == run_store_job(job(tmp_path / "ref"), workers=0)
+
+
+def test_full_disk_writing_videogan_strips_is_one_line(tmp_path, monkeypatch):
+    from datagen.stabilize.videogan_format import strip_path, write_list, write_strip
+
+    def disk_full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    path = strip_path(tmp_path, 3, 1)
+    with pytest.raises(WriteError, match=f"no space left in {path.parent}: it needs .* for 0001.jpg"):
+        write_strip(path, np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(WriteError, match="list.txt"):
+        write_list(tmp_path)
+    assert [p.name for p in tmp_path.rglob("*")] == [path.parent.name]  # the folder, no file

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from datagen.errors import DatagenError
-from datagen.store.atomic import atomic_path
+from datagen.store.atomic import write_bytes_atomic, write_error
 
 JPEG_QUALITY = 95  # cv2.imwrite's default, which VideoGAN's script used
 LIST_NAME = "list.txt"
@@ -48,9 +48,11 @@ def strip_path(root: Path, video_index: int, clip_index: int) -> Path:
 
 def write_strip(path: Path, frames_rgb: np.ndarray) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encode_strip(frames_rgb))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, path.parent) from None
+    write_bytes_atomic(path, encode_strip(frames_rgb))
 
 
 def read_strip(path: Path) -> np.ndarray:
@@ -62,8 +64,7 @@ def write_list(root: Path) -> Path:
     root = Path(root)
     lines = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.jpg"))
     final = root / LIST_NAME
-    with atomic_path(final) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
+    write_bytes_atomic(final, "".join(f"{line}\n" for line in lines).encode())
     return final
 
 

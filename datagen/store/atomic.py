@@ -94,14 +94,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_json_atomic(final: Path, obj: Any) -> None:
-    """Canonical JSON (sorted keys, fixed indent) so identical content gives identical bytes."""
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """`data` under `final`, complete or not at all; a failed write is one WriteError line."""
     try:
         with atomic_path(final) as tmp:
             tmp.write_bytes(data)
     except OSError as e:
         raise write_error(e, final, len(data)) from None
+
+
+def write_json_atomic(final: Path, obj: Any) -> None:
+    """Canonical JSON (sorted keys, fixed indent) so identical content gives identical bytes."""
+    write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
