@@ -19,8 +19,8 @@ from typing import Any
 
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
-from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Task, check_scheduler, run_tasks
-from datagen.store.atomic import remove_stale_temps, write_error, write_json_atomic
+from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Cluster, Task, open_cluster, run_tasks
+from datagen.store.atomic import format_bytes, remove_stale_temps, write_error, write_json_atomic
 from datagen.store.format import (
     FORMATS,
     JOB_FILE,
@@ -82,15 +82,27 @@ def run_store_job(
     returns its manifest; damaged shards are made again when `resume` is given.
     """
     out = Path(job.out)
-    if scheduler:
-        check_scheduler(scheduler, scheduler_timeout)  # before anything is written to out
     if not (out.is_dir() and any(out.iterdir())):
         check_free_space(out, job, done=0)  # before anything is written
-    existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
-    if existing is not None:
-        if on_progress:
-            on_progress(len(job.tasks), len(job.tasks))
-        return existing
+    # the scheduler is checked and connected before anything is written to out
+    with open_cluster(scheduler=scheduler, workers=workers, timeout=scheduler_timeout) as cluster:
+        existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
+        if existing is not None:
+            if on_progress:
+                on_progress(len(job.tasks), len(job.tasks))
+            return existing
+        results = _run_remaining(job, cluster, on_progress)
+    ordered = [results[t.id] for t in job.tasks]
+    extra = job.summarize(ordered) if job.summarize else None
+    manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
+    write_manifest(out, manifest)
+    remove_run_files(out)
+    return manifest
+
+
+def _run_remaining(job: StoreJob, cluster: Cluster, on_progress: ProgressFn | None) -> dict[str, dict]:
+    """Run the tasks the journal does not hold (or whose shards no longer check out); results by task id."""
+    out = Path(job.out)
     done = read_journal(out)
     results: dict[str, dict] = {}
     journal = open(out / JOURNAL, "a")
@@ -118,27 +130,18 @@ def run_store_job(
             if job.prepare:
                 job.prepare()
         todo = (t for t in job.tasks if t.id not in results)  # drawn as workers free up
+        remaining = len(job.tasks) - len(results)
         try:
-            run_tasks(
-                todo,
-                scheduler=scheduler,
-                workers=workers,
-                scheduler_timeout=scheduler_timeout,
-                on_result=record_result,
-                n_tasks=len(job.tasks) - len(results),
-            )
+            if remaining and not cluster.in_process:
+                cluster.client(remaining)  # a local cluster starts here, no bigger than the job
+            run_tasks(todo, cluster=cluster, on_result=record_result)
         except BaseException:
             remove_stale_temps(out)  # of tasks stopped mid-shard (their workers closed with the cluster)
             raise
     finally:
         with contextlib.suppress(OSError):  # lines are flushed as written; a failing close adds nothing
             journal.close()
-    ordered = [results[t.id] for t in job.tasks]
-    extra = job.summarize(ordered) if job.summarize else None
-    manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
-    write_manifest(out, manifest)
-    remove_run_files(out)
-    return manifest
+    return results
 
 
 def remove_run_files(out: Path) -> None:
@@ -177,17 +180,9 @@ def check_free_space(out: Path, job: StoreJob, *, done: int) -> None:
     free = st.f_bavail * st.f_frsize
     if need > free:
         raise DatagenError(
-            f"not enough space in {out}: the job needs at least {_size(need)} "
-            f"({total - done} of {total} shards left), the disk has {_size(free)} free"
+            f"not enough space in {out}: the job needs at least {format_bytes(need)} "
+            f"({total - done} of {total} shards left), the disk has {format_bytes(free)} free"
         )
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
-        if n < 1000 or unit == "EB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 def prepare_output(out: Path, job: StoreJob, *, resume: bool, overwrite: bool) -> dict | None:

@@ -94,6 +94,7 @@ def test_overwrite_of_an_unfinished_run_removes_only_its_files(tmp_path, pattern
     job = generation_job(out, pattern, PARAMS, seed=7, n=12, shard_size=5, formats=["wds"])
     (out / JOB_FILE).write_text(json.dumps({k: job.record[k] for k in job.record}))
     (out / ".pattern-000002.tar.1234.tmp").write_bytes(b"partial")
+    (out / f".{JOB_FILE}.1234.tmp").write_bytes(b"partial")
     remove_store(out)
     assert list(out.iterdir()) == []
 

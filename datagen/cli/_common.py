@@ -86,8 +86,9 @@ def resolve_seed(opts: RunOptions, out: Path) -> int:
 
 @contextlib.contextmanager
 def _progress(job: StoreJob, *, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A live bar on stderr fed by `on_progress(done, total)`; nothing under --quiet."""
-    if quiet:
+    """A live bar on stderr fed by `on_progress(done, total)`; nothing under --quiet or when stderr is not a
+    terminal (a log file gets the summary lines, not a blank line left by the cleared bar)."""
+    if quiet or not err.is_terminal:
         yield None
         return
     columns = (

@@ -104,6 +104,7 @@ def build_cli(
     out: c.Out = None,
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
+    scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
@@ -115,7 +116,9 @@ def build_cli(
         raise DatagenError(
             f"{spec} was made with {s['generator']} v{s['generator_version']}, this install has v{installed}"
         )
-    opts = c.RunOptions(out, s["seed"], "", s["shard_size"], workers, scheduler, resume, overwrite, quiet)
+    opts = c.RunOptions(
+        out, s["seed"], "", s["shard_size"], workers, scheduler, resume, overwrite, quiet, scheduler_timeout
+    )
     target = out or Path("data") / s["name"]
     job = generation_job(
         target,

@@ -327,7 +327,8 @@ def load_manifest(store: str | Path) -> dict[str, Any]:
 
 # --- what in a store folder is ours ---------------------------------------------------------------------
 
-TEMP_RE = re.compile(r"\.(?P<final>[A-Za-z0-9][A-Za-z0-9_.-]{0,200})\.[0-9a-f]{1,32}\.tmp")
+# .<final>.<id>.tmp, where <final> may itself be a dot-file (the job file)
+TEMP_RE = re.compile(r"\.(?P<final>\.?[A-Za-z0-9][A-Za-z0-9_.-]{0,200})\.[0-9a-f]{1,32}\.tmp")
 VIDEOGAN_DIR = "videogan"  # `datagen stabilize --videogan`: <video:06d>/<clip:04d>.jpg strips and list.txt
 VIDEOGAN_VIDEO_RE = re.compile(r"[0-9]{6,12}")
 VIDEOGAN_STRIP_RE = re.compile(r"[0-9]{4,9}\.jpg")
