@@ -61,6 +61,7 @@ class StoreJob:
     progress_unit: str = "shards"
     results_from_manifest: Callable[[dict], dict[str, dict]] | None = None
     min_bytes: int = 0
+    keep_result: Callable[[dict], bool] | None = None  # False: a journaled result is run again on --resume
 
 
 ProgressFn = Callable[[int, int], None]
@@ -109,7 +110,9 @@ def _run_remaining(job: StoreJob, cluster: Cluster, on_progress: ProgressFn | No
     try:
         for t in job.tasks:
             r = done.pop(t.id, None)
-            if r is not None and all(check_shard(out, s) is None for s in r["shards"]):
+            if r is None or (job.keep_result is not None and not job.keep_result(r)):
+                continue
+            if all(check_shard(out, s) is None for s in r["shards"]):
                 results[t.id] = r
         if on_progress:
             on_progress(len(results), len(job.tasks))

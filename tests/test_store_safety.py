@@ -360,3 +360,30 @@ def test_overwrite_of_a_videogan_store_removes_its_strips_and_nothing_else(tmp_p
     stray.unlink()
     assert main([*cmd, "--overwrite"]) == 0
     assert (out / "videogan" / "list.txt").exists() and load_manifest(out)["stabilize"]["clips_kept"] >= 1
+
+
+def test_stabilize_resume_retries_an_input_that_could_not_be_read(tmp_path):
+    """Killed after an unreadable input was journaled; the input turns up; --resume reads it this time."""
+    import shutil
+
+    pytest.importorskip("cv2")
+    from datagen.sources.video import expand_inputs, shipped_sample_video
+    from datagen.stabilize.job import stabilization_job, write_stabilized_shard
+
+    real = str(shipped_sample_video("carphone_pristine.mp4"))
+    late = tmp_path / "late.mp4"
+    out = tmp_path / "golf"
+    out.mkdir()
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("late.mp4\n")
+    job = stabilization_job(out, expand_inputs([str(listing)]), {"min_frames": 16}, seed=0, formats=["wds"])
+    task = job.tasks[0]
+    failed = write_stabilized_shard(*task.args)
+    assert failed["video"]["error"]
+    (out / JOB_FILE).write_text(json.dumps({k: job.record[k] for k in job.record}))
+    (out / JOURNAL).write_text(json.dumps({"task": task.id, "result": failed}) + "\n")
+    shutil.copy(real, late)
+    cmd = ["stabilize", str(listing), "-o", str(out), "-q", "-w", "0", "--min-frames", "16", "--seed", "0"]
+    assert main([*cmd, "--format", "wds", "--resume"]) == 0
+    summary = load_manifest(out)["stabilize"]
+    assert summary["unreadable"] == [] and summary["clips_kept"] >= 1

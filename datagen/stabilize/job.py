@@ -161,4 +161,11 @@ def stabilization_job(
         )
         for i, s in enumerate(sources)
     ]
-    return StoreJob(out=Path(out), record=record, tasks=tasks, summarize=summarize, progress_unit="videos")
+    return StoreJob(
+        out=Path(out),
+        record=record,
+        tasks=tasks,
+        summarize=summarize,
+        progress_unit="videos",
+        keep_result=lambda r: not r["video"]["error"],  # --resume retries inputs that could not be read
+    )
