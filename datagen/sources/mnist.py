@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from datagen.cache import cache_dir
 from datagen.errors import DatagenError
 from datagen.store.atomic import atomic_path
 
@@ -70,14 +71,6 @@ class DigitSet:
     labels: np.ndarray  # (N,) uint8
     source_index: np.ndarray  # (N,) int64: row of each image in its source file
     descriptor: dict[str, Any]
-
-
-def cache_dir() -> Path:
-    """`$VIDEOGEN_CACHE`, else `$XDG_CACHE_HOME/videogen`, else `~/.cache/videogen`."""
-    if env := os.environ.get("VIDEOGEN_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "videogen"
 
 
 def digits_sha256(images: np.ndarray, labels: np.ndarray) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from datagen.cache import cache_dir
 from recipes.common.config import TrainConfig
 
 # The --smoke store: a few short 30x30 one-ball clips (FrameGAN's frame size), small enough to build in ~1 s.
@@ -26,21 +26,13 @@ SMOKE_SHARD_SIZE = 16
 SMOKE_SEED = 0
 
 
-def cache_root() -> Path:
-    """`$VIDEOGEN_CACHE`, else `$XDG_CACHE_HOME/videogen`, else `~/.cache/videogen`."""
-    if os.environ.get("VIDEOGEN_CACHE"):
-        return Path(os.environ["VIDEOGEN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "videogen"
-
-
 def smoke_store(
     root: str | Path | None = None, *, params: Mapping[str, Any] | None = None, n: int = SMOKE_SAMPLES
 ) -> Path:
     """Generate (once; later calls reuse it) a tiny balls store with datagen and return its root."""
     params = dict(SMOKE_PARAMS if params is None else params)
     tag = hashlib.sha256(json.dumps([SMOKE_GENERATOR, params, n], sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(root) if root is not None else cache_root() / "smoke" / f"{SMOKE_GENERATOR}-{tag}"
+    out = Path(root) if root is not None else cache_dir("smoke") / f"{SMOKE_GENERATOR}-{tag}"
     if (out / "manifest.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
