@@ -68,6 +68,11 @@ def nearest_indices(
     return out
 
 
+def _report_epoch(epoch: int, epochs: int, lines: int = 20) -> bool:
+    """Whether to log this epoch: about ``lines`` evenly spaced epochs and the last (the history has all)."""
+    return epoch % max(1, epochs // lines) == 0 or epoch == epochs - 1
+
+
 def _step_lr(base: float, epoch: int, decay_epochs: int, decay_rate: float) -> float:
     return base * decay_rate ** (epoch // decay_epochs)
 
@@ -154,7 +159,7 @@ class IMLEMapping(nn.Module):
                 opt.step()
                 total += loss.item()
             history.append(total / len(batches))
-            if log:
+            if log and _report_epoch(epoch, epochs):
                 log(f"imle epoch {epoch}: mse {history[-1]:.6f}")
         return history
 
@@ -330,7 +335,7 @@ class VAEMapping(nn.Module):
                 opt.step()
                 total += loss.item()
             history.append(total / len(batches))
-            if log:
+            if log and _report_epoch(epoch, epochs):
                 log(f"vae epoch {epoch}: loss {history[-1]:.6f}")
         return history
 

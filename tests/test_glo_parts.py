@@ -339,3 +339,11 @@ def test_i3d_distance_matches_separate_feature_passes():
     assert torch.all(dist(x, x) == 0)
     with pytest.raises(ValueError):
         I3DDistance(i3d, ("Mixed_9z",))
+
+
+def test_mapping_fits_log_about_twenty_epochs_and_the_last():
+    lines: list[str] = []
+    codes = F.normalize(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    history = IMLEMapping(4, noise_dim=2, hidden=8).fit(codes, epochs=100, batch_size=8, log=lines.append)
+    assert len(history) == 100 and len(lines) == 21
+    assert lines[0].startswith("imle epoch 0:") and lines[-1].startswith("imle epoch 99:")
