@@ -34,6 +34,14 @@ sequences), `report.json`, `metric-*.jsonl` and `isomap.png`, all through `recip
 For the 3-ball row use the 3-ball checkpoints and store. More metrics from the saved samples, e.g. FVD:
 `python -m recipes.evaluate --real STORE --fake runs/eval-1b/eval/samples.npy --metrics fvd256_16f -o DIR`.
 
+`eval.json` also holds `collapse` (per row: `collapsed` and the reasons: near-identical videos from
+independent latents or the wrong ball count in most frames; see `recipes.metrics.diversity`), because the
+adjacent-frame MSE alone rewards a static, collapsed model; and `fig5` (`eval/fig5.png`: 6 of G_V's latent
+paths, the straight lines between their end points and prior samples in one Isomap, the paper's Fig. 5).
+Stage 1 with `--eval-videos N` evaluates N frames from independent z against N real frames (one random frame
+per clip): `eval.json` {"generated", "real", "collapse"} with the ball count accuracy, the diversity
+figures and their ratios to real.
+
 G_F swap (a G_V trained with one G_F samples through another, e.g. 3-ball G_V through a 1-ball G_F): the
 same command with `--gv-checkpoint runs/gv-3b/...` and `--gf-checkpoint runs/gf-1b/...`.
 
@@ -623,6 +631,7 @@ def _evaluate_frames(cfg: FrameGANConfig, run: Run, g: nn.Module) -> dict[str, A
     if not run.is_main:
         return {}
     from recipes.evaluate import evaluate_samples, open_real
+    from recipes.metrics.diversity import DIVERSITY_KEYS
 
     data = data_source(cfg)
     real, n = open_real(data, cfg.eval_videos)
@@ -637,9 +646,15 @@ def _evaluate_frames(cfg: FrameGANConfig, run: Run, g: nn.Module) -> dict[str, A
         data, {"fake": frames[:, :, None].float().numpy()}, [metric], out, seed=cfg.seed
     )
     results = report["metrics"][0]["results"]
-    keep = ("count_accuracy", "mean_count", "centre_spread", "occupancy_entropy", "pixel_std", "collapsed")
+    keep = {
+        "count_accuracy",
+        "mean_count",
+        "collapsed",
+        *DIVERSITY_KEYS,
+        *(f"{k}_ratio" for k in DIVERSITY_KEYS),
+    }
     summary: dict[str, Any] = {
-        row: {k: v for k, v in _source_results(results, src).items() if k in keep or k.endswith("_ratio")}
+        row: {k: v for k, v in _source_results(results, src).items() if k in keep}
         for row, src in (("real", "real"), ("generated", "fake"))
     }
     summary["collapse"] = {"real": report["collapse"]["real"], "generated": report["collapse"]["fake"]}

@@ -1,0 +1,94 @@
+"""FrameGAN reproduction protocols: targets as data, metrics taken from the recipe's eval.json, and (slow) the
+--quick protocols themselves, which must pass their stated targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recipes import reproduce
+from recipes.protocols import framegan as proto
+
+
+def test_both_protocols_registered_with_the_issues_targets() -> None:
+    protocols = reproduce.load_protocols()
+    for n_balls in (1, 3):
+        full = protocols[f"framegan-{n_balls}ball"].targets(False)
+        by_metric = {(t.metric, t.op): t.value for t in full.values()}
+        assert by_metric[("stage1.count_accuracy", ">=")] == 0.9  # exactly n balls in >= 90% of frames
+        assert by_metric[("stage1.centre_spread_ratio", ">=")] == 0.8  # within 20% of real
+        assert by_metric[("stage1.centre_spread_ratio", "<=")] == 1.2
+        assert by_metric[("stage1.occupancy_entropy_ratio", ">=")] == 0.8
+        assert by_metric[("stage2.link_rate", ">=")] == 0.9
+        assert by_metric[("stage2.mse_ratio", ">=")] == 0.75 and by_metric[("stage2.mse_ratio", "<=")] == 1.25
+        assert by_metric[("stage2.independent_ratio", ">=")] == 2.0
+        quick = protocols[f"framegan-{n_balls}ball"].targets(True)
+        assert quick.keys() == full.keys()
+        for name, t in quick.items():  # --quick is weaker, never stricter, and says so
+            looser = t.value <= full[name].value if t.op == ">=" else t.value >= full[name].value
+            assert looser and "quick" in t.why
+
+
+def _eval_jsons(collapsed: bool) -> tuple[dict, dict]:
+    """eval.json of stage 1 and stage 2 as the recipe writes them (only the keys the protocol reads)."""
+    verdict = {"collapsed": collapsed, "reasons": ["near-identical"] if collapsed else []}
+    gen1 = {
+        "count_accuracy": 0.95,
+        "centre_spread": 11.0,
+        "centre_spread_ratio": 0.9,
+        "occupancy_entropy_ratio": 0.97,
+        "pixel_std_ratio": 0.95,
+        "collapsed": collapsed,
+    }
+    stage1 = {
+        "generated": gen1,
+        "real": {"centre_spread": 12.2},
+        "collapse": {"generated": verdict, "real": {"collapsed": False, "reasons": []}},
+    }
+    physics = {
+        "generated": {
+            "link_rate": 0.95,
+            "count_accuracy": 0.97,
+            "ballistic_fraction": 0.8,
+            "centre_spread_ratio": 0.9,
+            "occupancy_entropy_ratio": 0.9,
+        },
+        "real": {"link_rate": 1.0},
+    }
+    stage2 = {
+        "real": {"mean": 0.0222},
+        "generated": {"mean": 0.0227},
+        "independent": {"mean": 0.0766},
+        "physics": physics,
+        "collapse": {"generated": verdict},
+    }
+    return stage1, stage2
+
+
+def test_metrics_come_from_eval_json_and_decide_passed() -> None:
+    stage1, stage2 = _eval_jsons(collapsed=False)
+    metrics = {"stage1": proto.stage1_metrics(stage1), "stage2": proto.stage2_metrics(stage2)}
+    assert metrics["stage2"]["mse_ratio"] == pytest.approx(0.0227 / 0.0222)  # the paper's own Table 1 row
+    assert metrics["stage2"]["independent_ratio"] == pytest.approx(0.0766 / 0.0222)
+    passed = reproduce.check_targets(metrics, proto.targets(False, count_what="one ball"))
+    assert all(passed.values()), passed
+    # a collapsed, static model: smooth (tiny MSE) but fails the targets that look at it properly
+    stage1["generated"] |= {"centre_spread_ratio": 0.01, "occupancy_entropy_ratio": 0.0}
+    stage2["generated"]["mean"] = 0.0002  # the issue's collapsed run
+    metrics = {"stage1": proto.stage1_metrics(stage1), "stage2": proto.stage2_metrics(stage2)}
+    passed = reproduce.check_targets(metrics, proto.targets(False, count_what="one ball"))
+    assert not passed["stage1_spread_low"] and not passed["stage1_entropy"] and not passed["stage2_mse_low"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_balls", [1, 3])
+def test_quick_protocol_passes_its_targets(n_balls: int, tmp_path: Path) -> None:
+    """The documented --quick protocol end to end (minutes on 2 CPU cores): its report must pass."""
+    report = reproduce.reproduce(f"framegan-{n_balls}ball", tmp_path, quick=True)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["passed"] == report["passed"]
+    for rel in saved["files"].values():
+        assert (tmp_path / rel).is_file()
+    assert report["all_passed"], reproduce.format_report(report)
