@@ -36,13 +36,13 @@ EVAL_CLIPS = 256  # reconstructions scored and samples drawn per mapping
 
 # GLOConfig fields per mode (the rest are the recipe's GLANN-VIDEO defaults); "store": clips in the store.
 CPU_SCALE: dict[bool, dict[str, Any]] = {
-    False: {  # full: about an hour on 2 CPU cores
-        "store": 2048,
-        "glo": {"epochs": 60, "fvd_clips": 256, "fvd_reconstruction": True},
+    False: {  # full: about 20 CPU-minutes (half an hour on 2 CPU cores shared with other work)
+        "store": 1024,
+        "glo": {"epochs": 40, "fvd_clips": 128, "fvd_reconstruction": True},
     },
-    True: {  # --quick: about 10 minutes on 2 CPU cores
-        "store": 512,
-        "glo": {"epochs": 40, "fvd_clips": 64, "fvd_reconstruction": False},
+    True: {  # --quick: about 6 CPU-minutes
+        "store": 256,
+        "glo": {"epochs": 30, "fvd_clips": 64, "fvd_reconstruction": False},
     },
 }
 COMMON: dict[str, Any] = {
