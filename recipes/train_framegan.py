@@ -91,7 +91,12 @@ from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid, save_video_gif
-from recipes.losses.multi_d import combine_generator_losses, discriminator_losses, generator_losses
+from recipes.losses.multi_d import (
+    combine_generator_losses,
+    discriminator_losses,
+    generator_losses,
+    r1_penalties,
+)
 from recipes.models.framegan import (
     FrameGenerator,
     LoopDiscriminators,
@@ -119,6 +124,7 @@ class FrameGANConfig(TrainConfig):
     init: Literal["dcgan", "pytorch"] = "dcgan"  # G_F and D weights: N(0, 0.02), zero bias / PyTorch default
     betas: tuple[float, float] = (0.5, 0.999)  # Adam only
     nadir_slack: float = 1.5  # hypervolume delta: eta = delta * max_k l_k
+    r1_gamma: float = 0.0  # beyond the paper (0 = off): R1 penalty on each D's projected real input
     # data and model shapes
     size: int = 30  # frame size: 30 (paper) or 64
     channels: int = 1
@@ -313,21 +319,32 @@ def train_step(
     scaler: torch.amp.GradScaler,
     autocast: Callable[[], Any],
     z_g: torch.Tensor | None = None,
+    r1_gamma: float = 0.0,
 ) -> dict[str, float]:
     """One D update (all K at once) on real + detached G(z), then one G update on G(z_g).
 
     `z_g` is the G step's fresh noise (as the authors' stage 1 code); None reuses the D step's fake batch (as
     their stage 2 code), which saves a generator forward. Real and fake go through D as one concatenated
     batch (D has no BatchNorm, so this is exact) and the G step calls the unwrapped D with its weights'
-    gradients off, so DDP sees one forward/backward per module.
+    gradients off, so DDP sees one forward/backward per module. `r1_gamma` > 0 adds the R1 penalty of each
+    discriminator on its own (projected) real input (beyond the paper; `recipes.losses.multi_d`).
     """
     with autocast(), torch.no_grad() if z_g is not None else contextlib.nullcontext():
         fake = fake_fn(z)
+    n = len(real)
+    r1 = None
     with autocast():
-        logits = d(torch.cat([real, fake.detach()]))
-        d_losses = discriminator_losses(logits[: len(real)], logits[len(real) :])
+        if r1_gamma > 0:  # the projections are fixed buffers: project outside D, one D forward (DDP) on both
+            projected = ckpt.unwrap(d).project(torch.cat([real, fake.detach()])).detach()
+            p_real = projected[:n].requires_grad_(True)
+            logits = d(torch.cat([p_real, projected[n:]]), projected=True)
+            r1 = r1_penalties(logits[:n], p_real)
+        else:
+            logits = d(torch.cat([real, fake.detach()]))
+        d_losses = discriminator_losses(logits[:n], logits[n:])
+    d_obj = d_losses.sum() if r1 is None else d_losses.sum() + r1_gamma / 2 * r1.sum()
     opt_d.zero_grad(set_to_none=True)
-    scaler.scale(d_losses.sum()).backward()
+    scaler.scale(d_obj).backward()
     scaler.step(opt_d)
 
     d_plain = ckpt.unwrap(d)
@@ -343,6 +360,7 @@ def train_step(
     scaler.update()
     d_plain.requires_grad_(True)
     return {
+        **({"r1": r1.mean().item()} if r1 is not None else {}),
         "d_loss": d_losses.mean().item(),
         "g_loss": g_losses.mean().item(),
         "g_objective": g_obj.item(),
@@ -499,6 +517,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 scaler=scaler,
                 autocast=run.autocast,
                 z_g=z_g,
+                r1_gamma=cfg.r1_gamma,
             )
             step += 1
             if run.after_step(step, stats, epoch=epoch, samples=samples, checkpoint=checkpoint):

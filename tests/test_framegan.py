@@ -13,6 +13,7 @@ from recipes.losses.multi_d import (
     discriminator_losses,
     generator_losses,
     hypervolume_loss,
+    r1_penalties,
 )
 from recipes.models.framegan import (
     FrameGenerator,
@@ -268,3 +269,44 @@ def test_mean_loss_gives_each_discriminator_weight_one_over_k() -> None:
     combine_generator_losses(generator_losses(d(g(z))), "mean").backward()
     for i, p in enumerate(g.parameters()):
         torch.testing.assert_close(p.grad, sum(grads[i] for grads in per_d) / 4, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_r1_penalty_is_each_discriminators_own_input_gradient(stage: int) -> None:
+    """Beyond the paper (`--r1-gamma`): R1 of D_k on its own projected input; batched == per-D reference."""
+    torch.manual_seed(0)
+    if stage == 1:
+        d, x = frame_discriminators(3, width=4), torch.randn(5, 1, 30, 30)
+    else:
+        d, x = video_discriminators(2, width=2), torch.randn(2, 1, 30, 30, 30)
+    loop = LoopDiscriminators.from_batched(d)
+    for model in (d, loop):  # projected=True skips the projection: same logits
+        torch.testing.assert_close(model(model.project(x), projected=True), model(x), rtol=1e-5, atol=1e-6)
+    p = d.project(x).detach().requires_grad_(True)
+    r1 = r1_penalties(d(p, projected=True), p)
+    expected = []
+    for single in loop.discriminators:
+        q = single.project(x).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(single(q, projected=True).sum(), q)
+        expected.append(g.square().flatten(1).sum(1).mean())
+    torch.testing.assert_close(r1, torch.stack(expected), rtol=1e-4, atol=1e-8)
+    r1.sum().backward()  # the graph is kept: the penalty trains the discriminators
+    assert d.convs[0].weight.grad is not None and d.convs[0].weight.grad.abs().sum() > 0
+
+
+def test_train_step_with_r1_adds_the_penalty_to_the_discriminators_step() -> None:
+    torch.manual_seed(0)
+    g, real, z = FrameGenerator(width=16), torch.rand(4, 1, 30, 30) * 2 - 1, torch.randn(4, 100)
+    weights = {}
+    for gamma in (0.0, 10.0):
+        torch.manual_seed(1)
+        d = frame_discriminators(2, width=4)
+        opt_g, opt_d = torch.optim.SGD(g.parameters(), 0.0), torch.optim.SGD(d.parameters(), 0.1)
+        stats = train_step(
+            g, d, opt_g, opt_d, real, z, g_loss="mean", nadir_slack=1.5,
+            scaler=torch.amp.GradScaler("cpu", enabled=False), autocast=contextlib.nullcontext,
+            z_g=torch.randn(4, 100), r1_gamma=gamma,
+        )  # fmt: skip
+        assert ("r1" in stats) is (gamma > 0)
+        weights[gamma] = d.convs[0].weight.detach().clone()
+    assert not torch.equal(weights[0.0], weights[10.0])

@@ -4,6 +4,9 @@ Each discriminator k gives logits (B, K). Its own loss is the BCE GAN loss; the 
 summed, which with element-wise optimizers (Adam, RMSprop) is exactly K independent discriminators with K
 optimizers (block k of the grouped weights only gets gradient from loss k).
 
+Optional, beyond the paper: the R1 penalty (Mescheder, Geiger & Nowozin 2018) of each discriminator on its
+OWN input, the fixed projection of real data: (gamma / 2) E ||grad_p D_k(p)||^2, p = P_k x (`r1_penalties`).
+
 Generator, with l_k = BCE(D_k(G(z)), 1) (non-saturating):
 - "mean":        (1/K) sum_k l_k (Neyshabur et al., rpgan);
 - "sum":         sum_k l_k (FrameGAN authors' `vanilla` mode; the mean times K);
@@ -57,3 +60,13 @@ def combine_generator_losses(losses: torch.Tensor, mode: GeneratorLoss, delta: f
     if mode == "hypervolume":
         return hypervolume_loss(losses, delta)
     raise ValueError(f"unknown generator loss {mode!r} (mean, sum or hypervolume)")
+
+
+def r1_penalties(real_logits: torch.Tensor, projected_real: torch.Tensor) -> torch.Tensor:
+    """Each discriminator's R1 term (K,) = E_x ||grad_p D_k(p)||^2, p = P_k x, with the graph kept.
+
+    `projected_real` (B, K, ...) must require grad and `real_logits` (B, K) come from it with channel k
+    feeding discriminator k only (grouped convs), so one gradient of the summed logits holds every
+    discriminator's own input gradient."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), projected_real, create_graph=True)
+    return grad.float().square().flatten(2).sum(2).mean(0)

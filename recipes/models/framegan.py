@@ -218,9 +218,14 @@ class MultiDiscriminator(nn.Module):
         self.convs = nn.ModuleList(convs)
         init_weights(self.convs, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Every discriminator's own fixed projection of x: (B, C, ...) -> (B, K, ...)."""
         p = self.proj_spec
-        h = self._conv(x, self.projection.to(x.dtype), None, p.stride, p.padding)  # (B, K, ...)
+        return self._conv(x, self.projection.to(x.dtype), None, p.stride, p.padding)
+
+    def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
+        """Logits (B, K); `projected=True`: x is already `project(...)`'s output (channel k feeds D_k)."""
+        h = x if projected else self.project(x)
         for i, conv in enumerate(self.convs):
             h = conv(h)
             if i < len(self.convs) - 1:
@@ -245,9 +250,12 @@ class SingleDiscriminator(nn.Module):
             c_in = s.out
         self.net = nn.Sequential(*mods)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         p = self.proj_spec
-        h = self._conv(x, self.projection.to(x.dtype), None, p.stride, p.padding)
+        return self._conv(x, self.projection.to(x.dtype), None, p.stride, p.padding)
+
+    def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
+        h = x if projected else self.project(x)
         return self.net(h).flatten(1).mean(1)
 
 
@@ -274,7 +282,14 @@ class LoopDiscriminators(nn.Module):
             discs.append(d)
         return cls(discs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([d.project(x) for d in self.discriminators], dim=1)
+
+    def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
+        if projected:
+            return torch.stack(
+                [d(x[:, k : k + 1], projected=True) for k, d in enumerate(self.discriminators)], 1
+            )
         return torch.stack([d(x) for d in self.discriminators], dim=1)
 
 
