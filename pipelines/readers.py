@@ -19,6 +19,8 @@ import math
 import os
 import tarfile
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +67,14 @@ def _stack(shard: ShardRef, keys: list[str], arrays: list[NDArray]) -> NDArray[n
     return np.stack(arrays)
 
 
+def _decode(shard: ShardRef, key: str, data) -> NDArray:
+    """A sample's .npy member as an array; a malformed one is a ShardError naming the sample."""
+    try:
+        return decode_npy(data)
+    except ValueError as exn:
+        raise ShardError(shard.url, f"sample {key}: {exn}") from None
+
+
 def _read_local_tar(shard: ShardRef, path: str, start: int, stop: int | None, with_meta: bool) -> RawRun:
     index = tar_index(path)
     n = len(index.keys)
@@ -90,12 +100,10 @@ def _read_local_tar(shard: ShardRef, path: str, start: int, stop: int | None, wi
         raise ShardError(shard.url, "file ended early (truncated)")
     view = memoryview(data)
     keys = index.keys[start:stop]
-    arrays = []
-    for key, (off, size) in zip(keys, spans, strict=True):
-        try:
-            arrays.append(decode_npy(view[off - lo : off - lo + size]))
-        except ValueError as exn:
-            raise ShardError(shard.url, f"sample {key}: {exn}") from None
+    arrays = [
+        _decode(shard, key, view[off - lo : off - lo + size])
+        for key, (off, size) in zip(keys, spans, strict=True)
+    ]
     meta = None
     if with_meta:
         meta = [
@@ -112,6 +120,36 @@ def _reason(exn: BaseException) -> str:
     if isinstance(exn, OSError) and exn.strerror:
         return exn.strerror
     return (str(exn.args[0]) if exn.args else type(exn).__name__).split(" @ <", 1)[0]
+
+
+def _local_reason(exn: Exception) -> str:
+    return "missing" if isinstance(exn, FileNotFoundError) else f"cannot read: {exn}"
+
+
+def _stream_reason(exn: Exception) -> str:
+    return f"cannot read: {_reason(exn)}"
+
+
+def _h5_reason(exn: Exception) -> str:
+    return f"cannot read HDF5: {exn}"  # h5py raises OSError, KeyError, RuntimeError... for broken files
+
+
+# What a broken local tar raises (an OS error, a bad header or .npy); anything else is a bug, not the shard's.
+_LOCAL_TAR_ERRORS = (OSError, tarfile.TarError, ValueError)
+
+
+@contextmanager
+def _shard_errors(
+    shard: ShardRef, reason: Callable[[Exception], str], caught: tuple[type[Exception], ...] = (Exception,)
+) -> Iterator[None]:
+    """A ``caught`` failure inside the block as one :class:`ShardError` naming the shard, ``reason(exn)``
+    saying why (a ShardError raised inside passes unchanged)."""
+    try:
+        yield
+    except ShardError:
+        raise
+    except caught as exn:
+        raise ShardError(shard.url, reason(exn)) from None
 
 
 class _EndOfStream:
@@ -139,42 +177,35 @@ def _open_tar_stream(shard: ShardRef) -> _EndOfStream:
 
 
 def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: bool) -> RawRun:
-    try:
+    with _shard_errors(shard, _stream_reason):  # HTTP status, refused connection, a missing file
         stream = _open_tar_stream(shard)
-    except OSError as exn:  # HTTP status, refused connection, a missing file
-        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
     keys: list[str] = []
     arrays: list[NDArray] = []
     metas: list[str] = []
     count = 0
     complete = failed = False
     try:
-        expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
-        for sample in group_by_keys(expanded, handler=reraise_exception):
-            if stop is not None and count >= stop:
+        with _shard_errors(shard, _stream_reason):  # tar / transport errors from the stream
+            expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
+            for sample in group_by_keys(expanded, handler=reraise_exception):
+                if stop is not None and count >= stop:
+                    complete = True
+                    break
+                if count >= start:
+                    key = sample["__key__"]
+                    if VIDEO_FIELD not in sample:
+                        raise ShardError(shard.url, f"sample {key} has no {VIDEO_FIELD}")
+                    arrays.append(_decode(shard, key, sample[VIDEO_FIELD]))
+                    keys.append(key)
+                    if with_meta:
+                        metas.append(sample.get(META_FIELD, b"{}").decode("utf-8"))
+                count += 1
+            else:
                 complete = True
-                break
-            if count >= start:
-                key = sample["__key__"]
-                if VIDEO_FIELD not in sample:
-                    raise ShardError(shard.url, f"sample {key} has no {VIDEO_FIELD}")
-                try:
-                    arrays.append(decode_npy(sample[VIDEO_FIELD]))
-                except ValueError as exn:
-                    raise ShardError(shard.url, f"sample {key}: {exn}") from None
-                keys.append(key)
-                if with_meta:
-                    metas.append(sample.get(META_FIELD, b"{}").decode("utf-8"))
-            count += 1
-        else:
-            complete = True
-            _check_count(shard, count, None, keys[-1] if keys and stop is None else None)
+                _check_count(shard, count, None, keys[-1] if keys and stop is None else None)
     except ShardError:
         failed = True
         raise
-    except Exception as exn:  # tar / transport errors from the stream
-        failed = True
-        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
     finally:
         try:
             stream.close()
@@ -182,7 +213,7 @@ def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: b
             # Stopping a pipe early kills its writer (SIGPIPE); only a complete run is accepted then. A
             # failed read keeps its own error (the command's exit status is a consequence).
             if not (complete or failed):
-                raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
+                raise ShardError(shard.url, _stream_reason(exn)) from None
     if stop is not None and count < stop:
         raise ShardError(shard.url, f"holds {count} samples, asked for samples up to {stop} (truncated?)")
     if start == 0 and keys:
@@ -191,7 +222,7 @@ def _read_stream_tar(shard: ShardRef, start: int, stop: int | None, with_meta: b
 
 
 def _read_h5(shard: ShardRef, start: int, stop: int | None, with_meta: bool, locking: bool | None) -> RawRun:
-    try:
+    with _shard_errors(shard, _h5_reason):
         handle = h5_file(shard, locking)
         video_ds, key_ds = handle["video"], handle["key"]
         n = video_ds.shape[0]
@@ -215,10 +246,6 @@ def _read_h5(shard: ShardRef, start: int, stop: int | None, with_meta: bool, loc
         )
         if with_meta and meta is None:
             meta = ["{}"] * len(keys)
-    except ShardError:
-        raise
-    except Exception as exn:  # h5py raises OSError / KeyError / RuntimeError for broken files
-        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     _check_count(
         ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
         0,
@@ -237,39 +264,25 @@ def read_run(
     path = shard.local_path
     if path is None:
         return _read_stream_tar(shard, start, stop, with_meta)
-    try:
+    with _shard_errors(shard, _local_reason, _LOCAL_TAR_ERRORS):
         return _read_local_tar(shard, path, start, stop, with_meta)
-    except ShardError:
-        raise
-    except FileNotFoundError:
-        raise ShardError(shard.url, "missing") from None
-    except (OSError, tarfile.TarError, ValueError) as exn:
-        raise ShardError(shard.url, f"cannot read: {exn}") from None
 
 
 def count_samples(shard: ShardRef, *, h5_locking: bool | None = None) -> int:
     """Samples in a shard, by reading it (for URL patterns without a manifest)."""
     if shard.fmt == "hdf5":
-        try:
+        with _shard_errors(shard, _h5_reason):
             return int(h5_file(shard, h5_locking)["key"].shape[0])
-        except Exception as exn:
-            raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     if shard.local_path is not None:
-        try:
+        with _shard_errors(shard, _local_reason, _LOCAL_TAR_ERRORS):
             return len(tar_index(shard.local_path).keys)
-        except FileNotFoundError:
-            raise ShardError(shard.url, "missing") from None
-        except (OSError, tarfile.TarError, ValueError) as exn:
-            raise ShardError(shard.url, f"cannot read: {exn}") from None
-    try:
+    with _shard_errors(shard, _stream_reason):
         stream = _open_tar_stream(shard)
         try:
             expanded = tar_file_expander([{"url": shard.url, "stream": stream}], handler=reraise_exception)
             return sum(1 for _ in group_by_keys(expanded, handler=reraise_exception))
         finally:
             stream.close()
-    except Exception as exn:
-        raise ShardError(shard.url, f"cannot read: {_reason(exn)}") from None
 
 
 def parse_meta(texts: list[str] | None) -> list[dict] | None:
@@ -371,10 +384,8 @@ def _fill_h5(
     with_meta: bool,
     locking: bool | None,
 ) -> tuple[list[str], list[str] | None]:
-    try:
+    with _shard_errors(shard, _h5_reason):
         layout = h5_layout(shard, locking)
-    except Exception as exn:
-        raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     offsets = layout.offsets
     if offsets is None:
         run = _read_h5(shard, start, stop, with_meta, locking)
@@ -390,12 +401,10 @@ def _fill_h5(
     keys = layout.keys[start:stop]
     meta = None
     if with_meta:
-        try:
+        with _shard_errors(shard, _h5_reason):
             handle = h5_file(shard, locking)
             has_meta = "meta" in handle
             meta = [str(m) for m in handle["meta"].asstr()[start:stop]] if has_meta else ["{}"] * len(keys)
-        except Exception as exn:
-            raise ShardError(shard.url, f"cannot read HDF5: {exn}") from None
     _check_count(
         ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
         0,
@@ -451,11 +460,5 @@ def fill_run(
         run = read_run(shard, start, stop, with_meta=with_meta, h5_locking=h5_locking)
         copy_rows(shard, run, out, place)
         return run.keys, run.meta
-    try:
+    with _shard_errors(shard, _local_reason, _LOCAL_TAR_ERRORS):
         return _fill_local_tar(shard, path, start, stop, out, place), None
-    except ShardError:
-        raise
-    except FileNotFoundError:
-        raise ShardError(shard.url, "missing") from None
-    except (OSError, tarfile.TarError, ValueError) as exn:
-        raise ShardError(shard.url, f"cannot read: {exn}") from None
