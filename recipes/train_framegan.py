@@ -58,6 +58,7 @@ x / y = stage 1 / stage 2):
     init        dcgan                        dcgan                            code (3)
     projection  gaussian                     uniform                          rpgan | code (weight_norm conv)
     G_V view    per sample                   raw view(30, B, 128)             - | code (mixes batch items)
+    r1_gamma    0 (off)                      0 (off)                          beyond both (4)
 
 (1) "when updating the generator parameters, the average of discriminator losses is considered" (stage 1)
     and "the scheme proposed in [11]" (Neyshabur et al.: the mean) for stage 2; `--g-loss hypervolume`
@@ -66,6 +67,9 @@ x / y = stage 1 / stage 2):
     bouncing_balls/train_loop.py reuses the D step's fake batch (`reuse`).
 (3) The paper does not say; DCGAN and the authors' code draw G_F and D weights from N(0, 0.02) with zero
     biases (`--init pytorch`: PyTorch's defaults). G_V keeps PyTorch's default init in both (as the code).
+(4) Neither the paper nor the code: `--r1-gamma G` adds the R1 penalty (Mescheder et al. 2018) of each
+    discriminator on its own projected real input; the only CPU-scale change that moved stage 1 off its
+    collapse in the ablations of issue #15 (see recipes/protocols/framegan.py).
 An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
 clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
 """
