@@ -29,7 +29,10 @@ def test_tiny_protocol_run_reports_every_target_metric(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "out" / "protocol_config.json").read_text())
     assert config["glo"]["latent_init"] == "pca" and config["store"] == 24
     # a second run reuses the store (checked shard by shard) and retrains from scratch into its own folder
+    stores = sorted((tmp_path / "data").iterdir())
+    assert len(stores) == 1 and stores[0].name.startswith("balls1-v")  # named by the generator's version
     again = reproduce("glo-balls", tmp_path / "out2", quick=True, data_root=tmp_path / "data")
+    assert sorted((tmp_path / "data").iterdir()) == stores
     assert again["metrics"]["reconstruction"] == report["metrics"]["reconstruction"]  # deterministic
 
 
