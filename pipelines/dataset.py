@@ -70,14 +70,8 @@ Allocator = Callable[[tuple[int, ...]], tuple[torch.Tensor, NDArray[np.uint8]]]
 
 
 def alloc_block(shape: tuple[int, ...]) -> tuple[torch.Tensor, NDArray[np.uint8]]:
-    """A uint8 block (and its numpy view); in a DataLoader worker it lives in shared memory from the start, so
-    shipping it to the main process copies nothing (what torch's default_collate does for its batches)."""
-    if get_worker_info() is not None:
-        nbytes = int(np.prod(shape))
-        storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
-        tensor = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
-    else:
-        tensor = torch.empty(shape, dtype=torch.uint8)
+    """A fresh uint8 block and its numpy view (a DataLoader worker's queue moves it to shared memory)."""
+    tensor = torch.empty(shape, dtype=torch.uint8)
     return tensor, tensor.numpy()
 
 

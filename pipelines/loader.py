@@ -11,6 +11,11 @@ straight from the ring slots: on the CPU a batch within one block is a view of i
 on CUDA it is copied once into a pinned buffer, and :mod:`pipelines.device` moves it (uint8) to the device
 and scales it there.
 
+Public torch APIs only (tested with torch 2.13.0): the ring is :mod:`multiprocessing.shared_memory` seen
+through ``torch.from_numpy``, other blocks reach the main process through the DataLoader's queues (which move
+tensors to shared memory), and workers stop when the last reference to the DataLoader's iterator goes
+(:class:`_Workers`), as the DataLoader documents.
+
 An error in a worker reaches the caller as the same :class:`PipelineError` / :class:`ShardError`, the shard
 named on its first line (the worker's traceback follows); any other exception while reading a block becomes
 one naming the block's shards.
@@ -23,7 +28,7 @@ Checkpoint state is a few JSON ints, taken after the batches the caller has rece
 from __future__ import annotations
 
 import inspect
-import itertools
+import logging
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -39,11 +44,16 @@ from pipelines.errors import PipelineError, ShardError
 from pipelines.order import Block, worker_blocks
 from pipelines.ring import BlockRing
 
+log = logging.getLogger("pipelines")
+
 PREFETCH_FACTOR = 2
 # Ring slots per worker: PREFETCH_FACTOR queued + 1 being written + 3 held by the main process and its caller
 # (the block being cut, blocks under the batches in flight and the caller's last batch); past that a worker
 # falls back to fresh shared memory.
 RING_SLOTS = PREFETCH_FACTOR + 4
+# Ring slot size for sources without a manifest (clip shape unknown until read): pages are only used as far as
+# blocks fill them, and a larger block goes through fresh memory (correct, only slower).
+UNKNOWN_SHAPE_SLOT_BYTES = 64 << 20
 # Blocks must come back round-robin (torch < 2.6 always does so and has no `in_order` argument).
 _IN_ORDER = {"in_order": True} if "in_order" in inspect.signature(DataLoader).parameters else {}
 STATE_KEYS = ("epoch", "sample_in_epoch", "seed", "rank", "world_size", "block_size")
@@ -108,18 +118,28 @@ def _passthrough(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Workers:
-    """The DataLoader iterator the worker processes run under, shut down by ``close()`` or when the loader is
-    collected. Left to torch's own ``__del__``, a loader that dies in a reference cycle (a trainer holding
-    it, say) stalls the collection 5 s per worker: the sentinel that stops a worker never reaches it."""
+    """The DataLoader and its iterator, which the worker processes run under; ``shut()`` drops both.
+
+    Workers stop when the last reference to the iterator goes (torch's documented shutdown), so only this
+    object holds it: the loader's generators fetch each block through :meth:`next_item` and keep none, and
+    ``close()`` (or the loader's collection, through a ``weakref.finalize``) stops the workers at once. Left
+    to the garbage collector, an iterator that dies in a reference cycle (a trainer holding the loader, say)
+    stalls the collection 5 s per worker: its queues may be finalized before it, and the sentinel that stops
+    a worker never reaches it.
+    """
 
     def __init__(self) -> None:
+        self.dataloader: DataLoader | None = None
         self.iterator: Iterator[dict[str, Any]] | None = None
 
+    def next_item(self) -> dict[str, Any] | None:
+        """The next block item of the live stream, None at its end."""
+        if self.iterator is None:
+            raise PipelineError("the loader was closed during iteration")
+        return next(self.iterator, None)
+
     def shut(self) -> None:
-        iterator, self.iterator = self.iterator, None
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        self.dataloader = self.iterator = None
 
 
 class VideoLoader:
@@ -149,7 +169,6 @@ class VideoLoader:
         self._block_ring: BlockRing | None = None
         # epoch, start and "follow into later epochs" for the workers
         self._control = torch.zeros(3, dtype=torch.int64).share_memory_()
-        self._dataloader: DataLoader | None = None
         # Where the workers' live block stream stands (None: unknown, restart it) and an item of a later
         # epoch already taken from it.
         self._stream_at: tuple[int, int] | None = None
@@ -203,11 +222,14 @@ class VideoLoader:
 
     # ------------------------------------------------------------ iteration
     def _ring(self) -> BlockRing | None:
-        """The shared-memory block ring for the workers (made on first use, kept for later epochs)."""
-        shape = self.dataset.item_shape()
-        if not self.num_workers or shape is None:
+        """The shared-memory block ring for the workers (made on first use, kept for later epochs); slots of
+        a block's size, or of :data:`UNKNOWN_SHAPE_SLOT_BYTES` when the clip shape is unknown."""
+        if not self.num_workers:
             return None
-        capacity = self.dataset.block_size * int(np.prod(shape))
+        shape = self.dataset.item_shape()
+        capacity = (
+            UNKNOWN_SHAPE_SLOT_BYTES if shape is None else self.dataset.block_size * int(np.prod(shape))
+        )
         if self._block_ring is None or self._block_ring.capacity != capacity:
             self._block_ring = BlockRing(self.num_workers, RING_SLOTS, capacity)
         return self._block_ring
@@ -226,16 +248,15 @@ class VideoLoader:
         """Whether workers stream on into later epochs: only persistent workers with epochs that end."""
         return bool(self.num_workers) and self.persistent_workers and self._limit() is not None
 
-    def _restart(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+    def _restart(self, epoch: int, start: int) -> None:
         """A fresh worker stream from ``(epoch, start)`` (persistent workers are reset, not restarted)."""
         self._control[0], self._control[1], self._control[2] = epoch, start, int(self._follows())
         self._pending = None
         if self._block_ring is not None:
             self._block_ring.start_reading()
-        loader = self._dataloader
-        if loader is None:
+        if self._workers.dataloader is None:
             workers = self.num_workers
-            loader = DataLoader(
+            self._workers.dataloader = DataLoader(
                 _BlockStream(self.dataset, self._control, self._ring()),
                 batch_size=None,
                 num_workers=workers,
@@ -246,33 +267,32 @@ class VideoLoader:
                 multiprocessing_context=self.multiprocessing_context if workers else None,
                 **_IN_ORDER,
             )
-            if self.persistent_workers:
-                self._dataloader = loader
-        self._workers.iterator = iter(loader)
-        return self._workers.iterator
+        self._workers.iterator = None  # not persistent: the old iterator goes, and its workers with it
+        self._workers.iterator = iter(self._workers.dataloader)  # persistent: torch resets the one it keeps
+        if not self.persistent_workers:
+            self._workers.dataloader = None
 
     def close(self) -> None:
         """Stop the worker processes now (iterating again starts new ones); also done on collection."""
         self._workers.shut()
-        self._dataloader, self._stream_at, self._pending = None, None, None
+        self._stream_at, self._pending = None, None
 
     def _blocks(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
         """The block items of ``epoch`` from rank position ``start``: from the live stream when it stands
         there (the previous epoch was read to its end), else from a restarted one."""
-        stream = self._workers.iterator
-        if stream is None or self._stream_at != (epoch, start):
-            stream = self._restart(epoch, start)
+        if self._workers.iterator is None or self._stream_at != (epoch, start):
+            self._restart(epoch, start)
         self._stream_at = None  # unknown until the caller has read this epoch to its end
-        if self._pending is not None:
-            item, self._pending = self._pending, None
-            stream = itertools.chain([item], stream)
-        for item in stream:
-            if item["epoch"] < epoch:  # empty blocks left at the end of the previous epoch
-                continue
+        item, self._pending = self._pending, None
+        if item is None:
+            item = self._workers.next_item()
+        while item is not None:
             if item["epoch"] > epoch:
                 self._pending = item
                 return
-            yield item
+            if item["epoch"] == epoch:  # (earlier: empty blocks left at the end of the previous epoch)
+                yield item
+            item = self._workers.next_item()
 
     def _epoch_done(self, epoch: int) -> None:
         """The caller read ``epoch`` to its end: a following stream (endless) now stands at the next epoch's
@@ -320,6 +340,13 @@ class VideoLoader:
             yield emit()
         if self._block_ring is not None:
             self._block_ring.check()  # the epoch's last blocks, too, must not have been overwritten in use
+            missed = self._block_ring.new_fallbacks()
+            if missed:
+                log.info(
+                    "%d blocks missed the shared-memory ring (slower): the caller held every slot (kept "
+                    "batches or views of them), or a block outgrew a slot",
+                    missed,
+                )
         self._epoch_done(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
