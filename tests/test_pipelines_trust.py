@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import traceback
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +26,6 @@ import torch
 from test_pipelines import make_store, run
 
 from datagen.store.sample import sample_key
-from pipelines import integrity
 from pipelines.dataset import VideoDataset
 from pipelines.errors import PipelineError, ShardError
 from pipelines.loader import make_loader
@@ -291,21 +291,34 @@ def test_sha256_mismatch_is_skipped_and_counted(store):
     assert loader.skipped == ds.skipped == 5
 
 
-def test_sha256_hashes_each_shard_once_per_process_and_again_when_it_changes(store, monkeypatch):
-    hashed: list[str] = []
-    real = integrity._mismatch
-    monkeypatch.setattr(integrity, "_DIGESTS", {})
-    monkeypatch.setattr(integrity, "_mismatch", lambda s: hashed.append(s.url) or real(s))
+def bytes_read() -> int:
+    """Bytes this thread has read so far (Linux's per-thread ``/proc/.../io``)."""
+    io = Path(f"/proc/self/task/{threading.get_native_id()}/io")
+    return int(dict(line.split(": ") for line in io.read_text().splitlines())["rchar"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's per-thread I/O counts")
+def test_sha256_hashes_each_shard_once_per_process_and_again_when_it_changes(store):
+    """Hashing reads a whole shard: the bytes an epoch reads drop by the store's size once every shard was
+    hashed, and grow by one shard's size when that shard was rewritten (a new version to hash)."""
+    run(make_loader(VideoDataset(store, world=World()), batch_size=4, num_workers=0))  # indexes the shards
     ds = VideoDataset(store, world=World(), verify="sha256")
-    loader = make_loader(ds, batch_size=4, num_workers=0)
-    for epoch in range(2):
+    loader = make_loader(ds, batch_size=4, num_workers=0)  # read in this thread
+    sizes = {s.url: Path(s.url).stat().st_size for s in ds.shards}
+
+    def epoch_bytes(epoch: int) -> int:
         loader.set_epoch(epoch)
+        before = bytes_read()
         assert len(run(loader)) == 20
-    assert sorted(hashed) == sorted(s.url for s in ds.shards)
+        return bytes_read() - before
+
+    first, second, third = epoch_bytes(0), epoch_bytes(1), epoch_bytes(2)
+    assert sum(sizes.values()) <= first - second < 2 * sum(sizes.values())
+    assert abs(third - second) < min(sizes.values())  # hashed once: later epochs read the samples only
     changed = shard(store, 3)
     changed.write_bytes(changed.read_bytes())  # same bytes, a new mtime: a new version to hash
-    run(loader)
-    assert sorted(hashed) == sorted([*(s.url for s in ds.shards), str(changed)])
+    after_change = epoch_bytes(3)
+    assert sizes[str(changed)] <= after_change - second < 2 * sizes[str(changed)]
 
 
 def test_remote_sha256_names_the_url(web):
@@ -394,18 +407,24 @@ def test_worker_errors_reach_the_caller_naming_the_shard_first(store, how):
         batches = iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, timeout=60))
         with pytest.raises(ShardError) as caught:
             run(batches)
-        batches._shutdown_workers()  # left to torch's __del__ in a reference cycle, it stalls the GC 5 s
+        # The traceback's frames hold the iterator: cleared, `del` is its last reference and its workers stop
+        # now (left to the garbage collector in a reference cycle, torch's shutdown stalls 5 s per worker).
+        traceback.clear_frames(caught.tb)
+        del batches
     assert first_line(caught.value) == f"shard {gone}: missing"
     assert (caught.value.shard, caught.value.reason) == (str(gone), "missing")
     assert "DataLoader worker process 0" in str(caught.value)  # where it came from, after the first line
 
 
-def test_unexpected_worker_errors_become_ours_naming_the_shards(store, monkeypatch):
-    def broken(*args, **kwargs):
+class BrokenDataset(VideoDataset):
+    """A dataset whose block reads fail with an exception that is not ours (a bug, say)."""
+
+    def read_block(self, block, start=0, alloc=None):
         raise IndexError("boom")
 
-    monkeypatch.setattr("pipelines.dataset.fill_run", broken)
-    ds = VideoDataset(store, world=World(), block_size=5, shuffle=False)
+
+def test_unexpected_worker_errors_become_ours_naming_the_shards(store):
+    ds = BrokenDataset(store, world=World(), block_size=5, shuffle=False)
     with pytest.raises(PipelineError) as caught:
         run(make_loader(ds, batch_size=4, num_workers=1, timeout=60))
     assert first_line(caught.value) == f"shard {shard(store, 0)}: reading failed: IndexError: boom"
