@@ -18,6 +18,7 @@ import signal
 import tarfile
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -27,9 +28,9 @@ from test_pipelines import make_store
 from datagen.store.format import ManifestError, is_shard_name, read_manifest_text, validate_manifest
 from pipelines.errors import PipelineError, ShardError
 from pipelines.npy import decode_npy, parse_npy_header
-from pipelines.readers import Placement, _read_stream_tar, count_samples, fill_run, read_run
+from pipelines.readers import Placement, count_samples, fill_run, read_run
 from pipelines.sources import ShardRef, resolve_source
-from pipelines.tar_index import _scan_tar
+from pipelines.tar_index import tar_index
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHAPE = (4, 8, 8, 1)
@@ -305,34 +306,37 @@ def fix_checksum(data: bytearray, offset: int) -> None:
 
 
 def check_tar(folder: Path, data: bytes) -> None:
-    """Index, the three read paths and the sample count: ShardError (naming the file) or sound results."""
+    """Index, the read paths of a local file and of a stream (an in-memory fsspec file) and the sample count:
+    ShardError (naming the shard) or sound results."""
     path = fresh_file(folder, data)
     size = len(data)
-    with bounded(10):
-        try:
-            index = _scan_tar(str(path))
-        except (ValueError, tarfile.TarError, OSError):
-            pass
-        else:
-            for spans in (index.video, index.meta[index.meta[:, 0] >= 0]):
-                assert (spans[:, 0] >= 0).all() and (spans.sum(axis=1) <= size).all()  # inside the file
-        refs = [ShardRef(str(path), "wds"), ShardRef(str(path), "wds", 3, "000000000", "000000002", size)]
-        for shard in refs:
-            for read in (
-                lambda s: read_run(s, 0, None, with_meta=True),
-                lambda s: _read_stream_tar(s, 0, None, True),
-                lambda s: count_samples(s),
-            ):
-                try:
-                    read(shard)
-                except ShardError as exn:
-                    assert str(exn).startswith(f"shard {path}: ") and "\n" not in str(exn)
-        out = np.zeros((3, *SHAPE), dtype=np.uint8)
-        place = Placement(np.arange(3), np.zeros(3, dtype=np.int64), SHAPE[0], 1)
-        try:
-            fill_run(refs[1], 0, 3, out, place)
-        except ShardError as exn:
-            assert str(exn).startswith(f"shard {path}: ") and "\n" not in str(exn)
+    memory = fsspec.filesystem("memory")
+    streamed = f"memory://props/{path.name}"
+    memory.pipe(streamed, data)
+    try:
+        with bounded(10):
+            try:
+                index = tar_index(str(path))  # a fresh name: scanned, not cached
+            except (ValueError, tarfile.TarError, OSError):
+                pass
+            else:
+                for spans in (index.video, index.meta[index.meta[:, 0] >= 0]):
+                    assert (spans[:, 0] >= 0).all() and (spans.sum(axis=1) <= size).all()  # inside the file
+            for url in (str(path), streamed):
+                for shard in (ShardRef(url, "wds"), ShardRef(url, "wds", 3, "000000000", "000000002", size)):
+                    for read in (lambda s: read_run(s, 0, None, with_meta=True), count_samples):
+                        try:
+                            read(shard)
+                        except ShardError as exn:
+                            assert str(exn).startswith(f"shard {url}: ") and "\n" not in str(exn)
+            out = np.zeros((3, *SHAPE), dtype=np.uint8)
+            place = Placement(np.arange(3), np.zeros(3, dtype=np.int64), SHAPE[0], 1)
+            try:
+                fill_run(ShardRef(str(path), "wds", 3, "000000000", "000000002", size), 0, 3, out, place)
+            except ShardError as exn:
+                assert str(exn).startswith(f"shard {path}: ") and "\n" not in str(exn)
+    finally:
+        memory.rm(streamed)
 
 
 @pytest.fixture(scope="module")
