@@ -91,7 +91,11 @@ def test_i3d_inputs_shape_range_and_grey_to_rgb():
     for resize in ("tf1", "torch"):
         x = i3d_inputs(videos, resize)
         assert x.shape == (2, 3, 3, 224, 224)
+        # [-1, 1] kept (no rescaling): the corner pixels are the input's first and last values exactly
         assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
+        assert torch.allclose(x[0, :, 0, 0, 0], torch.tensor(-1.0)) and torch.allclose(
+            x[-1, :, -1, -1, -1], torch.tensor(1.0)
+        )
         assert torch.equal(x[:, 0], x[:, 2])
     with pytest.raises(ValueError):
         i3d_inputs(videos, "nearest")
@@ -198,6 +202,7 @@ def _jax_python() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # ~15-45 s of JAX on CPU
 @needs_weights
 @pytest.mark.skipif(_jax_python() is None, reason="no interpreter with jax + flax (set VIDEOGEN_JAX_PYTHON)")
