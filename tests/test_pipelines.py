@@ -257,6 +257,7 @@ def test_resampled_mode_is_endless_and_worker_independent(store):
     assert len(run(make_loader(ds, batch_size=5, num_workers=0))) == 12
 
 
+@pytest.mark.integration
 def test_url_pattern_and_pipe_sources(store):
     pattern = str(store / "test-{000000..000007}.tar")
     with pytest.raises(PipelineError, match="count_scan"):

@@ -52,6 +52,7 @@ def _rank_main(rank: int, world_size: int, port: int, store: str, out: str) -> N
         dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_two_process_gloo_run_equal_disjoint_complete(tmp_path):
     store = make_store(tmp_path / "store", last=4, formats=("wds",))
     # spawn: a forked child of this multi-threaded test process (DataLoader workers, torch threads) can hang

@@ -256,6 +256,7 @@ print(sum(len(b["key"]) for b in loader))
 """
 
 
+@pytest.mark.integration
 def test_a_process_that_read_remote_hdf5_shards_exits_cleanly(tmp_path):
     # h5py files left open on in-memory copies of remote shards crashed the interpreter at exit (SIGSEGV)
     store = make_store(tmp_path / "web", n_shards=3, per_shard=PER_SHARD)

@@ -98,6 +98,7 @@ def test_store_summary_and_bad_inputs(tmp_path, inputs):
     assert np.abs(strip.astype(int) - video[: meta["n_frames"]]).mean() < 3.0
 
 
+@pytest.mark.integration
 def test_same_input_gives_identical_bytes_on_dask(tmp_path, inputs):
     """In-process and on a one-worker Dask cluster: same digest, same shard hashes."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -54,6 +54,7 @@ def test_manifest_layout_and_plain_readers(tmp_path, pattern):
         np.testing.assert_array_equal(f["video"][0], first["video.npy"])
 
 
+@pytest.mark.integration
 def test_same_seed_same_bytes_any_workers(tmp_path, pattern):
     a = make(tmp_path / "a", pattern, workers=0)
     b = make(tmp_path / "b", pattern, workers=2)
