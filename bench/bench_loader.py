@@ -7,8 +7,13 @@ both formats, it measures clips/s and MB/s (uint8 clip bytes delivered) of:
 - ours: ``make_loader(VideoDataset(store), batch_size, num_workers=2)`` yielding uint8 batches on the CPU
   (the float conversion belongs to the device in training; ``--float`` adds a CPU float32 run),
   one shuffled epoch per call (``set_epoch``),
+- ours, shard list (tar only): the same over the list of tar paths without the manifest (``count_scan``),
+  i.e. clip shape unknown until read (the generic read path),
 - plain webdataset (tar only): ``WebDataset(urls, shardshuffle=False).decode().to_tuple("video.npy")``
   batched in the workers with webdataset's default collation, through ``WebLoader`` with 2 workers.
+
+Besides clips/s it reports CPU seconds per 10,000 clips (main process plus its DataLoader workers, read from
+Linux's ``/proc``; median over the timed runs): on a shared machine CPU time varies far less than wall time.
 
 Loaders are made once and timed over ``--epochs`` back-to-back epochs (raw: as many passes), as training
 runs them, with persistent DataLoader workers in both; the figure is the best of ``--repeat`` such runs,
@@ -26,6 +31,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,8 +98,10 @@ def raw_read(paths: list[Path]) -> int:
 class Ours:
     """Epochs of one loader made once (as in training: later calls are later epochs)."""
 
-    def __init__(self, store: Path, fmt: str, batch_size: int, workers: int, dtype: torch.dtype) -> None:
-        dataset = VideoDataset(store, format=fmt, seed=0, world=World())
+    def __init__(
+        self, source: Path | list[str], fmt: str, batch_size: int, workers: int, dtype: torch.dtype, **kw
+    ) -> None:
+        dataset = VideoDataset(source, format=fmt, seed=0, world=World(), **kw)
         self.loader = make_loader(dataset, batch_size, workers, dtype=dtype)
         self.epoch = 0
 
@@ -117,32 +127,50 @@ def plain_webdataset(paths: list[Path], batch_size: int, workers: int) -> Callab
     return lambda: sum(len(videos) for (videos,) in loader)
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux ``/proc``; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 SETTLE_S = 0.1  # pause after each timed run: workers finish reading ahead before the next method runs
 
 
 def best_times(
     methods: dict[str, Callable[[], int]], repeat: int, epochs: int
-) -> dict[str, tuple[float, int]]:
-    """Per method: seconds and items per epoch of its best timed run of ``epochs`` back-to-back calls.
+) -> dict[str, tuple[float, int, float]]:
+    """Per method: seconds and items per epoch of its best timed run of ``epochs`` back-to-back calls, and
+    the median CPU seconds per epoch over the runs (this process plus the workers the method started).
 
-    After one warm-up run each, the methods take turns, one timed run per round for ``repeat`` rounds, so a
-    slow spell of the shared machine falls on all of them alike. A run starts from a reset worker stream
-    (``new_run``) and is followed by a pause, so blocks read ahead are neither credited to the next run nor
-    compete with the next method.
+    After one warm-up run each (which starts the method's workers), the methods take turns, one timed run
+    per round for ``repeat`` rounds, so a slow spell of the shared machine falls on all of them alike. A run
+    starts from a reset worker stream (``new_run``) and is followed by a pause, so blocks read ahead are
+    neither credited to the next run nor compete with the next method.
     """
-    for fn in methods.values():
+    workers: dict[str, list[int]] = {}
+    for label, fn in methods.items():
+        before = set(multiprocessing.active_children())
         for _ in range(epochs):
             fn()
+        workers[label] = [p.pid for p in set(multiprocessing.active_children()) - before]
     best = {label: (float("inf"), 0) for label in methods}
+    cpu: dict[str, list[float]] = {label: [] for label in methods}
     for _ in range(repeat):
         for label, fn in methods.items():
             getattr(fn, "new_run", lambda: None)()
+            pids = workers[label]
+            c0 = time.process_time() + sum(map(process_cpu, pids))
             t0 = time.perf_counter()
             items = sum(fn() for _ in range(epochs)) // epochs
             seconds = (time.perf_counter() - t0) / epochs
+            cpu[label].append((time.process_time() + sum(map(process_cpu, pids)) - c0) / epochs)
             best[label] = min(best[label], (seconds, items))
             time.sleep(SETTLE_S)
-    return best
+    return {label: (*best[label], statistics.median(cpu[label])) for label in methods}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,19 +201,25 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.float:
                     methods["ours float32"] = Ours(store, fmt, args.batch_size, args.workers, torch.float32)
                 if fmt == "wds":
+                    listed = [str(p) for p in paths]
+                    methods["ours, shard list"] = Ours(
+                        listed, fmt, args.batch_size, args.workers, torch.uint8, count_scan=True
+                    )
                     methods["plain webdataset"] = plain_webdataset(paths, args.batch_size, args.workers)
                 rows = {}
-                for label, (seconds, items) in best_times(methods, args.repeat, args.epochs).items():
+                per_10k = 10_000 / args.clips
+                for label, (seconds, items, cpu) in best_times(methods, args.repeat, args.epochs).items():
                     if label == "raw read":
-                        rows[label] = (args.clips / seconds, shard_mb / seconds)
+                        rows[label] = (args.clips / seconds, shard_mb / seconds, cpu * per_10k)
                         continue
                     assert items == args.clips, (label, items)
-                    rows[label] = (items / seconds, items * clip_mb / seconds)
+                    rows[label] = (items / seconds, items * clip_mb / seconds, cpu * per_10k)
                 results[f"{name} {fmt}"] = rows
                 print(f"\n{name} {fmt}: {args.clips} clips of {shape} uint8, {shard_mb:.0f} MB of shards")
-                print(f"  {'method':<18}{'clips/s':>10}{'MB/s':>10}{'vs raw':>9}")
-                for label, (cps, mbs) in rows.items():
-                    print(f"  {label:<18}{cps:>10.0f}{mbs:>10.0f}{cps / rows['raw read'][0]:>9.2f}")
+                print(f"  {'method':<18}{'clips/s':>10}{'MB/s':>10}{'vs raw':>9}{'CPU-s/10k':>11}")
+                for label, (cps, mbs, cpu10k) in rows.items():
+                    ratio = cps / rows["raw read"][0]
+                    print(f"  {label:<18}{cps:>10.0f}{mbs:>10.0f}{ratio:>9.2f}{cpu10k:>11.3f}")
                 if "plain webdataset" in rows:
                     ratio = rows["ours uint8"][0] / rows["plain webdataset"][0]
                     print(f"  ours / plain webdataset: {ratio:.2f}x")
