@@ -2,9 +2,10 @@
 
 Reference: `datagen.sim.balls_reference.reference_video` (the RTRBM generator's per-ball Python loops and
 full-frame rendering), one video at a time, with the same per-sample seeding and the same `meta` (a plain
-dict of rounded lists, encoded with `json.dumps`).
+dict of rounded lists, encoded as the store encodes every meta).
 Fast: `datagen.sim.balls.BALLS.generate` (numba kernels per batch of videos: draws, physics, rendering of
-boxes around the balls with numpy's exp, meta JSON text; the meta dicts decode it lazily).
+boxes around the balls with numpy's exp); its meta dicts hold numpy arrays, which the writers encode with
+orjson.
 Both give the same bytes: the end-to-end runs write one shard each for the same indices and compare them.
 
 Per configuration (1 and 3 balls, 30x30 and 64x64, 30 frames), single process, one core, in this order:
@@ -16,9 +17,7 @@ Times are CPU seconds of this process (per-core figures, also when others share 
 of --repeat interleaved rounds. "bound" is the end-to-end ratio left if generation and writing were free and
 only the sha256 of the shard bytes (which the manifest records) remained: no writer beats it on one core;
 "+gen" adds the fast generation's measured cost to that.
-A breakdown of the fast path's stages (CPU seconds per 100,000 videos) follows the table. The fast path's
-meta dicts carry their JSON text (`EncodedMeta`); "gen" uses it, "e2e" uses whatever the store's writer
-does (the line under the table says which).
+A breakdown of the fast path's stages (CPU seconds per 100,000 videos) follows the table.
 
     python bench/bench_balls.py            # ~1-2 minutes
     python bench/bench_balls.py --quick    # a few seconds
@@ -40,7 +39,6 @@ from datagen.jobs import generation_job, run_store_job
 from datagen.sim import balls
 from datagen.sim.balls import BALLS, ground_truth
 from datagen.sim.balls_reference import reference_video
-from datagen.sim.fast_json import EncodedMeta
 from datagen.store.manifest import shard_name, write_shard
 from datagen.store.sample import Sample, sample_key
 from datagen.store.wds import meta_bytes
@@ -53,7 +51,7 @@ def reference_samples(params: dict, seed: int, indices: range) -> list[Sample]:
     """The classic generator, one video at a time, with the fast path's seeding and ground truth.
 
     The meta is made the straightforward way too: a dict of `np.round(...).tolist()` lists, which the
-    shard writer encodes with `json.dumps` (the same text as the fast path's, checked by `same bytes`).
+    shard writer encodes with orjson (the same text as the fast path's, checked by `same bytes`).
     """
     out = []
     scale = params["size"] / params["box"]
@@ -79,8 +77,8 @@ def reference_samples(params: dict, seed: int, indices: range) -> list[Sample]:
 
 
 def encode_all(samples) -> int:
-    """Consume samples, JSON-encoding each meta (or taking its pre-encoded text); returns the count."""
-    return sum(1 for s in samples if getattr(s.meta, "encoded_json", None) or meta_bytes(s.meta))
+    """Consume samples, JSON-encoding each meta as the shard writers do; returns the count."""
+    return sum(1 for s in samples if meta_bytes(s.meta))
 
 
 CLOCK = time.process_time  # CPU seconds of this process: per-core figures even when others use the machine
@@ -109,7 +107,7 @@ def stage_breakdown(params: dict, seed: int, n: int, work: Path) -> dict[str, fl
     write_shard(work, shard_name("stages", 0, "wds"), "wds", samples)
     t5 = clock()
     scale = 1e5 / n
-    stages = ("initial state", "physics", "render", "meta+JSON", "write")
+    stages = ("initial state", "physics", "render", "meta", "JSON+write")
     return {
         k: (b - a) * scale for k, a, b in zip(stages, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True)
     }
@@ -194,8 +192,6 @@ def main() -> None:
         )
     print("bound: the e2e ratio if generating and writing were free and only the bytes' sha256 remained;")
     print("+gen: the same with generation at its measured cost (writing alone free)")
-    hooked = meta_bytes(EncodedMeta({}, b"pre-encoded")) == b"pre-encoded"
-    print(f"gen: pre-encoded meta JSON used; e2e: the store's writer {'uses' if hooked else 'ignores'} it")
     print(
         "\nfast path, CPU seconds per 100,000 videos by stage (write: the store's wds writer, fsync incl.):"
     )

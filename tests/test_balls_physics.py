@@ -15,6 +15,7 @@ from datagen.sim import balls
 from datagen.sim.balls import BALLS, initial_states, render, simulate
 from datagen.sim.balls_reference import reference_video, to_uint8
 from datagen.store.sample import sample_key
+from datagen.store.wds import meta_bytes
 
 R, BOX = 1.2, 10.0
 
@@ -180,7 +181,7 @@ def test_samples_depend_only_on_seed_params_and_index(monkeypatch):
     assert [s.key for s in whole] == [sample_key(i) for i in range(12)]
     for s in whole:
         np.testing.assert_array_equal(s.video, by_key[s.key].video)
-        assert json.dumps(s.meta) == json.dumps(by_key[s.key].meta)
+        assert meta_bytes(s.meta) == meta_bytes(by_key[s.key].meta)
     other = next(BALLS.generate(params, 10, 0, 1))
     assert not np.array_equal(other.video, whole[0].video)
 
@@ -190,7 +191,7 @@ def test_sample_shape_and_ground_truth_in_pixels():
     assert BALLS.sample_shape(params) == (6, 40, 40, 1)
     s = next(BALLS.generate(params, 1, 4, 5))
     assert s.key == sample_key(4) and s.video.shape == (6, 40, 40, 1) and s.video.dtype == np.uint8
-    meta = json.loads(json.dumps(s.meta))
+    meta = json.loads(meta_bytes(s.meta))
     assert meta["index"] == 4 and meta["n_balls"] == 2 and meta["radius_px"] == pytest.approx(1.2 * 4)
     pos, vel = np.array(meta["positions"]), np.array(meta["velocities"])
     assert pos.shape == vel.shape == (6, 2, 2)

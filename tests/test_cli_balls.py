@@ -55,7 +55,7 @@ def test_balls_store_info_verify_preview(tmp_path, capsys):
     assert m["totals"]["wds"]["n_samples"] == m["totals"]["hdf5"]["n_samples"] == 40
     assert run("verify", out) == 0
     assert run("info", out) == 0
-    assert "balls v1" in capsys.readouterr().out
+    assert "balls v2" in capsys.readouterr().out
     for name in ("p.gif", "p.png"):
         assert run("preview", out, "--out", tmp_path / name, "--count", 4) == 0
         assert (tmp_path / name).stat().st_size > 100

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from datagen.cli import main
-from datagen.store.format import load_spec
 from datagen.jobs import write_generated_shard
+from datagen.store.format import load_spec
 
 SPECS = sorted((Path(__file__).parents[1] / "data_manifests").glob("*.json"))
 
@@ -49,7 +49,7 @@ def test_build_checks_the_digest(tmp_path, capsys):
     spec = {
         "name": "tiny",
         "generator": "balls",
-        "generator_version": "1",
+        "generator_version": "2",
         "params": {"n_balls": 2, "frames": 5, "size": 16, "radius": 1.2, "box": 10.0},
         "seed": 4,
         "n": 12,

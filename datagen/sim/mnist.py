@@ -17,19 +17,15 @@ Our choices where the authors' code depends on its batch loop (documented, not f
 
 The fast path works on a chunk of videos at once: a numba kernel makes every sample's draws, reproducing
 numpy's SeedSequence/PCG64 streams (`draw_batch`); `bounce` advances all digits together in numpy (a loop
-over frames only); a second kernel pastes the digits (`composite`); the metas are `LazyMeta`s whose JSON text
-(the shard writers' encoding, byte for byte) is written for the whole chunk by `fast_json.TemplateJSON`
-(`ground_truth`). Profiling `datagen mnist` had shown per-sample `default_rng` objects, `tolist` and
-`json.dumps` of the ground truth costing more than rendering. `reference_clip` is the straightforward
+over frames only); a second kernel pastes the digits (`composite`); the metas are plain dicts of per-sample
+numpy arrays, which the shard writers encode with orjson. `reference_clip` is the straightforward
 per-digit, per-frame version, kept for tests and `bench/`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -38,7 +34,6 @@ from numba import njit, uint64
 from datagen.errors import DatagenError
 from datagen.generators import with_defaults
 from datagen.sim._balls_kernels import entropy_words, next_double, next_uint64, seed_pcg64
-from datagen.sim.fast_json import LazyMeta, TemplateJSON
 from datagen.sources.mnist import DigitSet, load_digits
 from datagen.store.sample import Sample, sample_key
 
@@ -52,7 +47,6 @@ DEFAULTS: dict[str, Any] = {
     "source": {"kind": "builtin", "split": "train"},
 }
 CHUNK_BYTES = 16 << 20  # videos rendered together: big enough to amortise numpy calls, small for the cache
-META_KEYS = ("index", "labels", "digit_ids", "positions", "velocities")
 MAX_KERNEL_DIGITS = 1 << 32
 """Largest digit set `draw_batch`'s kernel draws from (numpy switches to 64-bit draws above it)."""
 TWO_PI = 2 * np.pi
@@ -202,7 +196,7 @@ def _composite_kernel(canvas, images, ids, top_left, mode):
 
 def render(
     digits: DigitSet, params: dict[str, Any], seed: int, indices: range
-) -> tuple[np.ndarray, list[LazyMeta]]:
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Videos (n, T, H, W) uint8 and their ground truth for the global sample `indices`."""
     frames, size, n_dig, speed = params["frames"], params["size"], params["digits"], params["speed"]
     h, w = digits.images.shape[1:]
@@ -220,32 +214,16 @@ def render(
 
 def ground_truth(
     indices: range, labels: np.ndarray, digit_ids: np.ndarray, top_left: np.ndarray, velocities: np.ndarray
-) -> list[LazyMeta]:
-    """Per-sample `meta` {index, labels, digit_ids, positions, velocities}, its JSON text made for the batch.
-
-    A digit's velocity component only ever changes sign (`bounce`), so each video's (n_digits, 2) speeds and
-    their negations are formatted once by `json.dumps` (exactly its float text) and the per-frame values are
-    picked from them by sign.
-    """
-    n, frames, n_dig, _ = velocities.shape
-    speeds = np.abs(velocities[:, 0])  # (n, D, 2)
-    table = json.dumps(np.stack([speeds, -speeds], axis=-1).ravel().tolist(), separators=(",", ":"))
-    first = 2 * np.arange(n * n_dig * 2).reshape(n, 1, n_dig, 2)
-    picks = first + np.signbit(velocities)  # (n, T, D, 2): index of the text of +speed or -speed
-    writer = _meta_writer(frames, n_dig)
-    fields = [digit_ids, np.asarray(indices, np.int64), labels, top_left, picks]
-    texts = writer.split(*writer.write(fields, table[1:-1].encode()))
-    return [LazyMeta(META_KEYS, text) for text in texts]
-
-
-@lru_cache(maxsize=16)
-def _meta_writer(frames: int, n_digits: int) -> TemplateJSON:
-    """Sorted keys (the writers' encoding): digit_ids, index, labels, positions, velocities."""
-    keys = sorted(META_KEYS)
-    segments = [b'{"%s":' % keys[0].encode(), *(b',"%s":' % k.encode() for k in keys[1:]), b"}"]
-    shapes = {"digit_ids": (n_digits,), "index": (), "labels": (n_digits,)}
-    shapes |= {"positions": (frames, n_digits, 2), "velocities": (frames, n_digits, 2)}
-    return TemplateJSON(segments, [shapes[k] for k in keys], [k == "velocities" for k in keys])
+) -> list[dict[str, Any]]:
+    """Per-sample `meta` {index, labels, digit_ids, positions, velocities}; the arrays are read-only views
+    into C-contiguous batch arrays (orjson encodes those natively)."""
+    fields = [np.ascontiguousarray(a).view() for a in (labels, digit_ids, top_left, velocities)]
+    for a in fields:
+        a.flags.writeable = False  # on the views: the caller's arrays stay as they were
+    return [
+        {"index": i, "labels": lab, "digit_ids": ids, "positions": pos, "velocities": vel}
+        for i, lab, ids, pos, vel in zip(indices, *fields, strict=True)
+    ]
 
 
 def reference_clip(
@@ -319,10 +297,12 @@ class MovingMnist:
 
     `speed` is the step length as a fraction of the free range (the authors' `step_length`), `source` a digit
     source descriptor (`datagen.sources.mnist.source_spec`); `validate` loads it and records its sha256.
+    Version 2 encodes `meta` with orjson (version 1: Python's `json`; the texts differ for numbers below
+    1e-4 and for infinite speeds, now null instead of `Infinity`). Clips are the same in both.
     """
 
     name = "mnist"
-    version = "1"
+    version = "2"
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         p = with_defaults("mnist", DEFAULTS, dict(params))

@@ -22,7 +22,7 @@ from datagen.stabilize.task import CLIPS_PER_VIDEO_SLOT, stabilize_video
 from datagen.stabilize.videogan_format import strip_path, write_strip
 from datagen.store.manifest import shard_name, write_shard
 
-GENERATOR = {"name": "stabilize", "version": "1"}
+GENERATOR = {"name": "stabilize", "version": "2"}  # 2: meta JSON by orjson
 VIDEOGAN_DIR = "videogan"
 _QUALITY_KEYS = (
     "itf_before",

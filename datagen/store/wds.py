@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import write_error
@@ -32,12 +33,20 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 
 
+META_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_SORT_KEYS
+
+
 def meta_bytes(meta: dict) -> bytes:
-    """Canonical JSON; a generator may hand over the exact text already (`meta.encoded_json`)."""
-    encoded = getattr(meta, "encoded_json", None)
-    return (
-        encoded if encoded is not None else json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    )
+    """A sample's ground truth as canonical JSON: orjson, sorted keys, no spaces, numpy arrays and scalars
+    as JSON lists and numbers (floats as their shortest round-trip text, NaN and infinities as null)."""
+    return orjson.dumps(meta, default=_plain, option=META_OPTIONS)
+
+
+def _plain(value):
+    """What orjson leaves to us: numpy arrays it does not take natively (non-contiguous, other dtypes)."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"ground truth must be JSON data or numpy arrays, got {type(value).__name__}")
 
 
 _NPY_HEADERS: dict[tuple, bytes] = {}
