@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from datagen.cli import main
 from datagen.jobs import JOURNAL
@@ -58,21 +59,27 @@ def test_balls_store_info_verify_preview(tmp_path, capsys):
     assert "balls v2" in capsys.readouterr().out
     for name in ("p.gif", "p.png"):
         assert run("preview", out, "--out", tmp_path / name, "--count", 4) == 0
-        assert (tmp_path / name).stat().st_size > 100
+    with Image.open(tmp_path / "p.gif") as gif:  # a 2 x 2 grid of clips, one image per frame
+        assert gif.n_frames == 12 and gif.width == gif.height
+    with Image.open(tmp_path / "p.png") as png:  # 4 filmstrips of 12 frames, one under the other
+        assert png.width == 3 * png.height
     (out / "balls-000001.tar").write_bytes(b"\0" * 512)
     assert run("verify", out) == 1
     assert "balls-000001.tar" in capsys.readouterr().err
 
 
 def test_seed_is_drawn_recorded_and_reused_on_resume(tmp_path):
-    out = tmp_path / "b"
-    assert run("balls", "--n", 8, "--frames", 4, "--out", out, "--workers", 0, "--quiet") == 0
-    seed = load_manifest(out)["seed"]
-    assert isinstance(seed, int)
+    seeds = []
+    for name in ("a", "b"):
+        assert run("balls", "--n", 8, "--frames", 4, "--out", tmp_path / name, "--workers", 0, "--quiet") == 0
+        seeds.append(load_manifest(tmp_path / name)["seed"])
+    assert seeds[0] != seeds[1] and all(0 <= s < 2**32 for s in seeds)  # drawn afresh (1 in 4e9 alike)
+    out, seed = tmp_path / "a", seeds[0]
     assert run("balls", "--n", 8, "--frames", 4, "--out", out, "--workers", 0, "--quiet", "--resume") == 0
     assert load_manifest(out)["seed"] == seed
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -97,6 +104,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert not out.exists() or not any(out.iterdir()) or message.startswith("cannot reach")
 
 
+@pytest.mark.integration
 def test_out_in_the_way(tmp_path):
     out = tmp_path / "b"
     out.mkdir()
@@ -130,6 +138,7 @@ def test_out_in_the_way(tmp_path):
     assert (out / "keep.txt").read_text() == "x"
 
 
+@pytest.mark.integration
 def test_identical_bytes_across_workers_and_a_real_dask_cluster(tmp_path):
     common = [
         "balls",
@@ -206,6 +215,7 @@ def test_identical_bytes_across_workers_and_a_real_dask_cluster(tmp_path):
             p.wait(timeout=30)
 
 
+@pytest.mark.integration
 def test_sigkill_mid_run_then_resume_gives_identical_store(tmp_path):
     args = [
         "balls",

@@ -58,6 +58,7 @@ def test_mnist_store_matches_the_generator_in_both_formats(tmp_path):
     assert run("verify", out) == 0
 
 
+@pytest.mark.integration
 def test_same_bytes_in_process_and_on_dask_workers(tmp_path):
     args = ["mnist", "--n", 12, "--frames", 5, "--shard-size", 5, "--seed", 8, "--quiet", "--overlap", "sum"]
     assert run(*args, "--out", tmp_path / "w0", "--workers", 0) == 0
