@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best round")
     ap.add_argument("--all-cores", action="store_true", help="do not pin the process to one CPU")
     args = ap.parse_args()
-    if not args.all_cores:  # one core for everything, the shard writer's I/O thread included
+    if not args.all_cores:  # one core for everything, numpy's and numba's threads included
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     params = MNIST.validate({"frames": args.frames})

@@ -8,6 +8,7 @@ HDF5 used to kill the process with SIGSEGV here (its close after a failed write)
 from __future__ import annotations
 
 import errno
+import io
 import os
 import resource
 import signal
@@ -19,8 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
-from datagen.store import direct_io
-from datagen.store.atomic import WriteError, final_name
+from datagen.store import atomic
+from datagen.store.atomic import WRITE_BUFFER, HashingWriter, WriteError, atomic_path, final_name
 from datagen.store.hdf5 import hdf5_image, write_hdf5
 from datagen.store.manifest import write_shard
 from datagen.store.sample import Sample
@@ -65,26 +66,59 @@ def test_hdf5_image_has_the_bytes_hdf5_writes_itself(tmp_path, n, shape):
     assert (tmp_path / "ours.h5").read_bytes() == path.read_bytes() and len(keys) == n
 
 
+class _FullDisk(io.RawIOBase):
+    """A file on a disk that takes `room` bytes, then refuses with ENOSPC (as the kernel does)."""
+
+    def __init__(self, path, room: int) -> None:
+        self.file, self.room = open(path, "wb", buffering=0), room  # noqa: SIM115
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = self.file.write(memoryview(data)[: self.room])
+        self.room -= n
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def full_disk_open(room: int):
+    def fake_open(path, mode="r", buffering=-1):
+        assert mode == "wb"
+        return io.BufferedWriter(_FullDisk(path, room), buffer_size=max(buffering, 1))
+
+    return fake_open
+
+
+@pytest.mark.parametrize("room", [0, 100, WRITE_BUFFER + 10])
+def test_a_full_disk_is_an_oserror_and_atomic_path_leaves_nothing(tmp_path, monkeypatch, room):
+    monkeypatch.setattr(atomic, "open", full_disk_open(room), raising=False)
+    with pytest.raises(OSError) as e:
+        with atomic_path(tmp_path / "shard.tar") as tmp, HashingWriter(tmp) as out:
+            for _ in range(3):
+                out.write(b"y" * WRITE_BUFFER)
+            out.close()
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_while_closing_is_reported_not_swallowed(tmp_path, monkeypatch):
+    """What is still buffered reaches the disk only at close: a full disk there must surface too."""
+    monkeypatch.setattr(atomic, "open", full_disk_open(10), raising=False)
+    out = HashingWriter(tmp_path / "a.bin")
+    out.write(b"z" * 100)  # stays in the buffer
+    with pytest.raises(OSError, match="No space"):
+        out.close()
+
+
 @pytest.mark.parametrize("fmt", ["wds", "hdf5"])
 def test_no_space_at_the_write_call_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, fmt):
-    real_write = os.write
-    fds: set[int] = set()
-    real_open = os.open
-
-    def track_open(path, flags, *args):
-        fd = real_open(path, flags, *args)
-        if str(path).endswith(".tmp"):
-            fds.add(fd)
-        return fd
-
-    def disk_full(fd, data):
-        if fd in fds:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "open", track_open)
-    monkeypatch.setattr(os, "write", disk_full)
-    monkeypatch.setattr(direct_io, "direct_io_enabled", lambda: False)  # the same call either way
+    monkeypatch.setattr(atomic, "open", full_disk_open(100), raising=False)
     name = "s-000000" + (".tar" if fmt == "wds" else ".h5")
     with pytest.raises(WriteError) as e:
         write_shard(tmp_path, name, fmt, samples(5), {"seed": 1})

@@ -4,7 +4,7 @@ Readable by plain h5py: `f["video"][i]` is clip i as uint8 (T, H, W, C), `f["key
 `json.loads(f["meta"][i])` its ground truth. No compression: clips are small and reads stay cheap.
 
 The file is built in memory (HDF5's core driver, no backing store) and its finished image written out by
-:class:`~datagen.store.direct_io.ShardOutput`, never by HDF5 itself. Why: HDF5 does not survive a failed
+:class:`~datagen.store.atomic.HashingWriter`, never by HDF5 itself. Why: HDF5 does not survive a failed
 write. On a full disk the chunk write fails, closing the dataset fails again while flushing its cache, and
 closing the file then dereferences the half-closed dataset: the process dies with SIGSEGV (h5py 3.16,
 HDF5 2.0; reproduced on a 2 MB tmpfs, in `File.close` or in the finalizer at exit). In memory HDF5 cannot
@@ -27,8 +27,7 @@ import h5py
 import numpy as np
 
 from datagen.errors import DatagenError
-from datagen.store.atomic import write_error
-from datagen.store.direct_io import ShardOutput
+from datagen.store.atomic import HashingWriter, write_error
 from datagen.store.sample import Sample
 from datagen.store.wds import meta_bytes
 
@@ -85,7 +84,7 @@ def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None)
     samples = list(samples)
     image = hdf5_image(samples, attrs)
     try:
-        with ShardOutput(path) as out:
+        with HashingWriter(path) as out:
             out.write(image)
             sha256 = out.close()
     except OSError as e:

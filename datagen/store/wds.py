@@ -22,8 +22,7 @@ import numpy as np
 import orjson
 
 from datagen.errors import DatagenError
-from datagen.store.atomic import write_error
-from datagen.store.direct_io import ShardOutput
+from datagen.store.atomic import HashingWriter, write_error
 from datagen.store.format import META_FIELD, VIDEO_FIELD
 from datagen.store.sample import Sample
 
@@ -117,8 +116,8 @@ def _padding(size: int) -> bytes:
 def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
     """Write `samples` into the tar at `path`; returns (keys in order, sha256 of the file).
 
-    A sample is three writes into the output's staging buffer (headers, clip bytes, the rest), so the clip is
-    copied once; the output hashes and writes whole staging buffers (:mod:`datagen.store.direct_io`).
+    A sample is three writes (headers, clip bytes, the rest) into a buffered file that hashes them on the way
+    (:class:`~datagen.store.atomic.HashingWriter`).
     A failed write (full disk, I/O error) raises :class:`~datagen.store.atomic.WriteError` naming the
     folder and the space the file needs; the caller (an atomic temporary) removes the partial file.
     """
@@ -131,7 +130,7 @@ def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
 
 def _write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
     keys: list[str] = []
-    with ShardOutput(path) as out:
+    with HashingWriter(path) as out:
         for s in samples:
             video = np.ascontiguousarray(s.video)
             header = npy_header(video)
