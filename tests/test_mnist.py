@@ -64,14 +64,16 @@ def test_bounce_rules():
 def test_meta_ground_truth_matches_the_pixels(params, digits):
     samples = list(sim.MNIST.generate(params, 3, 10, 40))
     assert [s.key for s in samples] == [f"{i:09d}" for i in range(10, 40)]
+    at_row = {int(row): k for k, row in enumerate(digits.source_index)}  # ids are rows of the source file
     for s in samples:
         m = s.meta
         assert s.video.shape == (20, 64, 64, 1) and s.video.dtype == np.uint8
         pos, vel = np.array(m["positions"]), np.array(m["velocities"])
         assert pos.shape == vel.shape == (20, 2, 2) and pos.min() >= 0 and pos.max() <= 36
         np.testing.assert_allclose(np.linalg.norm(vel, axis=-1), 3.6)  # 0.1 of the 36-pixel range
-        images = src._builtin_table()[m["digit_ids"], :784].reshape(-1, 28, 28)  # ids are rows of the file
-        assert m["labels"].tolist() == src._builtin_table()[m["digit_ids"], 784].tolist()
+        picked = [at_row[int(i)] for i in m["digit_ids"]]
+        images = digits.images[picked]
+        assert m["labels"].tolist() == digits.labels[picked].tolist()
         expected = np.zeros((20, 64, 64), np.uint8)
         for t in range(20):
             for d in range(2):
