@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -11,6 +12,7 @@ from numba import njit
 
 from datagen.errors import DatagenError
 from datagen.sim import _balls_kernels as kernels
+from datagen.sim import _ziggurat as ziggurat
 from datagen.sim import balls
 from datagen.sim.balls import BALLS, initial_states, render, simulate
 from datagen.sim.balls_reference import reference_video, to_uint8
@@ -254,7 +256,7 @@ def test_fast_equals_reference_port_on_thousands_of_videos(n_balls):
         np.testing.assert_array_equal(videos[i, ..., 0], frames, err_msg=f"sample {i}")
 
 
-# --- numpy's streams, reproduced in the kernels -------------------------------------------------------------
+# --- the random stream: defined by the kernels, numpy's stream today ----------------------------------------
 
 SEEDS = [0, 1, 20080103, 2**32 - 1, 2**32, 2**64 + 5, 2**130 + 7]
 INDICES = [0, 1, 999, 2**32 - 1, 2**32, 2**40 + 3]
@@ -288,6 +290,20 @@ def test_normal_and_uniform_draws_match_numpy(seed, index):
     np.testing.assert_array_equal(normal, rng.standard_normal(200_000))
     np.testing.assert_array_equal(uniform, rng.random(1000))
     assert np.abs(normal).max() > 3.66  # beyond the ziggurat's last layer: the tail path ran
+
+
+def test_the_stream_is_pinned_independently_of_numpy():
+    """The kernels define the datasets' random stream: if numpy ever draws differently, the comparisons with
+    numpy above fail and this one still holds (then the reference port must draw through the kernels)."""
+    tables = ziggurat.KI.tobytes() + ziggurat.WI.tobytes() + ziggurat.FI.tobytes()
+    assert hashlib.sha256(tables).hexdigest() == (
+        "d46841a090f638a74c6bd112345fe681089be798d725b251129f062cad5521a3"
+    )
+    normal, uniform = _draws(kernels.entropy_words(20080103), 7, 200_000, 1000)
+    assert hashlib.sha256(normal.tobytes() + uniform.tobytes()).hexdigest() == (
+        "41ef353b9c677a262ccf429ff07e25e4764ffcd31020f9752d87c4a01d2bc77f"
+    )
+    assert np.abs(normal).max() > ziggurat.ZIGGURAT_NOR_R  # the tail path is part of what is pinned
 
 
 def test_negative_seed_is_refused():

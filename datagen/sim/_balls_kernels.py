@@ -4,11 +4,15 @@ Each kernel loops over the samples of a batch and does one sample's work in scal
 version spent most of its time in temporaries, in per-sample `default_rng` objects (~8 us each) and in exp
 of pixels that quantize to 0 anyway.
 
-Random draws reproduce numpy exactly: `SeedSequence(seed, spawn_key=(i,))` (entropy mixing and
-`generate_state(4, uint64)`), PCG64 (128-bit LCG, XSL-RR output), `random()` = 53 high bits / 2^53 and
-`standard_normal()` = numpy's ziggurat (tables from numba, which copies them from numpy's
-`ziggurat_constants.h`; its rare wedge and tail paths call the same libm `exp`/`log1p` as numpy's C code).
-Tests compare the draws and the whole clips with numpy and the reference port.
+Random draws: this module defines the datasets' random stream, and it is numpy's stream today:
+`SeedSequence(seed, spawn_key=(i,))` (entropy mixing and `generate_state(4, uint64)`), PCG64 (128-bit LCG,
+XSL-RR output), `random()` = 53 high bits / 2^53 and `standard_normal()` = numpy's 256-layer ziggurat
+(its tables stored in `datagen.sim._ziggurat`; the rare wedge and tail paths call the same libm
+`exp`/`log1p` as numpy's C code). Why not numpy itself: per-sample Generator objects cost ~30 us a sample
+against ~0.5 us here (1.2-1.4x the CPU of a whole `datagen balls` / `datagen mnist` job, `bench/
+bench_library.py`), and numpy promises the same stream only for the same numpy build on the same machine,
+while the canonical sets' digests (`data_manifests/`) must hold for any install. Tests pin the stream
+(hashes of draws) and compare it, and the clips, with numpy's and the reference port's.
 
 Physics: the reference operations in the reference order, in float64 without fused multiply-adds, so the
 trajectories are bit-identical to the numpy version's.
@@ -28,7 +32,8 @@ import math
 
 import numpy as np
 from numba import njit
-from numba.np.random._constants import fi_double, ki_double, wi_double, ziggurat_nor_inv_r, ziggurat_nor_r
+
+from datagen.sim._ziggurat import FI, KI, WI, ZIGGURAT_NOR_INV_R, ZIGGURAT_NOR_R
 
 _U = np.uint64
 _M32 = _U(0xFFFFFFFF)
@@ -43,9 +48,6 @@ _MIX_L, _MIX_R = _U(0xCA01F9DD), _U(0x4973F715)
 POOL_SIZE = 4
 # PCG64's 128-bit multiplier (numpy/random/src/pcg64/pcg64.h), as high and low 64-bit halves
 _MUL_HI, _MUL_LO = _U(2549297995355413924), _U(4865540595714422341)
-_KI = ki_double.astype(np.uint64)
-_WI = wi_double.astype(np.float64)
-_FI = fi_double.astype(np.float64)
 _TO_UNIT = 1.0 / 9007199254740992.0  # 2^-53
 
 # --- numpy's SeedSequence and PCG64 ---------------------------------------------------------------------
@@ -174,18 +176,18 @@ def standard_normal(state):
         r >>= _EIGHT
         sign = r & _ONE
         rabs = (r >> _ONE) & _M52
-        x = float(rabs) * _WI[idx]
+        x = float(rabs) * WI[idx]
         if sign:
             x = -x
-        if rabs < _KI[idx]:
+        if rabs < KI[idx]:
             return x
         if idx == 0:
             while True:
-                xx = -ziggurat_nor_inv_r * math.log1p(-next_double(state))
+                xx = -ZIGGURAT_NOR_INV_R * math.log1p(-next_double(state))
                 yy = -math.log1p(-next_double(state))
                 if yy + yy > xx * xx:
-                    return -(ziggurat_nor_r + xx) if (rabs >> _EIGHT) & _ONE else ziggurat_nor_r + xx
-        elif (_FI[idx - 1] - _FI[idx]) * next_double(state) + _FI[idx] < math.exp(-0.5 * x * x):
+                    return -(ZIGGURAT_NOR_R + xx) if (rabs >> _EIGHT) & _ONE else ZIGGURAT_NOR_R + xx
+        elif (FI[idx - 1] - FI[idx]) * next_double(state) + FI[idx] < math.exp(-0.5 * x * x):
             return x
 
 

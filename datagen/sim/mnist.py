@@ -15,10 +15,11 @@ Our choices where the authors' code depends on its batch loop (documented, not f
   shuffled training set, which would make sample i depend on the samples before it).
 - Videos are uint8 in 0..255 (the authors' are float32 copies of the stored digits).
 
-The fast path works on a chunk of videos at once: a numba kernel makes every sample's draws, reproducing
-numpy's SeedSequence/PCG64 streams (`draw_batch`); `bounce` advances all digits together in numpy (a loop
-over frames only); a second kernel pastes the digits (`composite`); the metas are plain dicts of per-sample
-numpy arrays, which the shard writers encode with orjson. `reference_clip` is the straightforward
+The fast path works on a chunk of videos at once: a numba kernel makes every sample's draws (`draw_batch`)
+from the stream `datagen.sim._balls_kernels` defines (numpy's SeedSequence/PCG64 stream today); `bounce`
+advances all digits together in numpy (a loop over frames only); a second kernel pastes the digits
+(`composite`); the metas are plain dicts of per-sample numpy arrays, which the shard writers encode with
+orjson. `reference_clip` is the straightforward
 per-digit, per-frame version, kept for tests and `bench/`.
 """
 
