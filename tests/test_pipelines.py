@@ -6,6 +6,7 @@ tells which sample (pixel (1, 1)) and which frames (pixel (0, 0)) it contains.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,18 @@ def make_store(
     }
     write_manifest(root, build_manifest(record, entries))
     return root
+
+
+def thread_io(field: str) -> int:
+    """This thread's I/O count so far (``syscr``: read system calls, ``rchar``: bytes read), from Linux's
+    per-thread ``/proc/.../io``: what a loader reading in this thread (``num_workers=0``) costs."""
+    io = Path(f"/proc/self/task/{threading.get_native_id()}/io")
+    return int(dict(line.split(": ") for line in io.read_text().splitlines())[field])
+
+
+needs_thread_io = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="needs Linux's per-thread I/O counts"
+)
 
 
 def indices(batch_video: torch.Tensor) -> list[int]:

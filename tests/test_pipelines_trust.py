@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipelines import make_store, run
+from test_pipelines import make_store, needs_thread_io, run, thread_io
 
 from datagen.store.sample import sample_key
 from pipelines.dataset import VideoDataset
@@ -292,13 +292,7 @@ def test_sha256_mismatch_is_skipped_and_counted(store):
     assert loader.skipped == ds.skipped == 5
 
 
-def bytes_read() -> int:
-    """Bytes this thread has read so far (Linux's per-thread ``/proc/.../io``)."""
-    io = Path(f"/proc/self/task/{threading.get_native_id()}/io")
-    return int(dict(line.split(": ") for line in io.read_text().splitlines())["rchar"])
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's per-thread I/O counts")
+@needs_thread_io
 def test_sha256_hashes_each_shard_once_per_process_and_again_when_it_changes(store):
     """Hashing reads a whole shard: the bytes an epoch reads drop by the store's size once every shard was
     hashed, and grow by one shard's size when that shard was rewritten (a new version to hash)."""
@@ -309,9 +303,9 @@ def test_sha256_hashes_each_shard_once_per_process_and_again_when_it_changes(sto
 
     def epoch_bytes(epoch: int) -> int:
         loader.set_epoch(epoch)
-        before = bytes_read()
+        before = thread_io("rchar")
         assert len(run(loader)) == 20
-        return bytes_read() - before
+        return thread_io("rchar") - before
 
     first, second, third = epoch_bytes(0), epoch_bytes(1), epoch_bytes(2)
     assert sum(sizes.values()) <= first - second < 2 * sum(sizes.values())

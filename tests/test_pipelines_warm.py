@@ -8,12 +8,10 @@ the read system calls of the thread that reads (Linux's per-thread ``/proc/.../i
 from __future__ import annotations
 
 import logging
-import threading
-from pathlib import Path
 
 import pytest
 import torch
-from test_pipelines import make_store
+from test_pipelines import make_store, needs_thread_io, thread_io
 
 from pipelines.dataset import VideoDataset
 from pipelines.index_cache import IndexCache
@@ -39,13 +37,7 @@ def test_index_cache_evicts_least_recently_used_by_samples():
     assert len(cache) == 1 and cache.get("huge") == [1] * 50 and cache.get("a") is None
 
 
-def read_calls() -> int:
-    """Read system calls (read, pread, preadv...) this thread has made so far."""
-    io = Path(f"/proc/self/task/{threading.get_native_id()}/io")
-    return int(dict(line.split(": ") for line in io.read_text().splitlines())["syscr"])
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's per-thread I/O counts")
+@needs_thread_io
 @pytest.mark.parametrize("fmt", ["wds", "hdf5"])
 def test_later_epochs_read_only_their_samples(many_shards, fmt):
     """After epoch 0 indexed every shard, an epoch costs at most a read per sample and one per shard (the
@@ -55,9 +47,9 @@ def test_later_epochs_read_only_their_samples(many_shards, fmt):
     calls = []
     for epoch in range(3):
         loader.set_epoch(epoch)
-        before = read_calls()
+        before = thread_io("syscr")
         keys = [k for batch in loader for k in batch["key"]]
-        calls.append(read_calls() - before)
+        calls.append(thread_io("syscr") - before)
         assert sorted(keys) == [f"{i:09d}" for i in range(2 * N_SHARDS)]
     budget = len(keys) + N_SHARDS
     assert calls[0] > budget and calls[1] <= budget and calls[2] <= budget, calls
