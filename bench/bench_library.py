@@ -7,9 +7,9 @@ cannot give. Sections:
 
 1. user-visible jobs: `datagen balls --n N` (default workers) and `datagen mnist --n M`, wall and CPU seconds
    (the whole process tree, Dask workers included). With `--before REV` the same commands also run from a
-   copy of the tree at REV (`git archive`), in turns with the current tree; where REV still has the O_DIRECT
-   shard writer it runs with `DATAGEN_DIRECT_IO=1` and `=0`. This is how the deleting commits measured their
-   before/after figures.
+   copy of the tree at REV (`git archive`; `--before-tree DIR` takes a copy already made), in turns with the
+   current tree; where REV still has the O_DIRECT shard writer it runs with `DATAGEN_DIRECT_IO=1` and `=0`.
+   This is how the deleting commits measured their before/after figures (4b26f88 is the tree before them).
 2. meta JSON per clip: the generator's ground truth encoded as the shard writers encode it (orjson), against
    the standard library's `json.dumps` of the same dict (`.tolist()` first); with `--before`, REV's path too.
 3. shard writer per 1000-clip shard (`write_shard`: atomic temporary, write, sha256, fsync, rename); with
@@ -22,8 +22,8 @@ cannot give. Sections:
 CPU seconds are the figure to trust on a shared machine; wall seconds are what a user waits. Each figure is
 the best of --repeat rounds (the median in brackets), the methods taking turns in every round.
 
-    python bench/bench_library.py --quick                    # ~1 minute
-    python bench/bench_library.py --before HEAD~1 --repeat 3 # the user-visible figures at 100,000 videos
+    python bench/bench_library.py --quick --sections 2,3,4,5  # a minute or two
+    python bench/bench_library.py --before 4b26f88            # everything, with the tree before the deletions
 """
 
 from __future__ import annotations
@@ -304,12 +304,12 @@ def in_turns(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, li
     return out
 
 
-def one_process_job(work: Path, generator: str, n: int, patches: dict[str, tuple[object, str, object]]):
-    """A `--workers 0` job run with some functions swapped (patches: name -> (module, attribute, value))."""
+def one_process_job(work: Path, generator: str, n: int, patches: list[tuple[object, str, object]]):
+    """A `--workers 0` job run with some functions swapped (patches: (module, attribute, value))."""
 
     def run() -> None:
-        saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches.values()]
-        for mod, attr, value in patches.values():
+        saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
+        for mod, attr, value in patches:
             setattr(mod, attr, value)
         try:
             shutil.rmtree(work, ignore_errors=True)
@@ -429,18 +429,8 @@ def section_tar(args, before: Path | None, work: Path) -> None:
     )
     print(f"  same bytes: {same}")
     n_job = 5000 if args.quick else 20_000
-    job_runs = in_turns(
-        {
-            "ours (USTAR packing)": one_process_job(work / "j1", "balls", n_job, {}),
-            "tarfile": one_process_job(
-                work / "j2", "balls", n_job, {"w": (wds, "_write_wds", write_wds_with_tarfile)}
-            ),
-        },
-        args.repeat,
-    )
-    same = store_digest(work / "j1") == store_digest(work / "j2")
-    print_runs(f"4b. datagen balls --n {n_job} --workers 0 (one process)", job_runs, "ours (USTAR packing)")
-    print(f"  same dataset digest: {same}")
+    patch = [(wds, "_write_wds", write_wds_with_tarfile)]
+    compare_jobs(args, work, "4b", "balls", n_job, ("ours (USTAR packing)", "tarfile"), patch)
 
 
 def section_draws(args, before: Path | None, work: Path) -> None:
@@ -458,30 +448,24 @@ def section_draws(args, before: Path | None, work: Path) -> None:
     print_runs(f"5a. initial states of {len(idx)} 3-ball videos", draw_runs, "numba kernels")
     per = {k: min(c for _, c in v) / len(idx) * 1e6 for k, v in draw_runs.items()}
     print(f"  per sample: {', '.join(f'{k} {v:.1f} us' for k, v in per.items())}; same draws: {same}")
-    job_runs = in_turns(
+    names = ("numba kernels", "numpy Generator per sample")
+    patch = [(balls, "initial_states", numpy_initial_states)]
+    compare_jobs(args, work, "5b", "balls", n_job, names, patch)
+    patch = [(mnist, "draw_batch", numpy_draw_batch)]
+    compare_jobs(args, work, "5c", "mnist", args.mnist_n, names, patch)
+
+
+def compare_jobs(args, work: Path, label: str, generator: str, n: int, names: tuple[str, str], patch) -> None:
+    """`datagen GENERATOR --n N --workers 0` as it is (names[0]) and with `patch` (names[1]), in turns."""
+    runs = in_turns(
         {
-            "numba kernels": one_process_job(work / "j1", "balls", n_job, {}),
-            "numpy Generator per sample": one_process_job(
-                work / "j2", "balls", n_job, {"d": (balls, "initial_states", numpy_initial_states)}
-            ),
+            names[0]: one_process_job(work / "j1", generator, n, []),
+            names[1]: one_process_job(work / "j2", generator, n, patch),
         },
         args.repeat,
     )
     same = store_digest(work / "j1") == store_digest(work / "j2")
-    print_runs(f"5b. datagen balls --n {n_job} --workers 0 (one process)", job_runs, "numba kernels")
-    print(f"  same dataset digest: {same}")
-    n_mnist = args.mnist_n
-    job_runs = in_turns(
-        {
-            "numba kernels": one_process_job(work / "j1", "mnist", n_mnist, {}),
-            "numpy Generator per sample": one_process_job(
-                work / "j2", "mnist", n_mnist, {"d": (mnist, "draw_batch", numpy_draw_batch)}
-            ),
-        },
-        args.repeat,
-    )
-    same = store_digest(work / "j1") == store_digest(work / "j2")
-    print_runs(f"5c. datagen mnist --n {n_mnist} --workers 0 (one process)", job_runs, "numba kernels")
+    print_runs(f"{label}. datagen {generator} --n {n} --workers 0 (one process)", runs, names[0])
     print(f"  same dataset digest: {same}")
 
 
