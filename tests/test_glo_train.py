@@ -188,6 +188,7 @@ def test_reconstruction_loss_sums_the_configured_terms(tmp_path):
         ReconstructionLoss(dataclasses.replace(cfg, vgg_weights=""))
 
 
+@pytest.mark.integration
 def test_two_process_ddp_keeps_rank_tables_identical(tmp_path):
     # a real 2-process gloo run: every rank applies all ranks' code gradients to its own copy of the table;
     # the PCA init is computed on rank 0 and copied by rank 1

@@ -48,6 +48,7 @@ def test_reproduce_writes_report(tmp_path, monkeypatch):
     assert r.main(["nope", "--out", str(tmp_path / "n")]) == 2
 
 
+@pytest.mark.integration
 def test_module_cli_sees_the_registered_protocols():
     # `python -m` runs this file as __main__; the protocols register with the imported recipes.reproduce
     import subprocess
