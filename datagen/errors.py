@@ -2,7 +2,11 @@
 
 
 class DatagenError(Exception):
-    """A user-facing problem: bad arguments, missing or corrupt inputs, an output folder in the way."""
+    """A user-facing problem: bad arguments, missing or corrupt inputs, an output folder in the way.
+
+    The project's one base error type: the store format's `ManifestError`, the writers' `WriteError`,
+    `pipelines.PipelineError` / `ShardError` and the recipes' `ConfigError` all derive from it.
+    """
 
 
 class Interrupted(Exception):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from datagen.errors import DatagenError
+
 _TORCH_WORKER = re.compile(
     r"\ACaught \w+ (in DataLoader worker process \d+)\.\nOriginal (Traceback.*)\Z", re.S
 )
@@ -34,8 +36,9 @@ def _from_worker(cls: type, text: str) -> tuple[str, str | None]:
     return f"{original}\n(raised {where}; its traceback follows)\n{trace}", original
 
 
-class PipelineError(ValueError):
-    """A user-facing problem with a data source or loader setting (a ValueError, so callers can catch it)."""
+class PipelineError(DatagenError, ValueError):
+    """A user-facing problem with a data source or loader setting: the project's one error type
+    (`DatagenError`) and a ValueError, so callers can catch either."""
 
     def __init__(self, *args: object) -> None:
         if len(args) == 1 and isinstance(args[0], str):

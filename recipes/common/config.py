@@ -22,12 +22,13 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from datagen.errors import DatagenError
 from datagen.store.atomic import atomic_path
 
 C = TypeVar("C", bound="TrainConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(DatagenError, ValueError):
     """A config key is unknown or its value has the wrong type; the message is one line."""
 
 
