@@ -387,3 +387,14 @@ def test_stabilize_resume_retries_an_input_that_could_not_be_read(tmp_path):
     assert main([*cmd, "--format", "wds", "--resume"]) == 0
     summary = load_manifest(out)["stabilize"]
     assert summary["unreadable"] == [] and summary["clips_kept"] >= 1
+
+
+def test_public_make_store_is_the_cli_job_and_reuses_a_finished_store(tmp_path):
+    from datagen.api import make_store
+
+    params = {"n_balls": 1, "size": 16, "frames": 4}
+    first = make_store(tmp_path / "api", "balls", params, n=5, seed=1, shard_size=3)
+    cli = ["balls", "--balls", "1", "--size", "16", "--frames", "4", "--n", "5", "--seed", "1"]
+    assert main([*cli, "--shard-size", "3", "--out", str(tmp_path / "cli"), "--workers", "0", "--quiet"]) == 0
+    assert first["digest"] == load_manifest(tmp_path / "cli")["digest"]
+    assert make_store(tmp_path / "api", "balls", params, n=5, seed=1, shard_size=3) == first

@@ -1,0 +1,43 @@
+"""The public Python API of `datagen`, for code outside it (the recipes, users' scripts, notebooks).
+
+What is here is kept stable; everything else in `datagen` is an implementation detail. The store's format
+(reading and validating manifests, shard names) is `datagen.store.format`; atomic file writes are
+`datagen.store.atomic`; the user cache folder is `datagen.cache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datagen.cache import cache_dir
+from datagen.errors import DatagenError
+from datagen.store.format import load_manifest, validate_manifest
+
+__all__ = ["DatagenError", "cache_dir", "load_manifest", "make_store", "validate_manifest"]
+
+
+def make_store(
+    out: str | Path,
+    generator: str,
+    params: Mapping[str, Any],
+    *,
+    n: int,
+    seed: int,
+    shard_size: int = 1000,
+    formats: Sequence[str] = ("wds",),
+    workers: int = 0,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Generate `n` clips of `generator` (e.g. "balls", "mnist") into the store folder `out`; the manifest.
+
+    What `datagen balls|mnist --out OUT` does, from Python: the same bytes for the same arguments, `workers`
+    local Dask processes (0: in this process). An existing store of this very job is checked and reused.
+    """
+    from datagen.jobs import generation_job, run_store_job  # Dask and the simulators only when used
+
+    job = generation_job(
+        Path(out), generator, dict(params), seed=seed, n=n, shard_size=shard_size, formats=list(formats)
+    )
+    return run_store_job(job, resume=resume, workers=workers)
