@@ -49,6 +49,7 @@ def test_targets_are_the_issue_figures_and_quick_is_weaker():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~6 CPU-minutes: minutes on 2 idle cores, 25-30 on the shared development machine
 def test_quick_protocol_passes(tmp_path):
     report = reproduce("glo-balls", tmp_path / "out", quick=True, data_root=tmp_path / "data")
     shown = {"passed": report["passed"], "metrics": report["metrics"], "steps": report["steps"]}
