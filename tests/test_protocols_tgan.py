@@ -71,3 +71,24 @@ def test_quick_protocol_passes(tmp_path: Path) -> None:
     report = reproduce.reproduce("tgan-mnist", tmp_path / "quick", quick=True)
     print(reproduce.format_report(report))
     assert report["all_passed"], report["passed"]
+
+
+def test_store_is_made_once_then_checked_before_reuse(tmp_path: Path, tiny: None) -> None:
+    from datagen.errors import DatagenError
+    from datagen.store.manifest import verify_store
+
+    ctx = reproduce.Context(out=tmp_path, quick=True, device="cpu")
+    store = proto.make_store(ctx)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["params"]["digits"] == 1 and manifest["layout"]["n_samples"] == 40
+    shard = store / manifest["shards"][0]["path"]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-10] + b"0123456789")  # same size, different bytes
+    assert verify_store(store)
+    # never trained on silently: the bad shard is made again (datagen's resume checks shards) or refused
+    try:
+        assert proto.make_store(ctx) == store
+    except DatagenError as exc:
+        assert "does not verify" in str(exc)
+    else:
+        assert shard.read_bytes() == good and not verify_store(store)
