@@ -112,14 +112,15 @@ def missed_ring(caplog) -> list[str]:
 def test_batches_kept_by_the_caller_stay_intact(tmp_path, fmt, caplog):
     """Holding every batch (more than the ring's slots) must neither corrupt nor stall the loader."""
     store = make_store(tmp_path / "s", n_shards=6, per_shard=8)
-    ds = VideoDataset(store, format=fmt, seed=2, world=World(), block_size=4)
+    ds = VideoDataset(store, format=fmt, seed=2, world=World(), block_size=2)
     with caplog.at_level(logging.INFO, logger="pipelines"):
         loader = make_loader(ds, batch_size=2, num_workers=2, dtype=torch.uint8)
         kept = [(b["key"], b["video"]) for b in loader]
     assert sorted(k for keys, _ in kept for k in keys) == [f"{i:09d}" for i in range(48)]
     for keys, video in kept:
         assert [int(k) for k in keys] == indices(video)
-    assert missed_ring(caplog)  # 12 blocks, 6 slots a worker: the later blocks took the fresh-memory path
+    # 24 blocks, 6 slots a worker: however the blocks are dealt, a worker gets more than its slots, all held
+    assert missed_ring(caplog)
 
 
 def test_spawned_workers_share_the_ring(tmp_path, caplog):

@@ -89,7 +89,10 @@ def test_sample_only_cli_from_the_checkpoint_reproduces_the_evaluation(
     # the same checkpoint and seed: the same clips as the evaluation at the end of training, the same results
     after_training = np.load(trained / "eval" / "samples.npy", allow_pickle=False)
     sampled = np.load(out / "eval" / "samples.npy", allow_pickle=False)
-    np.testing.assert_array_equal(sampled, after_training)
+    # bit-equal within one thread count; across processes G1's channels-last transposed convolutions may
+    # split sums differently (seen: 16 of 65536 values 1 float32 ulp apart); 1e-6 is far below a grey level
+    np.testing.assert_allclose(sampled, after_training, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(sampled, np.roll(after_training, 1, axis=0), rtol=1e-3)  # other clips would fail
     results = {m["metric"]: m["results"] for m in _report(out)["metrics"]}
     expected = {m["metric"]: m["results"] for m in _report(trained)["metrics"]}
     # same clips; floats may differ in the last bits (I3D features depend on the process's thread count)
@@ -99,7 +102,8 @@ def test_sample_only_cli_from_the_checkpoint_reproduces_the_evaluation(
     # and they are the loaded generator's clips (16 frames from the checkpoint's config, not the CLI default)
     model, cfg = load_tgan(ckpt)
     assert cfg.frames == FRAMES
-    np.testing.assert_array_equal(sampled, generate_videos(model.gen, N_CLIPS, seed=0, device="cpu"))
+    direct = generate_videos(model.gen, N_CLIPS, seed=0, device="cpu")
+    np.testing.assert_allclose(sampled, direct, rtol=1e-6, atol=1e-6)
 
 
 def test_sample_only_without_checkpoint_is_one_line_error(tmp_path: Path) -> None:
