@@ -15,7 +15,21 @@ from datagen.cache import cache_dir
 from datagen.errors import DatagenError
 from datagen.store.format import load_manifest, validate_manifest
 
-__all__ = ["DatagenError", "cache_dir", "load_manifest", "make_store", "validate_manifest"]
+__all__ = [
+    "DatagenError",
+    "cache_dir",
+    "generator_version",
+    "load_manifest",
+    "make_store",
+    "validate_manifest",
+]
+
+
+def generator_version(name: str) -> str:
+    """The version a generator ("balls", "mnist") writes into its manifests: its output changes with it."""
+    from datagen.generators import get_generator
+
+    return get_generator(name).version
 
 
 def make_store(

@@ -56,6 +56,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from datagen.api import load_manifest
 from datagen.store.atomic import write_json_atomic
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
@@ -267,11 +268,11 @@ def fit_clips(video: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def read_manifest(cfg: GLOConfig) -> dict[str, Any]:
-    """The store's manifest.json when the data is a local store folder (for physics metrics), else {}."""
+    """The store's manifest (validated) when the data is a local store (for physics metrics), else {}."""
     root = Path(data_source(cfg))
     path = root / "manifest.json" if root.is_dir() else root
     if path.name == "manifest.json" and path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return load_manifest(path)
     return {}
 
 

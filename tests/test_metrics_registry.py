@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from datagen.api import make_store
 from datagen.errors import DatagenError
-from datagen.jobs import generation_job, run_store_job
 from recipes import evaluate
 from recipes.metrics.fvd import cached_stats
 from recipes.metrics.registry import MetricOptions, calc_metric, families, parse_metric
@@ -23,10 +23,7 @@ SIZE, FRAMES = 32, 30
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("stores") / "balls"
-    job = generation_job(
-        out, "balls", {"size": SIZE, "frames": FRAMES}, seed=4, n=12, shard_size=6, formats=["wds"]
-    )
-    run_store_job(job, workers=0)
+    make_store(out, "balls", {"size": SIZE, "frames": FRAMES}, n=12, seed=4, shard_size=6)
     return out
 
 

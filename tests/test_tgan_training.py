@@ -186,13 +186,10 @@ def test_resume_continues_exactly(tmp_path: Path, balls_store: Path) -> None:
 
 
 def test_conditional_run_on_moving_mnist_labels(tmp_path: Path) -> None:
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import make_store
 
     store = tmp_path / "mnist"
-    params = {"frames": 8, "size": 32, "digits": 2}
-    run_store_job(
-        generation_job(store, "mnist", params, seed=0, n=8, shard_size=8, formats=["wds"]), workers=0
-    )
+    make_store(store, "mnist", {"frames": 8, "size": 32, "digits": 2}, n=8, seed=0, shard_size=8)
     from pipelines.dataset import VideoDataset
     from pipelines.loader import make_loader
 
@@ -325,13 +322,11 @@ def test_batch_stat_previews_leave_the_generator_untouched(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_paper_size_run_on_moving_mnist_64(tmp_path: Path) -> None:
     """The full paper networks (16 x 64 x 64, 512/64 channels) for a few CPU steps, past one SVC."""
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import make_store
 
     store = tmp_path / "mnist64"
     params = {"frames": 20, "size": 64, "digits": 2}
-    run_store_job(
-        generation_job(store, "mnist", params, seed=0, n=8, shard_size=8, formats=["hdf5"]), workers=0
-    )
+    make_store(store, "mnist", params, n=8, seed=0, shard_size=8, formats=["hdf5"])
     cfg = dataclasses.replace(
         TGANConfig(),
         data=str(store),

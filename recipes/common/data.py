@@ -45,12 +45,9 @@ def smoke_store(
 
 
 def _generate_smoke_store(out: Path, params: dict[str, Any], n: int) -> None:
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import make_store
 
-    job = generation_job(
-        out, SMOKE_GENERATOR, params, seed=SMOKE_SEED, n=n, shard_size=SMOKE_SHARD_SIZE, formats=["wds"]
-    )
-    run_store_job(job, resume=True, workers=0)
+    make_store(out, SMOKE_GENERATOR, params, n=n, seed=SMOKE_SEED, shard_size=SMOKE_SHARD_SIZE, resume=True)
 
 
 def data_source(cfg: TrainConfig) -> str:

@@ -89,7 +89,7 @@ class StoreVideos:
     name: str = ""
 
     def __post_init__(self) -> None:
-        from datagen.store.manifest import load_manifest
+        from datagen.api import load_manifest
 
         self.manifest = load_manifest(Path(self.path))
         self.name = self.name or Path(self.path).name

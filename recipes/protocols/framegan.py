@@ -50,12 +50,11 @@ CPU_SCALE: dict[bool, dict[str, Any]] = {
 
 def _store(ctx: Context, n_balls: int, n: int) -> Path:
     """The 30x30, 30-frame store of ``n_balls`` balls: made once; later runs check its shards and reuse it."""
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import make_store
 
     out = ctx.data_dir / f"balls{n_balls}-{SIZE}px-{n}"
     params = {"n_balls": n_balls, "size": SIZE, "frames": FRAMES}
-    job = generation_job(out, "balls", params, seed=SEED, n=n, shard_size=1000, formats=["wds"])
-    run_store_job(job, resume=True, workers=0)
+    make_store(out, "balls", params, n=n, seed=SEED, resume=True)
     return out
 
 

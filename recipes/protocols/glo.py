@@ -70,14 +70,11 @@ def _store(ctx: Context, n: int) -> Path:
     The folder is named by the generator's version too, so a store made by an older generator (a different
     datagen job, which datagen refuses to overwrite implicitly) is left alone and a new one is made beside it.
     """
-    from datagen.generators import get_generator
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import generator_version, make_store
 
-    version = get_generator("balls").version
-    out = ctx.data_dir / f"balls{N_BALLS}-v{version}-{SIZE}px-{FRAMES}f-{n}"
+    out = ctx.data_dir / f"balls{N_BALLS}-v{generator_version('balls')}-{SIZE}px-{FRAMES}f-{n}"
     params = {"n_balls": N_BALLS, "size": SIZE, "frames": FRAMES}
-    job = generation_job(out, "balls", params, seed=SEED, n=n, shard_size=1024, formats=["wds"])
-    run_store_job(job, resume=True, workers=0)
+    make_store(out, "balls", params, n=n, seed=SEED, shard_size=1024, resume=True)
     return out
 
 
