@@ -139,6 +139,9 @@ class FrameGANConfig(TrainConfig):
     gv_width: int = 512  # G_V's first FC width (paper 512; then x2, x4, and frames * 128)
     projection_init: Literal["gaussian", "uniform"] = "gaussian"  # rpgan Gaussian / authors' default uniform
     raw_view: bool = False  # stage 2: reproduce the authors' batch-mixing view(30, B, 128)
+    # stage 2, beyond the paper: "spread" rescales G_V's output layer at init so its codes cover G_F's latent
+    # space (VideoGenerator.spread_codes_); "pytorch" (paper and code) starts them near 0, at blank frames
+    gv_init: Literal["pytorch", "spread"] = "pytorch"
     d_impl: Literal["batched", "loop"] = "batched"  # loop: K modules, same maths (bench_framegan: which wins)
     # stage 2 inputs, sampling and evaluation
     gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
@@ -460,12 +463,13 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
             g, gf = build_frame_generator(cfg).to(device), None
         else:
             gf = _stage2_frame_generator(cfg).to(device)
-            g = (
-                load_video_generator(cfg.gv_checkpoint)[0]
-                if cfg.gv_checkpoint
-                else build_video_generator(cfg)
-            )
-            g = g.to(device)
+            if cfg.gv_checkpoint:
+                g = load_video_generator(cfg.gv_checkpoint)[0].to(device)
+            else:
+                g = build_video_generator(cfg).to(device)
+                if cfg.gv_init == "spread":
+                    z = torch.randn(256, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+                    g.spread_codes_(z.to(device))
         d = build_discriminators(cfg).to(device)
         if cfg.sample_only:
             return _sample_only(cfg, run, g, gf)

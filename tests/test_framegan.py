@@ -107,6 +107,25 @@ def test_video_generator_shapes_and_per_sample_view() -> None:
     assert video.shape == (4, 1, 30, 30, 30)
 
 
+def test_spread_codes_cover_the_frame_latent_space() -> None:
+    """G_V at PyTorch's init emits codes near 0; spread_codes_ makes them unit-std (pre-tanh), BN kept."""
+    torch.manual_seed(0)
+    gv = VideoGenerator(hidden=(16, 32, 64), frames=6)
+    z = torch.randn(64, 100)
+    assert gv(z).norm(dim=-1).mean() < 2  # G_F's z ~ N(0, I_100) has norm ~10
+    buffers = {k: v.clone() for k, v in gv.named_buffers()}
+    gv.spread_codes_(z)
+    for k, v in gv.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    with torch.no_grad():
+        pre = gv._pre_tanh(z).flatten(0, 1)
+        fresh = gv(torch.randn(64, 100))
+    assert torch.allclose(pre.mean(0), torch.zeros(100), atol=1e-4)
+    assert torch.allclose(pre.std(0), torch.ones(100), atol=1e-4)
+    assert 4 < fresh.norm(dim=-1).mean() < 8  # as tanh(N(0, I_100)): about 6.3
+    assert fresh.std(0).mean() > 0.3  # and they differ between z
+
+
 @pytest.mark.parametrize("init", ["gaussian", "uniform"])
 def test_projections_unit_norm_buffers_fixed_after_training(init: str) -> None:
     g = FrameGenerator(width=16)

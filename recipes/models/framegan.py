@@ -360,16 +360,33 @@ class VideoGenerator(nn.Module):
         self.out = nn.Linear(2 * lstm_hidden, code_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self._pre_tanh(z)).transpose(0, 1)  # (B, T, code_dim)
+
+    def _pre_tanh(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
         h = self.fc(z)
-        if self.raw_view:
-            seq = h.view(
-                self.frames, b, self.step_dim
-            )  # authors' quirk: chunks of different samples interleave
+        if self.raw_view:  # authors' quirk: chunks of different samples interleave
+            seq = h.view(self.frames, b, self.step_dim)
         else:
             seq = h.view(b, self.frames, self.step_dim).transpose(0, 1)  # (T, B, 128), sample-wise
         out, _ = self.lstm(seq)  # (T, B, 2*hidden), zero initial state
-        return torch.tanh(self.out(out)).transpose(0, 1)  # (B, T, code_dim)
+        return self.out(out)  # (T, B, code_dim)
+
+    @torch.no_grad()
+    def spread_codes_(self, z: torch.Tensor) -> None:
+        """Rescale the output layer so that, over the batch `z`, every pre-tanh code coordinate has mean 0 and
+        std 1: the codes start spread like tanh(N(0, 1)) over G_F's latent space.
+
+        Beyond the paper. At PyTorch's default init the codes sit near 0 (norm about 2 where G_F's z has
+        about 10), where a trained G_F draws blank frames; the video discriminators reject those at once and
+        G_V stayed there (issue #15). BatchNorm statistics are left as they were.
+        """
+        buffers = {k: v.clone() for k, v in self.named_buffers()}
+        pre = self._pre_tanh(z).flatten(0, 1)
+        self.load_state_dict(buffers, strict=False)
+        mean, std = pre.mean(0), pre.std(0).clamp_min(1e-8)
+        self.out.weight.div_(std[:, None])
+        self.out.bias.sub_(mean).div_(std)
 
 
 def render_video(frame_generator: nn.Module, codes: torch.Tensor) -> torch.Tensor:
