@@ -190,6 +190,7 @@ def _check_failed_then_resumed(
     assert set(got) == set(shards) | {"manifest.json"}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt, workers", [("hdf5", "0"), ("wds", "0"), ("hdf5", "1")])
 def test_write_error_in_a_real_run_is_one_line_and_resumable(tmp_path, reference, fmt, workers):
     """The kernel refuses writes past a file-size limit (inherited by Dask workers): HDF5 segfaulted here."""
@@ -217,6 +218,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["hdf5", "wds"])
 def test_full_disk_is_one_line_naming_the_space_and_resumable(small_disk, tiny_reference, fmt):
     """A real ENOSPC on a 1 MB tmpfs with 64 kB left: enough for what the up-front check counts (the clips,

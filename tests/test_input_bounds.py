@@ -42,6 +42,7 @@ def test_stabilize_with_no_readable_input_exits_2_and_leaves_out_as_it_was(tmp_p
     assert not missing.exists() and list(empty.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_stabilize_with_no_readable_input_on_dask_is_one_line_without_ffmpeg_noise(tmp_path, unreadable):
     out = tmp_path / "s"
     r = subprocess.run(
@@ -74,6 +75,7 @@ def store(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("suffix", [".gif", ".png"])
 def test_preview_refuses_what_it_cannot_allocate_in_one_line(store, tmp_path, suffix):
     out = tmp_path / f"p{suffix}"

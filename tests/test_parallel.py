@@ -20,6 +20,8 @@ import pytest
 from datagen.errors import DatagenError
 from datagen.parallel import Task, check_scheduler, open_cluster, run_tasks
 
+pytestmark = pytest.mark.integration  # Dask clusters and datagen subprocesses
+
 
 def square(x: int) -> int:
     return x * x

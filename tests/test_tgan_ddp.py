@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,6 +19,8 @@ from pipelines.world import World
 from recipes.common.dist import wrap_ddp
 from recipes.common.runtime import make_scaler
 from recipes.train_tgan import TGANConfig, build_models, make_optimizer, step_noise, train_step
+
+pytestmark = pytest.mark.integration  # two torch.distributed (gloo) processes
 
 STEPS = 10  # SVC + gamma clipping at iterations 5 and 10
 CFG = TGANConfig(frames=4, z_dim=8, gen_ch=16, critic_ch=4, batch_size=3, svc_every=5)
