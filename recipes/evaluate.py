@@ -23,7 +23,8 @@ From FrameGAN checkpoints, ``python -m recipes.train_framegan --stage 2 --sample
 independent-latent baseline and G_V's latent sequences into ``RUN/eval/*.npy`` and calls :func:`evaluate`
 on them (adjacent-frame MSE, balls physics, Isomap plot); see that recipe's docstring.
 From a TGAN checkpoint, ``python -m recipes.train_tgan --sample-only --checkpoint CKPT --data STORE
---eval-videos N --out-dir RUN`` does the same with FVD and balls physics (:func:`evaluate_samples`).
+--eval-videos N --out-dir RUN`` does the same with FVD and balls physics (:func:`evaluate_samples`); GLO's
+evaluation (``recipes.train_glo``) scores its reconstructions and every mapping's samples the same way.
 """
 
 from __future__ import annotations

@@ -26,11 +26,15 @@ loader does. Loss: ``w_lap * Lap1 + w_l1 * L1 + w_i3d * I3D + w_vgg * VGG + w_ma
 Stage 2, GLANN: fit each mapping of :mod:`recipes.latent_mappings` (IMLE, GMM, VAE, Gaussian) on the codes,
 then sample new videos G(mapping sample).
 
-Evaluation (``eval.json``): reconstruction error (L1, MSE, Lap1 on the first ``eval_clips`` clips); FVD of
-each mapping's samples and of the reconstructions against real clips (``recipes.metrics.fvd``, when the I3D
-weights are installed); on bouncing-balls stores the physics metrics of ``recipes.metrics.physics_balls``
-for real clips, reconstructions and every mapping. GIFs: ``samples/recon-step-N.gif`` (rows: real,
-reconstruction, mask, background) during training, ``samples/<mapping>.gif`` at the end.
+Evaluation (``eval.json``), through the metric registry and ``recipes.evaluate`` as FrameGAN's and TGAN's:
+reconstruction error (``reconstruction``: L1, MSE, Lap1 on the first ``eval_clips`` clips); FVD of each
+mapping's samples and of the reconstructions against the first ``fvd_clips`` real clips (``fvd``, when the
+I3D weights are installed); on bouncing-balls stores the physics metrics (``physics_balls``) of real clips,
+reconstructions and every mapping, and the reconstructions' detections against the true centres
+(``ball_positions``). The arrays and registry reports are kept under ``eval/`` (``python -m
+recipes.evaluate --real eval/real-first256.npy --fake eval/imle/samples.npy ...`` reruns or adds metrics).
+GIFs: ``samples/recon-step-N.gif`` (rows: real, reconstruction, mask, background) during training,
+``samples/<mapping>.gif`` at the end.
 
 Deviations from GLANN-VIDEO, on purpose: its per-frame losses sum frames 0..30 (``range(31)`` skips the last
 frame), here every frame counts and the loss is a mean over frames; its data are BGR in [0, 1] against a tanh
@@ -493,58 +497,82 @@ def first_clips(
     return torch.cat(videos)[:n], np.concatenate(index)[:n], metas[:n]
 
 
-def balls_geometry(manifest: Mapping[str, Any], size: int) -> Any | None:
-    """Physics expectations for a bouncing-balls store at the generator's resolution, else None."""
+def balls_params(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The registry's ``extra["balls"]`` for a bouncing-balls store (ball count, radius, box; the resolution
+    is the generator's, read from the videos), else None."""
     if manifest.get("generator", {}).get("name") != "balls":
         return None
-    from recipes.metrics.physics_balls import BallsGeometry
-
     p = manifest.get("params", {})
-    return BallsGeometry.for_simulator(
-        size,
-        n_balls=int(p.get("n_balls", 3)),
-        radius=float(p.get("radius", 1.2)),
-        box_size=float(p.get("box", 10.0)),
-    )
+    return {"n_balls": int(p.get("n_balls", 3)), "radius": float(p.get("radius", 1.2)),
+            "box": float(p.get("box", 10.0))}  # fmt: skip
 
 
-def fvd_features(device: torch.device) -> Any | None:
-    """The FVD network, or None (with the reason printed) when its weights are not installed."""
+def fvd_available(cfg: GLOConfig) -> bool:
+    """Whether FVD can be measured: asked for, clips long enough for I3D, weights installed (else a note)."""
+    if not cfg.fvd_clips:
+        return False
+    if cfg.frames < MIN_FRAMES:
+        print(
+            f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
+            flush=True,
+        )
+        return False
     from datagen.errors import DatagenError
-    from recipes.metrics.fvd import I3DFeatures
+    from recipes.weights import i3d_kinetics400_arrays
 
     try:
-        return I3DFeatures(device=str(device))
+        i3d_kinetics400_arrays()
     except (DatagenError, FileNotFoundError) as exc:
         print(f"FVD skipped: {exc}", flush=True)
-        return None
+        return False
+    return True
 
 
-def real_fvd_stats(cfg: GLOConfig, features: Any, real: torch.Tensor, digest: str | None) -> Any:
-    """Gaussian statistics of the real clips' I3D features, cached under the store's digest when it has one
-    (the real pass costs as much as a generated one: ~1.5 CPU-s per 16-frame clip)."""
-    from recipes.metrics.fvd import GaussianStats, cached_stats
+def metric_plan(cfg: GLOConfig, n_real: int, *, balls: bool, truth: bool, fvd: bool,
+                reconstruction: bool) -> dict[int, list[str]]:  # fmt: skip
+    """Registry metric names for one generated set, grouped by how many of the first clips they score:
+    pixel errors, true-centre detections and physics on the first ``eval_clips``, FVD on the first
+    ``fvd_clips`` (each group sees exactly its first clips, real and generated: see :func:`score`)."""
+    e, f, t = min(cfg.eval_clips, n_real), min(cfg.fvd_clips, n_real), cfg.frames
+    plan: dict[int, list[str]] = {}
+    if reconstruction:
+        plan.setdefault(e, []).append(f"reconstruction{e}_{t}f")
+        if truth:
+            plan[e].append(f"ball_positions{e}_{t}f")
+    if balls:
+        plan.setdefault(e, []).append(f"physics_balls{e}_{t}f")
+    if fvd:
+        plan.setdefault(f, []).append(f"fvd{f}_{t}f")
+    return plan
 
-    if digest is None:
-        return GaussianStats.of(features(real))
-    key = {"digest": digest, "detector": features.detector_id, "clips": len(real), "frames": cfg.frames,
-           "offset": cfg.window_offset, "size": cfg.size, "order": "first clips in key order"}  # fmt: skip
-    return cached_stats(key, lambda: features(real))
 
+def score(name: str, fake: torch.Tensor, plan: Mapping[int, list[str]], reals: Mapping[int, Path],
+          out: Path, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """``fake`` against the real clips through ``recipes.evaluate.evaluate_samples`` (files under
+    ``out/<name>[/first<n>]``, so ``python -m recipes.evaluate`` can rerun them), one call per clip count:
+    the first n real and generated clips are all the source holds, so the metric scores exactly those (and
+    clip i of both is the same clip i, which the paired metrics need).
 
-def video_metrics(videos: torch.Tensor, *, cfg: GLOConfig, geometry: Any, features: Any,
-                  real_stats: Any) -> dict[str, Any]:  # fmt: skip
-    """Physics metrics (balls stores) and FVD against the real statistics, for one set of videos."""
-    out: dict[str, Any] = {}
-    if geometry is not None:
-        from recipes.metrics.physics_balls import physics_balls_metrics
+    Returns ``{family: {"real"|"fake": figures}}`` (FVD as ``{"fvd": {"fake": value}}``) plus ``"collapse"``
+    and ``"protocols"`` (per family)."""
+    from recipes.evaluate import evaluate_samples
+    from recipes.metrics.registry import parse_metric
 
-        out["physics"] = physics_balls_metrics(videos[: cfg.eval_clips], geometry)
-    if features is not None and real_stats is not None:
-        from recipes.metrics.fvd import GaussianStats, frechet_distance
-
-        out["fvd"] = frechet_distance(real_stats, GaussianStats.of(features(videos[: cfg.fvd_clips])))
-    return out
+    found: dict[str, Any] = {"collapse": {}, "protocols": {}}
+    for n, metrics in plan.items():
+        folder = out / name if len(plan) == 1 else out / name / f"first{n}"
+        report = evaluate_samples(reals[n], {"fake": fake[:n].numpy()}, metrics, folder, **kwargs)
+        for item in report["metrics"]:
+            family = parse_metric(item["metric"])[0].__name__
+            found["protocols"][family] = item["protocol"]
+            if family == "fvd":
+                found["fvd"] = {"fake": item["results"][item["metric"]]}
+                continue
+            for key, value in item["results"].items():
+                source, _, figure = key.partition("/")
+                found.setdefault(family, {}).setdefault(source, {})[figure] = value
+        found["collapse"] |= report.get("collapse", {})
+    return found
 
 
 def save_filmstrips(videos: torch.Tensor, path: Path) -> Path:
@@ -553,97 +581,106 @@ def save_filmstrips(videos: torch.Tensor, path: Path) -> Path:
     return save_image_grid(videos.transpose(1, 2).reshape(n * t, c, h, w), path, nrow=t)
 
 
-def reconstruction_metrics(cfg: GLOConfig, real: torch.Tensor, recon: torch.Tensor, metas: Sequence[Mapping],
-                           geometry: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Pixel errors of the reconstructions and, on balls stores, detections against the true centres."""
-    r, f = real[: cfg.eval_clips], recon[: cfg.eval_clips]
-    lap = LaplacianLoss(cfg.lap_levels, weighting=cfg.lap_weighting)
-    out: dict[str, Any] = {
-        "clips": len(r),
-        "l1": (f - r).abs().mean().item(),
-        "mse": (f - r).square().mean().item(),
-        "lap1": lap(f, r).mean().item(),
-    }
-    if geometry is not None and len(metas) >= len(r):
-        from recipes.metrics.ball_positions import ball_position_metrics, true_positions
+def save_reals(real: torch.Tensor, counts: Iterable[int], out: Path) -> dict[int, Path]:
+    """The first n real clips as ``out/real-first<n>.npy`` for every clip count n of the plan."""
+    from recipes.evaluate import write_npy_atomic
 
-        store_size = int(manifest.get("params", {}).get("size", cfg.size))
-        truth = true_positions(metas[: len(r)], start=cfg.window_offset, frames=cfg.frames,
-                               store_size=store_size, size=cfg.size)  # fmt: skip
-        out["positions"] = ball_position_metrics(f, truth, geometry)
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    return {n: write_npy_atomic(out / f"real-first{n}.npy", real[:n].numpy()) for n in set(counts)}
+
+
+def true_centres(cfg: GLOConfig, metas: Sequence[Mapping], manifest: Mapping[str, Any], n: int) -> np.ndarray:
+    """(n, frames, balls, 2) true centres of the first ``n`` clips' windows, in the generator's pixels."""
+    from recipes.metrics.ball_positions import true_positions
+
+    store_size = int(manifest.get("params", {}).get("size", cfg.size))
+    return true_positions(metas[:n], start=cfg.window_offset, frames=cfg.frames, store_size=store_size,
+                          size=cfg.size)  # fmt: skip
 
 
 @torch.no_grad()
 def evaluate(cfg: GLOConfig, gen: TwoStreamGenerator, latents: LatentStore, mappings: Mapping[str, nn.Module],
-             device: torch.device, sample_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """Reconstruction error, FVD and physics metrics of the reconstructions and of every mapping's samples.
+             device: torch.device, sample_dir: Path,
+             eval_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Reconstruction error, FVD and physics metrics of the reconstructions and of every mapping's samples,
+    all through the metric registry (``reconstruction``, ``ball_positions``, ``physics_balls``, ``fvd``).
 
     On balls stores the reconstructions are also scored against the true ball centres of the clips they
-    reconstruct (``reconstruction.positions``). One set of generated videos is held at a time (256 clips of
-    3x32x64x64 are 400 MB); a GIF and a filmstrip PNG per mapping, and ``reconstruction.png`` (rows: a real
+    reconstruct (``reconstruction.positions``). Each generated set is saved under ``eval_dir`` (default:
+    ``sample_dir/../eval``) with its registry report; one is held in memory at a time (256 clips of
+    3x32x64x64 are 400 MB). A GIF and a filmstrip PNG per mapping, and ``reconstruction.png`` (rows: a real
     clip, then its reconstruction).
     """
+    eval_dir = eval_dir or sample_dir.parent / "eval"
     result: dict[str, Any] = {"loss": loss_name(cfg), "mappings": {}}
     manifest = read_manifest(cfg)
-    geometry = balls_geometry(manifest, cfg.size)
+    balls = balls_params(manifest)
     real, index, metas = first_clips(
-        cfg, device, max(cfg.eval_clips, cfg.fvd_clips, 2), with_meta=geometry is not None
+        cfg, device, max(cfg.eval_clips, cfg.fvd_clips, 2), with_meta=balls is not None
     )
-    features = real_stats = None
-    if cfg.fvd_clips and cfg.frames < MIN_FRAMES:
-        print(
-            f"FVD skipped: I3D needs clips of at least {MIN_FRAMES} frames, these have {cfg.frames}",
-            flush=True,
-        )
-    elif cfg.fvd_clips:
-        features = fvd_features(device)
-    if features is not None:
-        from recipes.metrics.fvd import fvd_protocol
+    e = min(cfg.eval_clips, len(real))
+    extra: dict[str, Any] = {"lap_levels": cfg.lap_levels, "lap_weighting": cfg.lap_weighting}
+    truth = balls is not None and len(metas) >= e
+    if balls is not None:
+        extra["balls"] = balls
+    if truth:
+        from recipes.evaluate import write_npy_atomic
 
-        real_stats = real_fvd_stats(cfg, features, real[: cfg.fvd_clips], manifest.get("digest"))
-        result["fvd_protocol"] = fvd_protocol(
-            clips_real=real_stats.n, clips_fake=min(len(real), cfg.fvd_clips), frames=cfg.frames,
-            resolution=(cfg.size, cfg.size), resize=features.resize,
-        )  # fmt: skip
-    measure = dict(cfg=cfg, geometry=geometry, features=features, real_stats=real_stats)
-    if geometry is not None:
-        from recipes.metrics.physics_balls import physics_balls_metrics
-
-        result["physics_real"] = physics_balls_metrics(real[: cfg.eval_clips], geometry)
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        extra["ball_truth"] = write_npy_atomic(eval_dir / "truth.npy", true_centres(cfg, metas, manifest, e))
+    fvd = fvd_available(cfg)
+    plans = {
+        "reconstruction": metric_plan(cfg, len(real), balls=balls is not None, truth=truth,
+                                      fvd=fvd and cfg.fvd_reconstruction, reconstruction=True),
+        "samples": metric_plan(cfg, len(real), balls=balls is not None, truth=False, fvd=fvd,
+                               reconstruction=False),
+    }  # fmt: skip
+    reals = save_reals(real, [*plans["reconstruction"], *plans["samples"]], eval_dir)
+    kwargs = dict(reals=reals, out=eval_dir, extra=extra, device=str(device), batch_size=8)
     recon = generate(gen, torch.from_numpy(latents.gather(index)).to(device), cfg.eval_batch_size)
-    result["reconstruction"] = reconstruction_metrics(cfg, real, recon, metas, geometry, manifest)
-    recon_measure = measure if cfg.fvd_reconstruction else {**measure, "features": None}
-    result["reconstruction"].update(video_metrics(recon, **recon_measure))
     k = min(cfg.n_samples, len(real))
     save_filmstrips(torch.stack([real[:k], recon[:k]], 1).flatten(0, 1), sample_dir / "reconstruction.png")
+    found = score("reconstruction", recon[: len(real)], plans["reconstruction"], **kwargs)
     del recon
+    rec = {"clips": e, **found["reconstruction"]["fake"]}
+    if truth:
+        rec["positions"] = found["ball_positions"]["fake"]
+    result["reconstruction"] = rec | figures_of(found)
+    result |= fvd_protocol_of(found)
+    collapse = {}
+    if balls is not None:
+        result["physics_real"] = found["physics_balls"]["real"]
+        collapse = {"real": found["collapse"]["real"], "reconstruction": found["collapse"]["fake"]}
     noise = torch.Generator().manual_seed(cfg.seed + 1)
     for name, mapping in mappings.items():
         z = mapping.sample(max(len(real), cfg.n_samples), generator=noise).to(device)  # type: ignore[operator]
         fake = generate(gen, z, cfg.eval_batch_size)
         save_video_gif(fake[: cfg.n_samples], sample_dir / f"{name}.gif")
         save_filmstrips(fake[: cfg.n_samples], sample_dir / f"{name}.png")
-        result["mappings"][name] = video_metrics(fake, **measure)
-    if geometry is not None:
-        result["collapse"] = collapse_report(result, geometry)
+        found = score(name, fake[: len(real)], plans["samples"], **kwargs)
+        result["mappings"][name] = figures_of(found)
+        if balls is not None:
+            collapse[name] = found["collapse"]["fake"]
+        result |= fvd_protocol_of(found)
+    if balls is not None:
+        result["collapse"] = collapse
     return result
 
 
-def collapse_report(result: Mapping[str, Any], geometry: Any) -> dict[str, dict[str, Any]]:
-    """``{source: {"collapsed", "reasons", count accuracy, diversity figures and their ratios to real}}`` for
-    the real clips, the reconstructions and every mapping (``recipes.metrics.diversity``), as every balls
-    evaluation reports it: a low FVD or pixel error next to ``collapsed: true`` is not a result."""
-    from recipes.metrics.diversity import DIVERSITY_KEYS, collapse_reasons, compare_to_real
+def fvd_protocol_of(found: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"fvd_protocol": ...}`` (the registry's FVD protocol without the sources' digests), or {}."""
+    protocol = found["protocols"].get("fvd")
+    return {} if protocol is None else {"fvd_protocol": {k: v for k, v in protocol.items() if k != "sources"}}
 
-    sources = {"real": result["physics_real"], "reconstruction": result["reconstruction"]["physics"]}
-    sources |= {name: m["physics"] for name, m in result["mappings"].items()}
-    keys = ("count_accuracy", *DIVERSITY_KEYS, *(f"{k}_ratio" for k in DIVERSITY_KEYS))
-    report = {}
-    for name, figures in compare_to_real(sources, radius_px=geometry.radius_px).items():
-        reasons = collapse_reasons(figures, radius_px=geometry.radius_px)
-        report[name] = {"collapsed": bool(reasons), "reasons": reasons} | {k: figures.get(k) for k in keys}
-    return report
+
+def figures_of(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A generated set's ``physics`` and ``fvd`` (when measured) from :func:`score`'s results."""
+    out: dict[str, Any] = {}
+    if "physics_balls" in found:
+        out["physics"] = found["physics_balls"]["fake"]
+    if "fvd" in found:
+        out["fvd"] = found["fvd"]["fake"]
+    return out
 
 
 def json_safe(obj: Any) -> Any:

@@ -17,6 +17,8 @@ from recipes.common.cli import run_cli
 from recipes.common.config import apply_overrides
 from recipes.common.data import smoke_store
 from recipes.latents import LatentStore
+from recipes.metrics.registry import MetricOptions, calc_metric
+from recipes.metrics.sources import open_source
 from recipes.train_glo import (
     PRESETS,
     SMOKE,
@@ -51,7 +53,16 @@ def test_smoke_run_trains_fits_mappings_and_evaluates(store, tmp_path):
     saved = json.loads((run / "eval.json").read_text())  # strict JSON: NaN became null
     assert saved == result and saved["loss"] == "lap" and saved["step"] == cfg.max_steps
     assert set(saved["mappings"]) == {"imle", "gmm", "vae"}
-    assert saved["reconstruction"]["clips"] == cfg.eval_clips and saved["reconstruction"]["l1"] > 0
+    assert saved["reconstruction"]["clips"] == cfg.eval_clips
+    # the figures come from the registry on the saved arrays (rerunnable with python -m recipes.evaluate)
+    real = np.load(run / "eval" / f"real-first{cfg.eval_clips}.npy")
+    recon = np.load(run / "eval" / "reconstruction" / "samples.npy")
+    assert real.shape == recon.shape and real.shape[0] == cfg.eval_clips
+    assert real.shape[2:] == (cfg.frames, cfg.size, cfg.size)
+    assert saved["reconstruction"]["l1"] == pytest.approx(np.abs(recon - real).mean(), rel=1e-5)
+    assert saved["reconstruction"]["mse"] == pytest.approx(np.square(recon - real).mean(), rel=1e-5)
+    report = json.loads((run / "eval" / "imle" / "report.json").read_text())
+    assert [m["metric"] for m in report["metrics"]] == [f"physics_balls{cfg.eval_clips}_{cfg.frames}f"]
     assert saved["physics_real"]["count_accuracy"] == 1.0  # the real balls obey the simulator
     assert "physics" in saved["mappings"]["imle"]
     collapse = saved["collapse"]  # every balls evaluation says which sources collapsed, with ratios to real
@@ -222,6 +233,11 @@ def test_fvd_per_mapping_and_i3d_loss_with_pretrained_weights(store, tmp_path):
     result = main(cfg)
     assert result["loss"] == "lap+i3d"
     assert result["fvd_protocol"]["clips_real"] == 6 and result["fvd_protocol"]["frames"] == 16
+    # a good sample set (the real clips themselves) against the 3-step model's: ~0 against far above
+    real = str(tmp_path / "fvd" / "eval" / "real-first6.npy")
+    opts = MetricOptions(sources={"real": open_source(real, "real"), "fake": open_source(real, "fake")})
+    itself = calc_metric("fvd6_16f", opts)["results"]["fvd6_16f"]
+    assert abs(itself) < 1e-3
     for name in ("gaussian", "imle"):
-        assert result["mappings"][name]["fvd"] > 0
-    assert result["reconstruction"]["fvd"] > 0
+        assert result["mappings"][name]["fvd"] > 100
+    assert result["reconstruction"]["fvd"] > 100

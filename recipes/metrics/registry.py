@@ -204,6 +204,69 @@ def fvd(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
     return {"results": {f"fvd{clips}_{frames}f": value}, "protocol": protocol}
 
 
+def _paired(opts: MetricOptions, clips: int, frames: int) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """The ``real`` and ``fake`` sources' clips, clip i of one against clip i of the other (the same picks and
+    windows: see ``ArrayVideos.windows``), plus those picks and windows."""
+    real, fake = opts.sources.get("real"), opts.sources.get("fake")
+    if real is None or fake is None:
+        raise DatagenError("a paired metric needs a 'real' and a 'fake' source")
+    if not (hasattr(real, "windows") and hasattr(fake, "windows")) or real.shape != fake.shape:
+        raise DatagenError("a paired metric needs array sources of the same shape (clip i against clip i)")
+    if len(real) != len(fake):
+        raise DatagenError(
+            f"a paired metric needs as many fake clips as real ones ({len(fake)} != {len(real)})"
+        )
+    pick, start, _ = real.windows(clips, frames, seed=opts.seed)
+    return real.clips(clips, frames, seed=opts.seed), fake.clips(clips, frames, seed=opts.seed), pick, start
+
+
+@register_metric
+def reconstruction(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
+    """Pixel errors of ``fake`` clip i against ``real`` clip i (reconstructions, e.g. GLO's): mean L1, MSE
+    and Lap1 (``recipes.losses.laplacian``: ``extra`` ``lap_levels``, ``lap_weighting``)."""
+    from recipes.losses.laplacian import LaplacianLoss
+
+    real, fake, _, _ = _paired(opts, clips, frames)
+    levels, weighting = int(opts.extra.get("lap_levels", 3)), opts.extra.get("lap_weighting", "mean")
+    lap = LaplacianLoss(levels, weighting=weighting)
+    results = {
+        "fake/l1": (fake - real).abs().mean().item(),
+        "fake/mse": (fake - real).square().mean().item(),
+        "fake/lap1": lap(fake, real).mean().item(),
+    }
+    protocol = _protocol(opts, clips, frames, pairs="fake clip i vs real clip i", lap_levels=levels,
+                         lap_weighting=weighting)  # fmt: skip
+    return {"results": results, "protocol": protocol}
+
+
+@register_metric
+def ball_positions(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
+    """Detected balls of ``real`` and ``fake`` against the true centres of the real clips
+    (``recipes.metrics.ball_positions``): ``extra["ball_truth"]`` is a ``(N, T, n_balls, 2)`` array (or its
+    ``.npy`` path) of (row, col) centres in the videos' pixels, row i for real clip i."""
+    from dataclasses import asdict
+
+    from recipes.metrics.ball_positions import ball_position_metrics
+
+    truth = opts.extra.get("ball_truth")
+    if truth is None:
+        raise DatagenError("ball_positions needs extra['ball_truth']: the real clips' true centres")
+    truth = np.load(truth, allow_pickle=False) if isinstance(truth, str | Path) else np.asarray(truth)
+    if len(truth) != len(opts.sources["real"]):
+        raise DatagenError(
+            f"ball_truth has {len(truth)} rows, the real source {len(opts.sources['real'])} clips"
+        )
+    geometry = balls_geometry(opts)
+    real, fake, pick, start = _paired(opts, clips, frames)
+    truth = np.stack([truth[i, s : s + frames] for i, s in zip(pick, start, strict=True)])
+    results = {
+        f"{name}/{key}": value
+        for name, videos in (("real", real), ("fake", fake))
+        for key, value in ball_position_metrics(videos, truth, geometry).items()
+    }
+    return {"results": results, "protocol": _protocol(opts, clips, frames, geometry=asdict(geometry))}
+
+
 def _generator_params(opts: MetricOptions, generator: str) -> dict[str, Any]:
     """Params of the first source (real first) made by ``generator``, else {}."""
     ordered = sorted(opts.sources.items(), key=lambda kv: kv[0] != "real")

@@ -64,8 +64,10 @@ class ArrayVideos:
         """``n`` distinct videos (a seeded random subset) and a random window of ``frames`` from each."""
         return torch.cat(list(self.iter_clips(n, frames, seed=seed, chunk=max(n, 1))))
 
-    def iter_clips(self, n: int, frames: int | None, *, seed: int, chunk: int = 64) -> Iterator[torch.Tensor]:
-        """The clips of :meth:`clips` in chunks of ``chunk`` (bounded memory for large protocols)."""
+    def windows(self, n: int, frames: int | None, *, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(videos picked, first frame of each window, window length) of :meth:`clips`: a pure function of
+        (seed, len, clip length, n, frames), so two sources of equal shape pick the same clips and windows
+        (what paired metrics, e.g. a reconstruction against its clip, rely on)."""
         total, t_len = len(self._clips), self._clips.shape[2]
         if n > total:
             raise _too_few(self.name, total, n)
@@ -74,7 +76,11 @@ class ArrayVideos:
             raise DatagenError(f"{self.name}: clips have {t_len} frames, the protocol needs {frames}")
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(total, size=n, replace=False))
-        start = rng.integers(0, t_len - frames + 1, size=n)
+        return pick, rng.integers(0, t_len - frames + 1, size=n), frames
+
+    def iter_clips(self, n: int, frames: int | None, *, seed: int, chunk: int = 64) -> Iterator[torch.Tensor]:
+        """The clips of :meth:`clips` in chunks of ``chunk`` (bounded memory for large protocols)."""
+        pick, start, frames = self.windows(n, frames, seed=seed)
         for lo in range(0, n, chunk):
             yield torch.stack(
                 [self._clips[pick[i], :, start[i] : start[i] + frames] for i in range(lo, min(lo + chunk, n))]
