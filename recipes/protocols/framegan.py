@@ -110,6 +110,7 @@ def stage1_metrics(ev: dict[str, Any]) -> dict[str, Any]:
         "centre_spread": gen["centre_spread"],
         "real_centre_spread": real["centre_spread"],
         "collapsed": gen["collapsed"],
+        "not_collapsed": float(not gen["collapsed"]),
         "collapse_reasons": ev["collapse"]["generated"]["reasons"],
     }
 
@@ -128,6 +129,7 @@ def stage2_metrics(ev: dict[str, Any]) -> dict[str, Any]:
         "centre_spread_ratio": gen["centre_spread_ratio"],
         "occupancy_entropy_ratio": gen["occupancy_entropy_ratio"],
         "collapsed": ev["collapse"]["generated"]["collapsed"],
+        "not_collapsed": float(not ev["collapse"]["generated"]["collapsed"]),
         "collapse_reasons": ev["collapse"]["generated"]["reasons"],
         "real_link_rate": ev["physics"]["real"]["link_rate"],
     }
@@ -155,7 +157,15 @@ def targets(quick: bool, *, count_what: str) -> dict[str, Target]:
         "stage2_independent": Target(
             "stage2.independent_ratio", ">=", t["independent"], f"{why}: paper 0.0766 vs 0.0222"
         ),
+        # Table 1 must not reward failure: a static or single-sample G_V scores a small adjacent MSE too
+        **{
+            f"stage{s}_not_collapsed": Target(f"stage{s}.not_collapsed", ">=", 1.0, COLLAPSE_WHY)
+            for s in (1, 2)
+        },
     }
+
+
+COLLAPSE_WHY = "issue #15: recipes.metrics.diversity finds independent samples distinct, right ball count"
 
 
 FULL_TARGETS = {
