@@ -89,7 +89,7 @@ from torch import nn
 from datagen.store.atomic import write_json_atomic
 from recipes.common import ckpt
 from recipes.common.cli import run_cli
-from recipes.common.config import TrainConfig, apply_overrides, build_parser
+from recipes.common.config import TrainConfig, build_parser
 from recipes.common.data import build_loader, data_source, epoch_batches
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
@@ -286,13 +286,14 @@ def load_video_generator(path: str | Path) -> tuple[VideoGenerator, FrameGANConf
 
 def _load_generator(path: str | Path, stage: int, flag: str, build: Callable[[FrameGANConfig], Any]) -> Any:
     """(generator, config) from a checkpoint of `stage`, built from the config it was trained with."""
-    state = ckpt.load_checkpoint(path)
-    cfg = apply_overrides(FrameGANConfig(), state["config"], str(path))
-    if cfg.stage != stage:
-        raise ValueError(f"{path} is a stage {cfg.stage} checkpoint; {flag} needs a stage {stage} one")
-    g = build(cfg)
-    g.load_state_dict(state["models"]["g"])
-    return g, cfg
+
+    def build_g(cfg: FrameGANConfig, _: Any) -> dict[str, torch.nn.Module]:
+        if cfg.stage != stage:
+            raise ValueError(f"{path} is a stage {cfg.stage} checkpoint; {flag} needs a stage {stage} one")
+        return {"g": build(cfg)}
+
+    models, cfg, _ = ckpt.load_trained(path, FrameGANConfig(), build_g)
+    return models["g"], cfg
 
 
 def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
@@ -511,8 +512,10 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         for epoch, batch in batches:
             real = batch["video"]
             check_batch(real, cfg)
-            z = run.randn(real.shape[0], cfg.z_dim)  # own generator: resumes bitwise
-            z_g = run.randn(real.shape[0], cfg.z_dim) if cfg.g_noise == "fresh" else None
+            noise = run.step_noise(step + 1)  # iteration step + 1's own stream: resumes bitwise
+            z = torch.randn(real.shape[0], cfg.z_dim, generator=noise, device=run.device)
+            fresh = cfg.g_noise == "fresh"
+            z_g = torch.randn(real.shape[0], cfg.z_dim, generator=noise, device=run.device) if fresh else None
             stats = train_step(
                 fake_fn,
                 d_train,

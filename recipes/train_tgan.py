@@ -68,9 +68,9 @@ import numpy as np
 import torch
 
 from datagen.store.atomic import write_json_atomic
-from recipes.common.ckpt import checkpoint_path, load_checkpoint, unwrap
+from recipes.common.ckpt import checkpoint_path, load_trained, unwrap
 from recipes.common.cli import run_cli
-from recipes.common.config import TrainConfig, apply_overrides, build_parser
+from recipes.common.config import TrainConfig, build_parser
 from recipes.common.data import build_loader, data_source, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
@@ -174,15 +174,13 @@ def load_models(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[VideoGenerator, VideoCritic, TGANConfig]:
     """G0+G1, the critic and the config of a `train_tgan` checkpoint (weights_only load)."""
-    state = load_checkpoint(path)
-    if set(state["models"]) != {"gen", "critic"}:
-        raise ValueError(f"{path} is not a train_tgan checkpoint (models: {sorted(state['models'])})")
-    cfg = apply_overrides(TGANConfig(), state["config"], f"the config stored in {path}")
-    extra = state["extra"]
-    gen, critic = build_models(cfg, channels=int(extra["channels"]), size=int(extra["size"]))
-    gen.load_state_dict(state["models"]["gen"])
-    critic.load_state_dict(state["models"]["critic"])
-    return gen.to(device), critic.to(device), cfg
+
+    def build(cfg: TGANConfig, extra: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
+        gen, critic = build_models(cfg, channels=int(extra["channels"]), size=int(extra["size"]))
+        return {"gen": gen, "critic": critic}
+
+    models, cfg, _ = load_trained(path, TGANConfig(), build)
+    return models["gen"].to(device), models["critic"].to(device), cfg  # type: ignore[return-value]
 
 
 def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.Optimizer:
@@ -349,14 +347,6 @@ def save_samples(
         save_image_grid(strip, out.with_suffix(".png"), nrow=t),
         save_video_gif(fine, out.with_name(out.name + "-interp.gif"), fps=20),
     ]
-
-
-def step_noise(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
-    """The generator of iteration `step`'s z0 on `rank`: a pure function of (seed, rank, step), so a resumed
-    run draws exactly the noise an uninterrupted one would (the global RNG is also consumed by DataLoader
-    iterators, whose number differs between the two) and DDP ranks draw different noise."""
-    state = np.random.SeedSequence((seed, rank, step)).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state))
 
 
 def fixed_noise(gen: VideoGenerator, cfg: TGANConfig, device: torch.device) -> tuple[torch.Tensor, Any]:
@@ -559,7 +549,7 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
             step=step,
             cond=cond,
             autocast=run.autocast(),
-            noise=step_noise(cfg.seed, run.world.rank, step, run.device),
+            noise=run.step_noise(step),
         )
         if run.after_step(step, last, epoch=epoch, samples=samples, checkpoint=checkpoint):
             break

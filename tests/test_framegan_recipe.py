@@ -50,8 +50,8 @@ def load(path: Path | str) -> dict:
 
 def assert_resumed_equal(a: dict, b: dict) -> None:
     """Everything bitwise equal except the global torch RNG state: a DataLoader iterator consumes one global
-    draw when created, and the resumed run creates one more; training noise comes from the checkpointed
-    `noise` generator instead, which must match. Configs differ only in where and how the runs were made."""
+    draw when created, and the resumed run creates one more; training noise comes from `run.step_noise(step)`
+    instead (a function of seed, rank and step). Configs differ only in where and how the runs were made."""
     for state in (a, b):
         for r in state["rng"]:
             r.pop("torch")

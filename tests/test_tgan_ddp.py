@@ -17,8 +17,9 @@ import torch.multiprocessing as mp
 
 from pipelines.world import World
 from recipes.common.dist import wrap_ddp
+from recipes.common.run import step_noise
 from recipes.common.runtime import make_scaler
-from recipes.train_tgan import TGANConfig, build_models, make_optimizer, step_noise, train_step
+from recipes.train_tgan import TGANConfig, build_models, make_optimizer, train_step
 
 pytestmark = pytest.mark.integration  # two torch.distributed (gloo) processes
 

@@ -26,6 +26,7 @@ from recipes.common.config import (
     save_config,
 )
 from recipes.common.log import MetricLogger
+from recipes.common.run import step_noise
 from recipes.common.samples import save_image_grid, save_video_gif
 
 
@@ -142,6 +143,36 @@ def test_checkpoint_weights_only_unwrapped_atomic(tmp_path: Path) -> None:
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert ckpt.latest_checkpoint(tmp_path) == path
     assert ckpt.resolve_resume("auto", tmp_path / "empty") is None
+
+
+def test_step_noise_is_a_function_of_seed_rank_and_step() -> None:
+    def draw(seed: int, rank: int, step: int) -> torch.Tensor:
+        return torch.randn(4, generator=step_noise(seed, rank, step, "cpu"))
+
+    torch.manual_seed(123)  # the global RNG plays no part: a DataLoader iterator may have consumed it
+    first = draw(0, 0, 5)
+    torch.rand(10)
+    assert torch.equal(first, draw(0, 0, 5))  # what a resumed run draws at step 5, whatever came before
+    others = [draw(1, 0, 5), draw(0, 1, 5), draw(0, 0, 6), draw(0, 0, 4)]  # other seed, rank, steps
+    assert all(not torch.allclose(first, o) for o in others)
+
+
+def test_load_trained_builds_from_the_stored_config(tmp_path: Path) -> None:
+    def build(cfg: ToyConfig, extra) -> dict[str, torch.nn.Module]:
+        return {"g": torch.nn.Linear(cfg.k, int(extra["out"]))}
+
+    trained = torch.nn.Linear(6, 2)
+    cfg = ToyConfig(k=6)
+    state = ckpt.build_checkpoint(
+        models={"g": trained}, optimizers={}, scaler=None, step=3, epoch=0, loader_state=None, rng=[],
+        config=dataclasses.asdict(cfg) | {"betas": list(cfg.betas)}, extra={"out": 2},
+    )  # fmt: skip
+    path = ckpt.save_checkpoint(state, tmp_path / "ckpt.pt")
+    models, loaded_cfg, extra = ckpt.load_trained(path, ToyConfig(), build)  # defaults say k=4: stored k wins
+    assert loaded_cfg.k == 6 and extra == {"out": 2}
+    assert torch.equal(models["g"].weight, trained.weight) and torch.equal(models["g"].bias, trained.bias)
+    with pytest.raises(ValueError, match="needs"):
+        ckpt.load_trained(path, ToyConfig(), lambda c, e: {"g": build(c, e)["g"], "d": torch.nn.Linear(1, 1)})
 
 
 def test_checkpoint_unwraps_ddp(tmp_path: Path) -> None:

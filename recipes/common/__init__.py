@@ -6,8 +6,8 @@ Modules (import them explicitly; this file stays free of imports):
             `ConfigError`: defaults < preset < --smoke < YAML (`--config`) < flags; unknown keys and
             mistyped values fail.
 - `run`     `start_run(cfg) -> Run`: torchrun env, seed + rank, run dir, `config.yaml`, resume checkpoint;
-            `Run.restore / save / log / due / autocast / randn / close`. Training noise comes from
-            `run.randn` / `run.noise` (checkpointed generator), never the global RNG (see run.py).
+            `Run.restore / save / log / due / autocast / step_noise / close`. Training noise comes from
+            `run.step_noise(step)` (a pure function of seed, rank, step), never the global RNG (see run.py).
 - `ckpt`    checkpoint dict of tensors + primitives (weights_only=True), DDP/compile unwrapped, atomic save.
 - `dist`    `init_distributed` (gloo on CPU, nccl on CUDA; the rank layout is `pipelines.world.World`),
             `is_main`, `wrap_ddp`, `mean_across_ranks`.
@@ -34,7 +34,7 @@ A recipe, top-down (torchvision references layout):
         step, epoch, extra = run.restore(models={"g": g}, optimizers={"g": opt}, scaler=scaler, loader=loader)
         resumed = run.resume_state is not None   # a resumed epoch keeps the loader's restored position
         for epoch, batch in epoch_batches(loader, epoch, cfg.epochs, resumed=resumed):
-            z = run.randn(len(batch["video"]), 100)
+            z = torch.randn(len(batch["video"]), 100, generator=run.step_noise(step), device=run.device)
             with run.autocast():
                 loss = ...
             scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); step += 1

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch
 from datagen.store.atomic import atomic_path
 
 CKPT_FORMAT = 1
+C = TypeVar("C")
 _CKPT_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 
@@ -123,6 +124,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path} is not a recipes checkpoint (format {CKPT_FORMAT})")
     return state
+
+
+def load_trained(
+    path: str | Path,
+    defaults: C,
+    build: Callable[[C, Mapping[str, Any]], Mapping[str, torch.nn.Module]],
+) -> tuple[dict[str, torch.nn.Module], C, dict[str, Any]]:
+    """Models for sampling from a checkpoint (``weights_only`` load, on CPU): the config it was trained with
+    (``defaults`` overridden by the stored one), ``build(cfg, extra)`` -> ``{name: module}`` (the ones it
+    needs, e.g. a generator without its discriminator), each module's weights loaded strictly. Returns
+    (models, cfg, extra); ``build`` may raise ValueError to refuse a checkpoint of the wrong kind."""
+    from recipes.common.config import apply_overrides
+
+    state = load_checkpoint(path)
+    cfg = apply_overrides(defaults, state["config"], f"the config stored in {path}")
+    models = dict(build(cfg, state["extra"]))
+    if not set(models) <= set(state["models"]):
+        raise ValueError(f"{path} holds models {sorted(state['models'])}, this loader needs {sorted(models)}")
+    for name, model in models.items():
+        model.load_state_dict(state["models"][name])
+    return models, cfg, dict(state["extra"])
 
 
 def restore_checkpoint(

@@ -4,9 +4,10 @@
 `config.yaml`, reading the resume checkpoint once) and returns a `Run`; the recipe's own loop then calls
 `run.restore(...)`, `run.autocast()`, `run.due(step, every)`, `run.log(...)`, `run.save(...)`, `run.close()`.
 
-Draw training noise from `run.noise` (or `run.randn(...)`): a torch.Generator on the device, seeded
-seed + rank, saved and restored with every checkpoint. Never use the global torch RNG for training noise:
-creating a DataLoader iterator consumes a global draw, so global-RNG noise cannot resume bitwise.
+Draw an iteration's training noise from `run.step_noise(step)`: a torch.Generator seeded by a pure function
+of (seed, rank, step), so a resumed run draws exactly the noise an uninterrupted one would, with no generator
+state in the checkpoint. Never use the global torch RNG for training noise: creating a DataLoader iterator
+consumes a global draw, so global-RNG noise cannot resume bitwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from recipes.common import ckpt
@@ -43,16 +45,15 @@ class Run:
     logger: MetricLogger
     resume_state: dict[str, Any] | None = None  # the checkpoint to resume from, loaded once
     resume_path: Path | None = None
-    noise: torch.Generator | None = None  # the recipe's training-noise stream (set by start_run)
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def is_main(self) -> bool:
         return is_main(self.world)
 
-    def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise on the run's device from `run.noise` (resumes bitwise)."""
-        return torch.randn(*shape, generator=self.noise, device=self.device)
+    def step_noise(self, step: int) -> torch.Generator:
+        """The generator of iteration `step`'s training noise on this rank (see :func:`step_noise`)."""
+        return step_noise(self.cfg.seed, self.world.rank, step, self.device)
 
     def autocast(self):
         return autocast(self.device, self.cfg.precision)
@@ -106,7 +107,6 @@ class Run:
             optimizers=optimizers,
             scaler=scaler,
             rank=self.world.rank,
-            generators={"noise": self.noise},
         )
         if loader is not None and state["loader"]:
             # rank 0's position is every rank's: the loaders give each rank the same number of samples
@@ -127,7 +127,7 @@ class Run:
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
         """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes). Returns the path."""
-        rngs = gather_objects(ckpt.rng_state({"noise": self.noise}), self.world)
+        rngs = gather_objects(ckpt.rng_state(), self.world)
         path = ckpt.checkpoint_path(self.run_dir, step)
         if self.is_main:
             state = ckpt.build_checkpoint(
@@ -150,6 +150,18 @@ class Run:
         cleanup_distributed()
 
 
+def step_noise(seed: int, rank: int, step: int, device: torch.device | str) -> torch.Generator:
+    """A generator seeded by a pure function of (seed, rank, step), on `device`.
+
+    Chosen over one checkpointed generator per run: nothing to save or restore (a resumed run draws what an
+    uninterrupted one would whatever it drew before), a CUDA run's checkpoint needs no CUDA generator state
+    to resume on another device, and a run resumed on more ranks still draws different noise per rank (a
+    checkpointed per-rank state has no entry for the new ranks). Cost: one SeedSequence per step (~10 us).
+    """
+    state = np.random.SeedSequence((seed, rank, step)).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
 def start_run(cfg: TrainConfig) -> Run:
     """Set up device/DDP, seed, the run dir and `config.yaml`, and load the checkpoint named by cfg.resume."""
     world, device = init_distributed(cfg.device)
@@ -163,7 +175,6 @@ def start_run(cfg: TrainConfig) -> Run:
     logger = MetricLogger(
         run_dir, enabled=is_main(world), resume_step=state["step"] if state is not None else None
     )
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)
     return Run(
         cfg=cfg,
         world=world,
@@ -172,5 +183,4 @@ def start_run(cfg: TrainConfig) -> Run:
         logger=logger,
         resume_state=state,
         resume_path=resume_path,
-        noise=noise,
     )
