@@ -118,10 +118,10 @@ def test_spread_codes_cover_the_frame_latent_space() -> None:
     for k, v in gv.named_buffers():
         assert torch.equal(v, buffers[k]), k
     with torch.no_grad():
-        pre = gv._pre_tanh(z).flatten(0, 1)
+        pre = torch.atanh(gv(z).double()).flatten(0, 1)  # the codes before G_V's tanh, seen from outside
         fresh = gv(torch.randn(64, 100))
-    assert torch.allclose(pre.mean(0), torch.zeros(100), atol=1e-4)
-    assert torch.allclose(pre.std(0), torch.ones(100), atol=1e-4)
+    assert torch.allclose(pre.mean(0), torch.zeros(100, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(pre.std(0), torch.ones(100, dtype=torch.float64), atol=1e-3)
     assert 4 < fresh.norm(dim=-1).mean() < 8  # as tanh(N(0, I_100)): about 6.3
     assert fresh.std(0).mean() > 0.3  # and they differ between z
 
