@@ -20,7 +20,7 @@ with 8-d noise fitted for 500 passes (the reference's 50 epochs are ~20,000 step
 100 on 256 codes). One ball: with three balls (256 clips, 32-d codes) reconstructions were as good but IMLE
 samples had the right count in only 54-65% of frames. Most of the evaluation's time is FVD: the I3D runs at
 224x224 whatever the clips' size, ~1.3 CPU-s per 16-frame clip; the real clips' statistics are cached under
-the store's digest.
+their digest (``recipes.metrics.registry``'s FVD, as every evaluation through ``recipes.evaluate``).
 """
 
 from __future__ import annotations
