@@ -142,6 +142,9 @@ class FrameGANConfig(TrainConfig):
     # stage 2, beyond the paper: "spread" rescales G_V's output layer at init so its codes cover G_F's latent
     # space (VideoGenerator.spread_codes_); "pytorch" (paper and code) starts them near 0, at blank frames
     gv_init: Literal["pytorch", "spread"] = "pytorch"
+    # stage 2: G_V's codes through tanh (paper and code: in [-1, 1]) or, beyond the paper, on the sphere of
+    # radius sqrt(z_dim) where G_F's N(0, I) training codes lie (VideoGenerator)
+    gv_output: Literal["tanh", "sphere"] = "tanh"
     d_impl: Literal["batched", "loop"] = "batched"  # loop: K modules, same maths (bench_framegan: which wins)
     # stage 2 inputs, sampling and evaluation
     gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
@@ -272,6 +275,7 @@ def build_video_generator(cfg: FrameGANConfig) -> VideoGenerator:
         frames=cfg.frames,
         hidden=(w, 2 * w, 4 * w),
         raw_view=cfg.raw_view,
+        output=cfg.gv_output,
     )
 
 

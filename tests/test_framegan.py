@@ -124,6 +124,20 @@ def test_spread_codes_cover_the_frame_latent_space() -> None:
     assert torch.allclose(pre.std(0), torch.ones(100, dtype=torch.float64), atol=1e-3)
     assert 4 < fresh.norm(dim=-1).mean() < 8  # as tanh(N(0, I_100)): about 6.3
     assert fresh.std(0).mean() > 0.3  # and they differ between z
+    with torch.no_grad():  # because the LSTM's outputs now carry z (PyTorch's init: std 0.02 over z)
+        h = gv.fc(z).view(64, 6, 128).transpose(0, 1)
+        assert gv.lstm(h)[0].std(1).mean() > 0.2
+
+
+def test_sphere_codes_lie_where_the_frame_generator_was_trained() -> None:
+    torch.manual_seed(0)
+    gv = VideoGenerator(hidden=(16, 32, 64), frames=6, output="sphere")
+    z = torch.randn(64, 100)
+    gv.spread_codes_(z)
+    codes = gv(z)
+    assert torch.allclose(codes.norm(dim=-1), torch.full((64, 6), 10.0), atol=1e-4)  # sqrt(100)
+    cos = torch.nn.functional.cosine_similarity(codes[:32, 0], codes[32:, 0], dim=-1)
+    assert cos.abs().mean() < 0.3  # independent z: codes in unrelated directions, as N(0, I) draws
 
 
 @pytest.mark.parametrize("init", ["gaussian", "uniform"])

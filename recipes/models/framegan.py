@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -329,13 +330,18 @@ def video_discriminators(
 # --- stage 2: video generator ----------------------------------------------------------------------------
 
 
+LSTM_SPREAD = 0.25  # spread_codes_: std over z of G_V's LSTM outputs (PyTorch's init: about 0.02)
+
+
 class VideoGenerator(nn.Module):
     """G_V: z (B, z_dim) -> one latent per frame (B, T, code_dim) in [-1, 1] for the frozen G_F.
 
     FC z -> 512 -> 1024 -> 2048 -> T*128 (bias-free, BN1d + ReLU each), reshape per sample to (T, 128),
     2-layer bidirectional LSTM(hidden 256, zero initial state), Linear(512 -> code_dim) + tanh.
     `raw_view=True` reproduces the authors' `view(T, B, 128)` without a transpose, which mixes batch items.
-    Note (paper and code alike): tanh codes lie in [-1, 1] while G_F was trained on z ~ N(0, I).
+    Note (paper and code alike): tanh codes lie in [-1, 1] while G_F was trained on z ~ N(0, I), whose
+    coordinates pass 1 in a third of draws; `output="sphere"` (beyond the paper) puts each code on the sphere
+    of radius sqrt(code_dim) instead, where such z concentrate: no saturation, no blank-frame region.
     """
 
     def __init__(
@@ -348,9 +354,10 @@ class VideoGenerator(nn.Module):
         hidden: Sequence[int] = (512, 1024, 2048),
         lstm_hidden: int = 256,
         raw_view: bool = False,
+        output: Literal["tanh", "sphere"] = "tanh",
     ) -> None:
         super().__init__()
-        self.frames, self.step_dim, self.raw_view = frames, step_dim, raw_view
+        self.frames, self.step_dim, self.raw_view, self.output = frames, step_dim, raw_view, output
         dims = [z_dim, *hidden, frames * step_dim]
         fc: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
@@ -360,7 +367,10 @@ class VideoGenerator(nn.Module):
         self.out = nn.Linear(2 * lstm_hidden, code_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self._pre_tanh(z)).transpose(0, 1)  # (B, T, code_dim)
+        pre = self._pre_tanh(z)
+        if self.output == "sphere":  # radius sqrt(code_dim): where G_F's z ~ N(0, I) concentrate
+            return (pre * (pre.shape[-1] ** 0.5 / pre.norm(dim=-1, keepdim=True))).transpose(0, 1)
+        return torch.tanh(pre).transpose(0, 1)  # (B, T, code_dim)
 
     def _pre_tanh(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
@@ -374,14 +384,24 @@ class VideoGenerator(nn.Module):
 
     @torch.no_grad()
     def spread_codes_(self, z: torch.Tensor) -> None:
-        """Rescale the output layer so that, over the batch `z`, every pre-tanh code coordinate has mean 0 and
-        std 1: the codes start spread like tanh(N(0, 1)) over G_F's latent space.
+        """Data-dependent init (beyond the paper): scale the LSTM's input weights until its outputs vary with
+        z (std over the batch `z` >= LSTM_SPREAD), then the output layer so that every pre-activation code
+        coordinate has mean 0 and std 1 over the batch; BatchNorm statistics are left as they were.
 
-        Beyond the paper. At PyTorch's default init the codes sit near 0 (norm about 2 where G_F's z has
-        about 10), where a trained G_F draws blank frames; the video discriminators reject those at once and
-        G_V stayed there (issue #15). BatchNorm statistics are left as they were.
+        At PyTorch's init the LSTM's outputs hardly depend on z (std 0.02 over z) and the codes sit near 0
+        (norm 0.4, where G_F's z have norm 10), where a trained G_F draws blank frames: the video
+        discriminators rejected those at once and G_V stayed there, or, with only the output layer rescaled
+        (weights x90), every z collapsed onto one video within 100 steps (issue #15).
         """
         buffers = {k: v.clone() for k, v in self.named_buffers()}
+        for _ in range(8):  # the LSTM's input weights up until its outputs carry z (std over the batch)
+            h = self.fc(z).view(z.shape[0], self.frames, self.step_dim).transpose(0, 1)
+            spread = self.lstm(h)[0].std(1).mean().item()
+            if spread >= LSTM_SPREAD:
+                break
+            for name, p in self.lstm.named_parameters():
+                if name.startswith("weight_ih"):
+                    p.mul_(min(4.0, LSTM_SPREAD / max(spread, 1e-8)) ** 0.5)
         pre = self._pre_tanh(z).flatten(0, 1)
         self.load_state_dict(buffers, strict=False)
         mean, std = pre.mean(0), pre.std(0).clamp_min(1e-8)
