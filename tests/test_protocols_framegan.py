@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -100,3 +101,18 @@ def test_quick_protocol_passes_its_targets(n_balls: int, tmp_path: Path) -> None
     for rel in saved["files"].values():
         assert (tmp_path / rel).is_file()
     assert report["all_passed"], reproduce.format_report(report)
+
+
+def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> None:
+    """More steps resume (bitwise, as the recipe does); other settings in the stage folder are refused."""
+    from recipes.common.config import save_config
+    from recipes.train_framegan import FrameGANConfig, resolve_defaults
+
+    stage1 = proto.CPU_SCALE[True]["stage1"]
+    cfg = FrameGANConfig(stage=1, out_dir=str(tmp_path / "stage1"), data="d", **stage1)
+    proto._check_resumable(cfg)  # nothing recorded yet
+    (tmp_path / "stage1").mkdir()
+    save_config(resolve_defaults(cfg), tmp_path / "stage1" / "config.yaml")
+    proto._check_resumable(dataclasses.replace(cfg, max_steps=cfg.max_steps + 500, resume="auto"))
+    with pytest.raises(ValueError, match="other settings \\(d_width\\)"):
+        proto._check_resumable(dataclasses.replace(cfg, d_width=cfg.d_width * 2))
