@@ -2,7 +2,7 @@
 
 What is here is kept stable; everything else in `datagen` is an implementation detail. The store's format
 (reading and validating manifests, shard names) is `datagen.store.format`; atomic file writes are
-`datagen.store.atomic`; the user cache folder is `datagen.cache`.
+`datagen.store.atomic`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ __all__ = [
     "DatagenError",
     "cache_dir",
     "generator_version",
+    "load_digits",
     "load_manifest",
     "make_store",
     "validate_manifest",
 ]
+
+
+def load_digits(spec: Mapping[str, Any]) -> Any:
+    """The MNIST digits a descriptor names (``{"kind": "builtin", "split": "train"}``, or a store's manifest
+    ``params["source"]``), checked against its sha256 when it has one: a `DigitSet` (images, labels)."""
+    from datagen.sources.mnist import load_digits as load
+
+    return load(dict(spec))
 
 
 def generator_version(name: str) -> str:

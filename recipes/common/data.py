@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from datagen.cache import cache_dir
+from datagen.api import cache_dir
 from recipes.common.config import TrainConfig
 
 # The --smoke store: a few short 30x30 one-ball clips (FrameGAN's frame size), small enough to build in ~1 s.

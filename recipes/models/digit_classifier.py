@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datagen.sources.mnist import load_digits
+from datagen.api import load_digits
 from recipes.weights import cache_dir
 
 RECIPE = {"arch": "s2cnn16-32-64", "epochs": 10, "batch": 128, "lr": 4e-3, "shift": 2, "seed": 0}
