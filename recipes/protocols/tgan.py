@@ -93,32 +93,32 @@ TRAIN: dict[str, Any] = {  # both modes (measured choices, see the module docstr
 }
 
 
-def make_store(ctx: Context) -> Path:
-    """The Moving MNIST store: made once through datagen's importable job functions; a later run resumes the
-    same job, which checks every shard's size and sha256 against the manifest and remakes a bad one."""
-    from datagen.errors import DatagenError
-    from datagen.jobs import generation_job, run_store_job
-    from datagen.store.manifest import verify_store
+def _store_dir(ctx: Context, what: Any) -> Path:
+    """Named by the generator's version too: a store of an older generator (another datagen job, which
+    datagen refuses to resume into) is left alone and a new one is made beside it."""
+    from datagen.api import generator_version
 
-    out = ctx.data_dir / f"mnist{STORE['digits']}-{STORE['size']}px-{STORE['frames']}f-{STORE_CLIPS}"
-    job = generation_job(
-        out, "mnist", dict(STORE), seed=STORE_SEED, n=STORE_CLIPS, shard_size=1000, formats=["wds"]
-    )
-    run_store_job(job, resume=True, workers=0)
-    problems = verify_store(out, count_samples=False)
-    if problems:
-        raise DatagenError(f"{out}: the store does not verify ({problems[0]}); delete it to remake it")
+    v = generator_version("mnist")
+    return ctx.data_dir / f"mnist{STORE['digits']}-v{v}-{STORE['size']}px-{STORE['frames']}f-{what}"
+
+
+def make_store(ctx: Context) -> Path:
+    """The Moving MNIST store: made once through datagen's API; a later run resumes the same job, which checks
+    every shard's size and sha256 against the manifest and remakes a bad one."""
+    from datagen.api import make_store as make
+
+    out = _store_dir(ctx, STORE_CLIPS)
+    make(out, "mnist", STORE, n=STORE_CLIPS, seed=STORE_SEED, resume=True)
     return out
 
 
 def test_store(ctx: Context) -> Path:
     """Held-out clips for GAM's test ratio: the built-in *test* digits (never trained on), 1,000 clips."""
-    from datagen.jobs import generation_job, run_store_job
+    from datagen.api import make_store as make
 
-    out = ctx.data_dir / f"mnist{STORE['digits']}-{STORE['size']}px-{STORE['frames']}f-test"
+    out = _store_dir(ctx, "test")
     params = {**STORE, "source": {"kind": "builtin", "split": "test"}}
-    job = generation_job(out, "mnist", params, seed=STORE_SEED, n=1000, shard_size=1000, formats=["wds"])
-    run_store_job(job, resume=True, workers=0)
+    make(out, "mnist", params, n=1000, seed=STORE_SEED, resume=True)
     return out
 
 
