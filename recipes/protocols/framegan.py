@@ -12,26 +12,26 @@ balls physics of the generated videos, the collapse verdicts and Fig. 5. Both st
 
 CPU scale. The paper's models (G_F width 1024, discriminators 256-512-1024 wide, K = 48/16) cost seconds per
 step on 2 CPU cores, so the protocols shrink widths, K and steps (``CPU_SCALE``) and keep everything else of
-the paper preset (RMSprop 3e-4, mean of the K losses, DCGAN init, fresh z), plus one addition beyond the
-paper in stage 1: the R1 penalty (``r1_gamma`` 10). Without it every CPU-scale stage 1 tried (paper and
-authors' optimizers, mean / hypervolume, both inits, fresh / reused z, lr 5e-5 to 3e-4, TTUR, 3 D steps,
-K 2 / 8 / 48, D width 8 to 64, G width 64 to 256, minibatch std, instance noise) collapsed to one ball
-position for all z and hopped between positions (issue #15); with R1 the issue's reduced run (K 8, G 128,
-D 32) reached a centre spread of 0.78 of real's (entropy 0.64, one-ball frames 0.64) by step 600, still
-improving when it was stopped. Stage 2 adds two choices beyond the paper for G_V (measured on the quick
-stage 1's G_F, 1 ball): at PyTorch's init G_V's codes sit near 0, where G_F draws blank frames, and its LSTM's
-outputs hardly depend on z; the paper's tanh codes then saturated to one corner of [-1, 1]^100 (blank frames
-or one static video for every z) in every run tried (200-1000 steps; R1 10 or 1; lr 2e-4 or 5e-5; tanh
-scaled x3; D width 8, 16, 32). ``gv_init="spread"`` (LSTM input weights and output layer scaled on a batch
-of z) and ``gv_output="sphere"`` (codes on G_F's sphere of radius 10) gave the first stage 2 that is not
-collapsed: after 1,000 steps one ball in 99.7% of frames, centre spread 0.46 of real's, but jittery motion
-(adjacent MSE 0.043 against real's 0.022, link rate 0.39); after 2,500 steps adjacent MSE 0.0208 (0.93 of
-real's), link rate 0.83, centre spread 0.88 of real's, one ball in 99.6% of frames. Hence 3,000 stage 2
-steps in --quick. With the G_F of the --quick stage 1 as it now runs, the same 2,000 steps without R1 ended
-on blank frames (the video discriminators won within 100 steps: d_loss 0.01), while R1 with gamma 1 kept
-them at d_loss ~1.0-1.3 and G_V uncollapsed through 1,350 steps (code std over z 0.43). A rerun into the
-same ``--out`` resumes each stage from its last checkpoint (the recipes resume bitwise), so a longer run can
-continue a shorter one. ``--device cuda`` runs the same configs.
+the paper preset (RMSprop 3e-4, mean of the K losses, DCGAN init, fresh z), plus one addition beyond the paper
+in stage 1: the R1 penalty (``r1_gamma`` 10). Without it every CPU-scale stage 1 tried (paper and authors'
+optimizers, mean / hypervolume, both inits, fresh / reused z, lr 5e-5 to 3e-4, TTUR, 3 D steps, K 2 / 8 / 48,
+D width 8 to 64, G width 64 to 256, minibatch std, instance noise) collapsed to one ball position for all z
+and hopped between positions (issue #15); with R1 the issue's reduced run (K 8, G 128, D 32) reached a centre
+spread of 0.78 of real's (entropy 0.64, one-ball frames 0.64) by step 600, still improving when it was
+stopped. Stage 2 adds two choices beyond the paper for G_V (measured on the quick stage 1's G_F, 1 ball): at
+PyTorch's init G_V's codes sit near 0, where G_F draws blank frames, and its LSTM's outputs hardly depend on
+z; the paper's tanh codes then saturated to one corner of [-1, 1]^100 (blank frames or one static video for
+every z) in every run tried (200-1000 steps; R1 10 or 1; lr 2e-4 or 5e-5; tanh scaled x3; D width 8, 16, 32).
+``gv_init="spread"`` (LSTM input weights and output layer scaled on a batch of z) and ``gv_output="sphere"``
+(codes on G_F's sphere of radius 10) gave the first stage 2 that is not collapsed: after 1,000 steps one ball
+in 99.7% of frames, centre spread 0.46 of real's, but jittery motion (adjacent MSE 0.043 against real's 0.022,
+link rate 0.39); after 2,500 steps adjacent MSE 0.0208 (0.93 of real's), link rate 0.83, centre spread 0.88 of
+real's, one ball in 99.6% of frames. With the G_F of the --quick stage 1 as it now runs, the same 2,000 steps
+without R1 ended on blank frames (the video discriminators won within 100 steps: d_loss 0.01), while R1 with
+gamma 1 kept them at d_loss ~1.0-1.3 and G_V uncollapsed; the protocol's stage 2 then gave link rate 0.73 at
+3,000 steps and 0.76 at 4,500 (adjacent MSE 1.00 and 0.99 of real's, not collapsed), hence 4,500. A rerun into
+the same ``--out`` resumes each stage from its last checkpoint (the recipes resume bitwise), so a longer run
+can continue a shorter one. ``--device cuda`` runs the same configs.
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ EVAL_VIDEOS = 256  # the issue: targets on 256 generated videos (and 256 stage 1
 STAGE2_G_V = {"gv_init": "spread", "gv_output": "sphere", "r1_gamma": 1.0}
 # Per mode: store size and both stages' configs (FrameGANConfig fields; the rest are the paper preset's).
 CPU_SCALE: dict[bool, dict[str, Any]] = {
-    False: {  # full: about an hour on 2 idle CPU cores
+    False: {  # full: not run yet (estimate: stage 1 ~30 min + stage 2 ~40 min on 2 idle CPU cores)
         "store": 10000,
         "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 3000},
-        "stage2": {"k": 8, "d_width": 16, "gv_width": 128, **STAGE2_G_V, "max_steps": 5000},
+        "stage2": {"k": 8, "d_width": 16, "gv_width": 128, **STAGE2_G_V, "max_steps": 6000},
     },
-    True: {  # --quick: about 10 minutes on 2 idle CPU cores (the issue's reduced stage 1 run, plus R1)
+    True: {  # --quick: stage 1 ~10-25 min, stage 2 ~25 min on the shared 2 cores (measured, see README)
         "store": 2000,
         "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 1000},
-        "stage2": {"k": 8, "d_width": 8, "gv_width": 64, **STAGE2_G_V, "max_steps": 3000},
+        "stage2": {"k": 8, "d_width": 8, "gv_width": 64, **STAGE2_G_V, "max_steps": 4500},
     },
 }
 
