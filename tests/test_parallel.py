@@ -239,6 +239,8 @@ def test_ctrl_c_during_a_local_cluster_run_is_one_line_and_resumes(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a terminal's default: a shell's background job (CI started with `&`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
