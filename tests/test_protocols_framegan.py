@@ -116,3 +116,9 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
     proto._check_resumable(dataclasses.replace(cfg, max_steps=cfg.max_steps + 500, resume="auto"))
     with pytest.raises(ValueError, match="other settings \\(d_width\\)"):
         proto._check_resumable(dataclasses.replace(cfg, d_width=cfg.d_width * 2))
+    # stage 2 through another G_F (e.g. stage 1 ran longer): refused, not continued
+    stage2 = dataclasses.replace(cfg, stage=2, out_dir=str(tmp_path / "stage2"), gf_checkpoint="a/1.pt")
+    (tmp_path / "stage2").mkdir()
+    save_config(resolve_defaults(stage2), tmp_path / "stage2" / "config.yaml")
+    with pytest.raises(ValueError, match="gf_checkpoint"):
+        proto._check_resumable(dataclasses.replace(stage2, gf_checkpoint="a/2.pt"))

@@ -97,8 +97,9 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
     return main(cfg)
 
 
-# what may differ between a stage's recorded run and the protocol's rerun of it
-RESUMABLE_CHANGES = {"max_steps", "log_every", "ckpt_every", "sample_every", "resume", "gf_checkpoint"}
+# what may differ between a stage's recorded run and the protocol's rerun of it (not gf_checkpoint: a longer
+# stage 1 makes another G_F, and a G_V trained through the old one must not go on through the new one)
+RESUMABLE_CHANGES = {"max_steps", "log_every", "ckpt_every", "sample_every", "resume"}
 
 
 def _check_resumable(cfg: Any) -> None:
