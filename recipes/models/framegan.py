@@ -373,14 +373,16 @@ class VideoGenerator(nn.Module):
         return torch.tanh(pre).transpose(0, 1)  # (B, T, code_dim)
 
     def _pre_tanh(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self._lstm_out(z))  # (T, B, code_dim)
+
+    def _lstm_out(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
         h = self.fc(z)
         if self.raw_view:  # authors' quirk: chunks of different samples interleave
             seq = h.view(self.frames, b, self.step_dim)
         else:
             seq = h.view(b, self.frames, self.step_dim).transpose(0, 1)  # (T, B, 128), sample-wise
-        out, _ = self.lstm(seq)  # (T, B, 2*hidden), zero initial state
-        return self.out(out)  # (T, B, code_dim)
+        return self.lstm(seq)[0]  # (T, B, 2*hidden), zero initial state
 
     @torch.no_grad()
     def spread_codes_(self, z: torch.Tensor) -> None:
@@ -395,8 +397,7 @@ class VideoGenerator(nn.Module):
         """
         buffers = {k: v.clone() for k, v in self.named_buffers()}
         for _ in range(8):  # the LSTM's input weights up until its outputs carry z (std over the batch)
-            h = self.fc(z).view(z.shape[0], self.frames, self.step_dim).transpose(0, 1)
-            spread = self.lstm(h)[0].std(1).mean().item()
+            spread = self._lstm_out(z).std(1).mean().item()
             if spread >= LSTM_SPREAD:
                 break
             for name, p in self.lstm.named_parameters():
