@@ -105,16 +105,14 @@ RESUMABLE_CHANGES = {"max_steps", "log_every", "ckpt_every", "sample_every", "re
 def _check_resumable(cfg: Any) -> None:
     """A stage folder left by a run with other settings is refused, not resumed with mixed settings
     (more steps is fine: the recipes resume bitwise, so the rerun ends where an uninterrupted run would)."""
-    import yaml
-
-    from recipes.common.config import apply_overrides
+    from recipes.common.config import apply_overrides, load_yaml
     from recipes.train_framegan import resolve_defaults
 
     cfg = resolve_defaults(cfg)  # as the recipe records it
     recorded = Path(cfg.out_dir) / "config.yaml"
     if not recorded.is_file():
         return
-    before = apply_overrides(type(cfg)(), yaml.safe_load(recorded.read_text()), str(recorded))
+    before = apply_overrides(type(cfg)(), load_yaml(recorded), str(recorded))
     changed = sorted(
         f.name
         for f in dataclasses.fields(cfg)
