@@ -2,6 +2,13 @@
 
 A generator is an object with `name`, `version`, `validate(params) -> params`, `sample_shape(params)` and
 `generate(params, seed, start, stop) -> Iterator[Sample]`; sample i depends only on (params, seed, i).
+
+Optional per-sample fields (`datagen.store.format.KNOWN_FIELDS`): a generator that can make more than
+the video lists them in `fields` (e.g. `("video", "mask", "flow", "events", "visibility")`). The job takes
+`fields` out of the params before `validate` and puts it back (canonical order) only when more than the
+video is asked for (`datagen.jobs.split_fields`), so `generate` reads `params.get("fields", ["video"])`,
+attaches arrays as `Sample.fields` and adds meta keys only for the fields asked for: default output stays
+byte-identical.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ _REGISTRY = {
 class Generator(Protocol):
     name: str
     version: str
+    # optional: fields: tuple[str, ...] (what it can make beyond "video"; absent: video only)
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -38,6 +46,11 @@ def get_generator(name: str) -> Generator:
         raise KeyError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def requested_fields(params: dict[str, Any]) -> frozenset[str]:
+    """The fields a generator's validated params ask for (always including "video")."""
+    return frozenset(params.get("fields", ("video",)))
 
 
 def with_defaults(name: str, defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from datagen.generators import get_generator
 from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Cluster, Task, open_cluster, run_tasks
 from datagen.store.atomic import format_bytes, remove_stale_temps, write_error, write_json_atomic
 from datagen.store.format import (
+    DEFAULT_FIELDS,
     FORMATS,
     JOB_FILE,
     JOURNAL,
@@ -29,6 +30,8 @@ from datagen.store.format import (
     RECORD_KEYS,
     check_prefix,
     check_seed,
+    parse_fields,
+    sample_schema,
     validate_record,
 )
 from datagen.store.manifest import (
@@ -398,6 +401,18 @@ def _count(value: Any, flag: str) -> int:
     return value
 
 
+def split_fields(gen: Any, params: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Validate params with their `fields` entry taken out (generators validate only their own params), then
+    put it back, in canonical order, only when it asks for more than the video: a default job's params,
+    record and digest stay what they were before fields existed. Generators read `params.get("fields")`."""
+    params = dict(params)
+    fields = parse_fields(params.pop("fields", None), getattr(gen, "fields", DEFAULT_FIELDS))
+    params = gen.validate(params)
+    if fields != DEFAULT_FIELDS:
+        params["fields"] = list(fields)
+    return params, fields
+
+
 def generation_job(
     out: Path,
     generator: str,
@@ -411,7 +426,7 @@ def generation_job(
 ) -> StoreJob:
     """Validate the request and plan it: shard i holds global indices [i*shard_size, (i+1)*shard_size)."""
     gen = get_generator(generator)
-    params = gen.validate(dict(params))
+    params, fields = split_fields(gen, params)
     n, shard_size = _count(n, "--n"), _count(shard_size, "--shard-size")
     check_seed(seed, "--seed", "--seed")
     bad = [f for f in formats if f not in FORMATS]
@@ -425,10 +440,7 @@ def generation_job(
         "params": params,
         "seed": seed,
         "layout": {"n_samples": n, "shard_size": shard_size, "formats": formats, "prefix": prefix},
-        "sample": {
-            "video": {"dtype": "uint8", "shape": shape, "layout": "THWC"},
-            "key": "global sample index, zero-padded to 9 digits",
-        },
+        "sample": sample_schema(shape, fields),
     }
     validate_record(record, "the job")
     tasks = GenerationTasks(str(out), generator, params, seed, prefix, tuple(formats), n, shard_size)

@@ -50,6 +50,19 @@ SchedulerTimeout = Annotated[
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the existing store in --out.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+Fields = Annotated[
+    str,
+    typer.Option(
+        "--fields",
+        help="Per-sample fields, comma-separated: video (always), mask, flow (arrays), events, visibility "
+        "(ground truth in meta). Default video only: the same bytes as before fields existed.",
+    ),
+]
+
+
+def with_fields(params: dict[str, Any], fields: str) -> dict[str, Any]:
+    """`params` plus a `fields` entry when --fields asks for more than the video (checked by the job)."""
+    return {**params, "fields": fields} if fields.strip() not in ("", "video") else params
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,12 @@ def balls_cli(
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    fields: c.Fields = "video",
 ) -> None:
     """Bouncing balls: videos plus per-frame ball positions and velocities (pixels) as ground truth."""
     opts = c.RunOptions(
         out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
     )
     params = {"n_balls": balls, "frames": frames, "size": size, "radius": radius, "box": box}
+    params = c.with_fields(params, fields)
     c.run_generation("balls", params, n=n, opts=opts, default_name=f"balls-{balls}b-{size}px-{frames}f-n{n}")

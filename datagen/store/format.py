@@ -42,6 +42,87 @@ MAX_SEED = 2**63
 MAX_CLIP_BYTES = 2**32  # one clip's (T, H, W, C) uint8 array: readers allocate this much per sample
 MAX_DIM = 1 << 16
 
+# --- per-sample fields -------------------------------------------------------------------------------------
+# A sample is always its video and meta; `--fields` adds arrays (stored as `<key>.<name>.npy` members / HDF5
+# datasets `<name>` chunked one clip per chunk) and ground-truth keys in meta. The names form a fixed set: a
+# manifest lists its fields and nothing else is accepted, so text from a stranger's store never becomes a
+# member name, a dataset name or an attribute lookup.
+DEFAULT_FIELDS = ("video",)
+ARRAY_FIELDS: dict[str, tuple[str, str]] = {"mask": ("uint8", "THW"), "flow": ("float16", "THWC")}
+"""Array fields: name -> (dtype, layout). mask: (T, H, W) instance ids, 0 = background, i + 1 = object i;
+flow: (T - 1, H, W, 2) forward flow in pixels from frame t to t + 1 (x = column, y = row), 0 on background."""
+META_FIELDS = ("events", "visibility")
+"""Fields that add ground truth to `meta` (no array): `events` a list of {frame, kind, objects, position},
+`visibility` per frame and object the visible fraction of its pixels."""
+KNOWN_FIELDS = ("video", *ARRAY_FIELDS, *META_FIELDS)  # the canonical order
+
+
+def field_member(name: str) -> str:
+    """WebDataset member suffix of an array field: `<key>.mask.npy`."""
+    if name not in ARRAY_FIELDS:
+        raise ValueError(f"{name!r} is not an array field ({', '.join(ARRAY_FIELDS)})")
+    return f"{name}.npy"
+
+
+def field_shape(name: str, video_shape: Iterable[int]) -> list[int]:
+    """Shape of one sample's array field, from the clip's (T, H, W, C)."""
+    t, h, w, _ = video_shape
+    if name == "mask":
+        return [t, h, w]
+    if name == "flow":
+        return [t - 1, h, w, 2]
+    raise ValueError(f"{name!r} is not an array field ({', '.join(ARRAY_FIELDS)})")
+
+
+def parse_fields(
+    value: str | Iterable[str] | None, supported: Iterable[str] = KNOWN_FIELDS
+) -> tuple[str, ...]:
+    """`"video,mask,flow"` (or a list) -> the fields in canonical order; `video` is always included.
+
+    Unknown names and names the generator does not make (`supported`) raise DatagenError: a typo must not
+    silently drop a field.
+    """
+    if value is None:
+        return DEFAULT_FIELDS
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise DatagenError(f"fields must be names, got {value!r:.80}")
+    names = [n.strip() for n in names if n.strip()]
+    unknown = sorted(set(names) - set(KNOWN_FIELDS))
+    if unknown:
+        raise DatagenError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(KNOWN_FIELDS)}")
+    supported = set(supported) | set(DEFAULT_FIELDS)
+    missing = [n for n in KNOWN_FIELDS if n in names and n not in supported]
+    if missing:
+        raise DatagenError(
+            f"this generator does not make field(s) {', '.join(missing)} "
+            f"(it makes {', '.join(n for n in KNOWN_FIELDS if n in supported)})"
+        )
+    return tuple(n for n in KNOWN_FIELDS if n in names or n in DEFAULT_FIELDS)
+
+
+def sample_schema(video_shape: Iterable[int], fields: Iterable[str] = DEFAULT_FIELDS) -> dict[str, Any]:
+    """The manifest's `sample` entry: video (dtype, shape, layout), each array field, and the field list
+    (omitted for video alone, so stores without extra fields keep their records and digests)."""
+    shape = [int(d) for d in video_shape]
+    schema: dict[str, Any] = {
+        "video": {"dtype": "uint8", "shape": shape, "layout": "THWC"},
+        "key": "global sample index, zero-padded to 9 digits",
+    }
+    fields = tuple(fields)
+    if fields != DEFAULT_FIELDS:
+        schema["fields"] = list(fields)
+        for name in fields:
+            if name in ARRAY_FIELDS:
+                dtype, layout = ARRAY_FIELDS[name]
+                schema[name] = {"dtype": dtype, "shape": field_shape(name, shape), "layout": layout}
+    return schema
+
+
+def schema_fields(sample: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields a (validated) manifest's `sample` entry lists."""
+    return tuple(sample.get("fields", DEFAULT_FIELDS))
+
 
 class ManifestError(DatagenError, ValueError):
     """A manifest or dataset spec is malformed or unsafe; the message names the file and the field."""
@@ -132,7 +213,8 @@ def check_seed(v: Any, field: str = "seed", where: str = "seed") -> int:
 
 
 def _check_sample(c: _Checker, sample: Any) -> None:
-    video = c.mapping(c.get(c.mapping(sample, "sample"), "video", "sample.video"), "sample.video")
+    sample = c.mapping(sample, "sample")
+    video = c.mapping(c.get(sample, "video", "sample.video"), "sample.video")
     if c.get(video, "dtype", "sample.video.dtype") != "uint8":
         raise c.fail("sample.video.dtype", f"must be 'uint8', got {video['dtype']!r}")
     if c.get(video, "layout", "sample.video.layout") != "THWC":
@@ -147,6 +229,41 @@ def _check_sample(c: _Checker, sample: Any) -> None:
         raise c.fail(
             "sample.video.shape", f"{shape} is {size} bytes per clip, over the {MAX_CLIP_BYTES} limit"
         )
+    _check_fields(c, sample, shape)
+
+
+def _check_fields(c: _Checker, sample: Mapping[str, Any], shape: list[int]) -> None:
+    """`sample.fields` names known fields (video first); each array field has its fixed dtype, layout and
+    the shape the clip implies; no other entry is accepted."""
+    allowed = {"video", "key", "fields"}
+    fields: Any = list(DEFAULT_FIELDS)
+    if "fields" in sample:
+        fields = sample["fields"]
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise c.fail("sample.fields", f"must be a list of field names, got {fields!r:.80}")
+        canonical = [f for f in KNOWN_FIELDS if f in fields]
+        if fields != canonical or len(set(fields)) != len(fields) or "video" not in fields:
+            raise c.fail(
+                "sample.fields",
+                f"{fields!r:.120} is not a list of known fields in order ({', '.join(KNOWN_FIELDS)})",
+            )
+    for name in fields:
+        if name not in ARRAY_FIELDS:
+            continue
+        allowed.add(name)
+        f = f"sample.{name}"
+        entry = c.mapping(c.get(sample, name, f), f)
+        dtype, layout = ARRAY_FIELDS[name]
+        if c.get(entry, "dtype", f + ".dtype") != dtype:
+            raise c.fail(f + ".dtype", f"must be {dtype!r}, got {entry['dtype']!r:.40}")
+        if c.get(entry, "layout", f + ".layout") != layout:
+            raise c.fail(f + ".layout", f"must be {layout!r}, got {entry['layout']!r:.40}")
+        expected = field_shape(name, shape)
+        if c.get(entry, "shape", f + ".shape") != expected or min(expected) < 1:
+            raise c.fail(f + ".shape", f"must be {expected} for clips of {shape}, got {entry['shape']!r:.80}")
+    extra = sorted(set(sample) - allowed, key=str)
+    if extra:
+        raise c.fail(f"sample.{extra[0]!s:.40}", "is not a field of this store (see sample.fields)")
 
 
 def _check_shard(c: _Checker, i: int, entry: Any, prefix: str, shard_size: int | None) -> dict[str, Any]:

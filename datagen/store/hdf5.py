@@ -1,7 +1,8 @@
 """HDF5 shards: one file per shard, one clip per chunk, ground truth as JSON strings.
 
 Readable by plain h5py: `f["video"][i]` is clip i as uint8 (T, H, W, C), `f["key"][i]` its key and
-`json.loads(f["meta"][i])` its ground truth. No compression: clips are small and reads stay cheap.
+`json.loads(f["meta"][i])` its ground truth; a store made with extra fields has datasets `mask`, `flow`
+(`f["mask"][i]`, chunked one clip per chunk like `video`). No compression: clips are small, reads cheap.
 
 The file is built in memory (HDF5's core driver, no backing store) and its finished image written out by
 :class:`~datagen.store.atomic.HashingWriter`, never by HDF5 itself. Why: HDF5 does not survive a failed
@@ -28,6 +29,7 @@ import numpy as np
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import HashingWriter, write_error
+from datagen.store.format import ARRAY_FIELDS
 from datagen.store.sample import Sample
 from datagen.store.wds import meta_bytes
 
@@ -62,6 +64,7 @@ def hdf5_image(samples: Sequence[Sample], attrs: dict | None = None) -> bytes:
             step = max(1, IMAGE_STEP // max(1, samples[0].video.nbytes))
             for i in range(0, len(samples), step):
                 video[i : i + step] = np.stack([s.video for s in samples[i : i + step]])
+            _write_fields(f, samples)
         else:
             f.create_dataset("video", shape=(0,), dtype=np.uint8, track_times=False)
         keys = [s.key for s in samples]
@@ -73,6 +76,27 @@ def hdf5_image(samples: Sequence[Sample], attrs: dict | None = None) -> bytes:
             f.attrs[name] = value if plain else json.dumps(value, sort_keys=True)
         f.flush()
         return f.id.get_file_image()
+
+
+def _write_fields(f: h5py.File, samples: Sequence[Sample]) -> None:
+    """Datasets `mask`, `flow`, ... (those the first sample has, in the canonical order; every sample must
+    have the same), one clip per chunk, written after `video` so stores without them keep their bytes."""
+    names = [name for name in ARRAY_FIELDS if name in samples[0].fields]
+    for s in samples:
+        if sorted(s.fields) != sorted(names):
+            raise ValueError(f"sample {s.key}: fields {sorted(s.fields)} differ from {names}")
+    for name in names:
+        first = samples[0].fields[name]
+        data = f.create_dataset(
+            name,
+            shape=(len(samples), *first.shape),
+            dtype=first.dtype,
+            chunks=(1, *first.shape),
+            track_times=False,
+        )
+        step = max(1, IMAGE_STEP // max(1, first.nbytes))
+        for i in range(0, len(samples), step):
+            data[i : i + step] = np.stack([s.fields[name] for s in samples[i : i + step]])
 
 
 def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None) -> tuple[list[str], str]:
@@ -105,5 +129,7 @@ def read_hdf5(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Samp
                 )
         keys = f["key"].asstr()[:]
         metas = f["meta"].asstr()[:]
+        names = [name for name in ARRAY_FIELDS if name in f]
         for i, key in enumerate(keys):
-            yield Sample(str(key), video[i], json.loads(metas[i]))
+            fields = {name: f[name][i] for name in names}
+            yield Sample(str(key), video[i], json.loads(metas[i]), fields)

@@ -1,6 +1,8 @@
 """WebDataset tar shards with reproducible bytes.
 
-Members per sample, in key order: `<key>.video.npy` (numpy format, no pickle) and `<key>.meta.json`.
+Members per sample, in key order: `<key>.video.npy` (numpy format, no pickle), then each extra array field
+in the canonical order (`<key>.mask.npy`, `<key>.flow.npy`; only in stores made with them) and
+`<key>.meta.json`.
 Every header field that could vary between runs (mtime, owner, mode) is fixed, so the same samples give
 the same sha256 on any machine.
 
@@ -23,7 +25,7 @@ import orjson
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import HashingWriter, write_error
-from datagen.store.format import META_FIELD, VIDEO_FIELD
+from datagen.store.format import ARRAY_FIELDS, META_FIELD, VIDEO_FIELD, field_member
 from datagen.store.sample import Sample
 
 MTIME = 0
@@ -138,6 +140,16 @@ def _write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
             n_video = len(header) + video.nbytes
             out.write(ustar_header(f"{s.key}.{VIDEO_FIELD}", n_video) + header)
             out.write(video)
+            if s.fields:
+                out.write(_padding(n_video))
+                n_video = 0  # its padding is written
+                for name in _field_order(s):
+                    array = np.ascontiguousarray(s.fields[name])
+                    data = npy_header(array)
+                    size = len(data) + array.nbytes
+                    out.write(ustar_header(f"{s.key}.{field_member(name)}", size) + data)
+                    out.write(array)
+                    out.write(_padding(size))
             out.write(
                 b"".join(
                     (
@@ -152,6 +164,10 @@ def _write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
         out.write(b"\0" * _end_padding(out.size))
         sha256 = out.close()
     return keys, sha256
+
+
+def _field_order(s: Sample) -> list[str]:
+    return [name for name in ARRAY_FIELDS if name in s.fields]
 
 
 def _end_padding(size: int) -> int:
@@ -169,6 +185,8 @@ def tar_size(samples: Sequence[Sample]) -> int:
     size = 0
     for s in samples:
         size += _member_size(len(npy_header(s.video)) + s.video.nbytes)
+        for name in _field_order(s):
+            size += _member_size(len(npy_header(s.fields[name])) + s.fields[name].nbytes)
         size += _member_size(len(meta_bytes(s.meta)))
     return size + _end_padding(size)
 
@@ -177,6 +195,9 @@ NPY_HEADER_MAX = 1 << 16
 """A .npy header numpy writes is far shorter (format 1.0 caps it at 65535 bytes)."""
 MAX_META_BYTES = 16 << 20
 """Largest ground-truth member a bounded read accepts."""
+FIELD_SUFFIXES = {field_member(name): name for name in ARRAY_FIELDS}
+MAX_FIELD_FACTOR = 4
+"""An array field is at most this many times a clip's bytes (flow: 2 float16 per pixel of a gray clip)."""
 
 
 def read_wds(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Sample]:
@@ -190,7 +211,11 @@ def read_wds(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Sampl
         for member in tar:
             key, _, field = member.name.partition(".")
             if max_clip_bytes is not None:
-                limit = max_clip_bytes + NPY_HEADER_MAX if field == VIDEO_FIELD else MAX_META_BYTES
+                limit = MAX_META_BYTES
+                if field == VIDEO_FIELD:
+                    limit = max_clip_bytes + NPY_HEADER_MAX
+                elif field in FIELD_SUFFIXES:
+                    limit = MAX_FIELD_FACTOR * max_clip_bytes + NPY_HEADER_MAX
                 if member.size > limit:
                     raise DatagenError(
                         f"{path}: member {member.name!r:.80} is {member.size} bytes, over {limit}"
@@ -199,10 +224,14 @@ def read_wds(path: Path, *, max_clip_bytes: int | None = None) -> Iterator[Sampl
             entry = pending.setdefault(key, {})
             if field == VIDEO_FIELD:
                 entry["video"] = np.load(io.BytesIO(data), allow_pickle=False)
+            elif field in FIELD_SUFFIXES:
+                entry.setdefault("fields", {})[FIELD_SUFFIXES[field]] = np.load(
+                    io.BytesIO(data), allow_pickle=False
+                )
             elif field == META_FIELD:
                 entry["meta"] = json.loads(data)
             if "video" in entry and "meta" in entry:
-                yield Sample(key, entry["video"], entry["meta"])
+                yield Sample(key, entry["video"], entry["meta"], entry.get("fields", {}))
                 del pending[key]
         if pending:
             raise ValueError(f"{path}: incomplete samples {sorted(pending)[:3]}")
