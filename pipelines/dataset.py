@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.errors import PipelineError, ShardError
+from pipelines.fields import FieldBlock, check_fields, to_model_layout
 from pipelines.handlers import Handler, resolve_handler
 from pipelines.hdf5_files import close_h5_files
 from pipelines.integrity import check_digest, check_verify_mode, drop_bad_shards
@@ -85,6 +86,9 @@ class VideoDataset(IterableDataset):
         mode: "clip" (a temporal window of ``frames`` frames, ``stride`` apart, at ``offset``: "random" or a
             fixed first frame) or "frame" (one random frame per clip).
         with_meta: add each sample's JSON ground truth as ``"meta"``.
+        fields: what to read per sample: ``("video",)`` or with the store's extra arrays, e.g.
+            ``("video", "mask", "flow")``: items and batches get ``"mask"`` uint8 ``(T, H, W)`` and ``"flow"``
+            float16 ``(2, T - 1, H, W)`` (the window's steps; clip mode, stride 1), cut to the video's window.
 
     How to iterate:
         shuffle, seed: shard permutation and block shuffle, a pure function of (seed, epoch, rank, world);
@@ -138,6 +142,7 @@ class VideoDataset(IterableDataset):
         count_scan: bool = False,
         h5_locking: bool | None = None,
         verify: str = "size",
+        fields: Sequence[str] = ("video",),
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -161,6 +166,7 @@ class VideoDataset(IterableDataset):
         self.epoch = 0
 
         info = resolve_source(source, fmt=format)
+        self.fields, self.field_specs = check_fields(fields, info.manifest, mode, stride)
         check_verify_mode(verify, info)
         self.verify = verify
         info, self.skipped = drop_bad_shards(info, self.handler, verify)
@@ -264,7 +270,9 @@ class VideoDataset(IterableDataset):
             hi = min(hi, self.epoch_length - block.position)
         return lo, max(lo, hi)
 
-    def _result(self, block: Block, video, keys, metas, skipped: int) -> dict[str, Any]:
+    def _result(
+        self, block: Block, video, keys, metas, skipped: int, extra: FieldBlock | None = None, kept=None
+    ) -> dict[str, Any]:
         if self.mode == "frame" and video is not None:
             video = video[:, 0]
         return {
@@ -273,6 +281,7 @@ class VideoDataset(IterableDataset):
             "video": video,
             "meta": parse_meta(metas) if self.with_meta else None,
             "skipped": skipped,
+            "fields": extra.tensors(kept, self.mode == "frame") if extra is not None else {},
         }
 
     def read_block(self, block: Block, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
@@ -300,6 +309,7 @@ class VideoDataset(IterableDataset):
         keys: list[str | None] = [None] * (hi - lo)
         metas: list[str | None] = [None] * (hi - lo)
         filled = np.zeros(hi - lo, dtype=bool)
+        extra = FieldBlock(self.field_specs, hi - lo, length) if self.fields else None
         skipped, first = 0, 0
         for seg in block.segments:
             count = seg.stop - seg.start  # type: ignore[operator]
@@ -319,6 +329,8 @@ class VideoDataset(IterableDataset):
                     with_meta=self.with_meta,
                     h5_locking=self.h5_locking,
                 )
+                if extra is not None:
+                    extra.add(self.shards[seg.shard], seg.start, seg.stop, place, self.h5_locking)  # type: ignore[arg-type]
             except ShardError as exn:
                 if self.handler(exn):
                     skipped += int((place.rows >= 0).sum())
@@ -333,14 +345,17 @@ class VideoDataset(IterableDataset):
             if run_meta is not None:
                 for row, j in pairs:
                     metas[row] = run_meta[j]
+        kept = None
         if skipped:
             kept = np.flatnonzero(filled)
             video = video[torch.from_numpy(kept)]
             keys, metas = [keys[i] for i in kept], [metas[i] for i in kept]
-        return self._result(block, video if len(keys) else None, keys, metas, skipped)
+        return self._result(block, video if len(keys) else None, keys, metas, skipped, extra, kept)
 
     def _read_block_generic(self, block: Block, start: int, alloc: Allocator) -> dict[str, Any]:
         """Blocks of unknown size or sample shape: read every run, then shuffle and cut windows."""
+        if self.fields:
+            raise PipelineError("extra fields are read from stores with known shard sizes (a manifest)")
         keys: list[str] = []
         videos: list[NDArray[np.uint8]] = []
         metas: list[str] = []
@@ -396,6 +411,8 @@ class VideoDataset(IterableDataset):
             video = item["video"].movedim(-1, 1)
             for i, key in enumerate(item["key"]):
                 sample = {"key": key, "video": video[i]}
+                for name, values in item["fields"].items():
+                    sample[name] = to_model_layout(name, values[i : i + 1])[0]
                 if self.with_meta:
                     sample["meta"] = item["meta"][i]
                 yield sample

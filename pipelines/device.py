@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from datagen.store.format import ARRAY_FIELDS
+
 
 def to_model_layout(video: torch.Tensor) -> torch.Tensor:
     """Channel-last ``(B, T, H, W, C)`` or ``(B, H, W, C)`` to channel-first (a view)."""
@@ -41,6 +43,22 @@ def scale_model_layout(moved: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+FIELD_NAMES = tuple(ARRAY_FIELDS)
+
+
+def field_to_device(
+    tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, stream: Any
+) -> torch.Tensor:
+    """An extra field on the device: mask ids stay uint8; flow (pixels, float16 stored) becomes ``dtype``
+    when that is a float type (values are not rescaled)."""
+    if stream is not None:
+        tensor.record_stream(stream)
+    tensor = tensor.to(device)
+    if tensor.is_floating_point() and dtype.is_floating_point:
+        tensor = tensor.to(dtype)
+    return tensor.contiguous()
 
 
 @dataclass
@@ -112,6 +130,9 @@ def feed_device(
             return batch, None
         with torch.cuda.stream(stream):
             batch["video"] = batch["video"].to(device, non_blocking=True)
+            for name in FIELD_NAMES:
+                if name in batch:
+                    batch[name] = batch[name].to(device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
         if ring is not None and slot is not None:
@@ -127,6 +148,9 @@ def feed_device(
         if video.device != device:
             video = video.to(device)
         batch["video"] = scale_model_layout(video, dtype)
+        for name in FIELD_NAMES:
+            if name in batch:
+                batch[name] = field_to_device(batch[name], device, dtype, current if cuda else None)
         return batch
 
     for batch, slot in batches:

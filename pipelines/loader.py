@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipelines.dataset import VideoDataset
 from pipelines.device import HostBatcher, feed_device, to_model_layout
 from pipelines.errors import PipelineError, ShardError
+from pipelines.fields import to_model_layout as field_layout
 from pipelines.order import Block, worker_blocks
 from pipelines.ring import BlockRing
 
@@ -305,12 +306,16 @@ class VideoLoader:
         pieces: list[torch.Tensor] = []
         keys: list[str] = []
         metas: list[dict] = []
+        extras: dict[str, list[torch.Tensor]] = {name: [] for name in self.dataset.fields}
 
         def emit():
             video, slot = batcher.assemble(pieces)
             batch = {"key": list(keys), "video": video}
             if self.dataset.with_meta:
                 batch["meta"] = list(metas)
+            for name, parts in extras.items():  # extra fields: plain tensors, off the video's pinned ring
+                batch[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
+                parts.clear()
             pieces.clear(), keys.clear(), metas.clear()
             return batch, slot
 
@@ -321,6 +326,7 @@ class VideoLoader:
             if item["video"] is None:
                 continue
             video, n = to_model_layout(item["video"]), len(item["key"])  # once per block, not per batch
+            fields = {name: field_layout(name, t) for name, t in item.get("fields", {}).items()}
             if left is not None:
                 n = min(n, left)
                 left -= n
@@ -328,6 +334,8 @@ class VideoLoader:
             while i < n:
                 take = min(self.batch_size - len(keys), n - i)
                 pieces.append(video[i : i + take])
+                for name, values in fields.items():
+                    extras[name].append(values[i : i + take])
                 keys.extend(item["key"][i : i + take])
                 if self.dataset.with_meta:
                     metas.extend(item["meta"][i : i + take])

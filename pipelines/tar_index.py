@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 from webdataset.tariterators import base_plus_ext
 
-from datagen.store.format import META_FIELD, VIDEO_FIELD
+from datagen.store.format import ARRAY_FIELDS, META_FIELD, VIDEO_FIELD, field_member
 from pipelines.index_cache import IndexCache
 
 
@@ -27,6 +27,10 @@ class TarIndex:
     keys: list[str]
     video: NDArray[np.int64]  # (n, 2)
     meta: NDArray[np.int64]  # (n, 2)
+    fields: dict[str, NDArray[np.int64]] = field(default_factory=dict)  # extra arrays (mask, flow): (n, 2)
+
+
+_FIELD_MEMBERS = {field_member(name): name for name in ARRAY_FIELDS}
 
 
 _TAR_INDEX: IndexCache[TarIndex] = IndexCache(lambda index: len(index.keys))
@@ -121,6 +125,7 @@ def _scan_tar(path: str) -> TarIndex:
     keys: list[str] = []
     video: list[tuple[int, int]] = []
     meta: list[tuple[int, int]] = []
+    extra: dict[str, dict[int, tuple[int, int]]] = {}
     for name, offset, length in members:
         key, field = base_plus_ext(name)
         if key is None:
@@ -135,10 +140,18 @@ def _scan_tar(path: str) -> TarIndex:
             video[-1] = (offset, length)
         elif field == META_FIELD:
             meta[-1] = (offset, length)
+        elif field in _FIELD_MEMBERS:
+            extra.setdefault(_FIELD_MEMBERS[field], {})[len(keys) - 1] = (offset, length)
     vid = np.array(video, dtype=np.int64).reshape(-1, 2)
     if len(vid) and vid[:, 0].min() < 0:
         raise ValueError(f"sample {keys[int(np.argmin(vid[:, 0]))]} has no {VIDEO_FIELD}")
-    return TarIndex(keys, vid, np.array(meta, dtype=np.int64).reshape(-1, 2))
+    fields = {}
+    for name, spans in extra.items():
+        table = np.full((len(keys), 2), -1, dtype=np.int64)
+        for i, span in spans.items():
+            table[i] = span
+        fields[name] = table
+    return TarIndex(keys, vid, np.array(meta, dtype=np.int64).reshape(-1, 2), fields)
 
 
 def tar_index(path: str) -> TarIndex:
