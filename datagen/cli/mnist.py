@@ -10,6 +10,7 @@ import typer
 from datagen.cli import _common as c
 from datagen.cli._app import app
 from datagen.convert import MNIST_TEST_SEQ
+from datagen.sim.mnist_variants import parse_range
 from datagen.sources.mnist import source_spec
 
 convert_app = typer.Typer(help="Turn existing dataset files into stores.", no_args_is_help=True)
@@ -49,6 +50,38 @@ def mnist_cli(
         bool,
         typer.Option("--download", help="Fetch the official MNIST files (md5-checked) into the user cache."),
     ] = False,
+    bounce: Annotated[
+        str,
+        typer.Option(
+            "--bounce",
+            help="reflect (Srivastava et al.) or random (SVG, Denton & Fergus 2018: a new random velocity "
+            "away from the wall at each hit, per-axis steps of 1/4..4/4 of --speed).",
+        ),
+    ] = "reflect",
+    rotation: Annotated[
+        float,
+        typer.Option(
+            "--rotation",
+            help="Max angular speed in degrees per frame; each digit turns at U[-r, r] [0: off].",
+        ),
+    ] = 0.0,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            "--scale",
+            help="Scale range LO-HI (e.g. 0.6-1.4): each digit's scale oscillates smoothly in it [off].",
+        ),
+    ] = None,
+    scale_period: Annotated[
+        float | None,
+        typer.Option("--scale-period", help="Frames per scale oscillation [20; needs --scale]."),
+    ] = None,
+    colors: Annotated[
+        str | None,
+        typer.Option(
+            "--colors", help="RGB digits, a colour per digit: palette (8 colours) or random (a hue) [off]."
+        ),
+    ] = None,
     seed: c.Seed = None,
     out: c.Out = None,
     format: c.Format = "wds",
@@ -62,6 +95,9 @@ def mnist_cli(
 ) -> None:
     """Moving MNIST (Srivastava et al.): videos plus digit labels, ids, per-frame positions and velocities.
 
+    Variants (off by default): --bounce random, --rotation, --scale, --colors; their per-digit trajectories
+    (angles, scales, colors) are added to each clip's meta.
+
     Without --mnist or --download the digits are the 5,000 real MNIST digits built in (4,500 train, 500 test).
     """
     opts = c.RunOptions(
@@ -74,6 +110,11 @@ def mnist_cli(
         "speed": speed,
         "overlap": overlap,
         "source": source_spec(mnist, download=download, split=split),
+        "bounce": bounce,
+        "rotation": rotation,
+        "scale": None if scale is None else parse_range(scale, "--scale"),
+        "scale_period": scale_period,
+        "colors": colors,
     }
     name = f"mnist-{digits}d-{size}px-{frames}f-n{n}"
     c.run_generation("mnist", params, n=n, opts=opts, default_name=name)

@@ -21,6 +21,9 @@ advances all digits together in numpy (a loop over frames only); a second kernel
 (`composite`); the metas are plain dicts of per-sample numpy arrays, which the shard writers encode with
 orjson. `reference_clip` is the straightforward
 per-digit, per-frame version, kept for tests and `bench/`.
+
+Variants (stochastic bounce, rotation, scale, colour) and the ground-truth fields (masks, flow, visibility,
+wall events) are in `datagen.sim.mnist_variants`; with none of them the output is byte for byte the above.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from numba import njit, uint64
 
 from datagen.errors import DatagenError
 from datagen.generators import with_defaults
+from datagen.sim import mnist_variants as var
 from datagen.sim._balls_kernels import entropy_words, next_double, next_uint64, seed_pcg64
 from datagen.sources.mnist import DigitSet, load_digits
 from datagen.store.sample import Sample, sample_key
@@ -46,7 +50,15 @@ DEFAULTS: dict[str, Any] = {
     "speed": 0.1,
     "overlap": "max",
     "source": {"kind": "builtin", "split": "train"},
+    # variants (datagen.sim.mnist_variants): off by default, and then dropped from the validated params
+    "bounce": "reflect",
+    "rotation": 0.0,
+    "scale": None,
+    "scale_period": None,
+    "colors": None,
 }
+BASE_KEYS = ("frames", "size", "digits", "speed", "overlap", "source")
+"""Params of the plain generator; any other validated key (a variant, `fields`) takes `render_variant`."""
 CHUNK_BYTES = 16 << 20  # videos rendered together: big enough to amortise numpy calls, small for the cache
 MAX_KERNEL_DIGITS = 1 << 32
 """Largest digit set `draw_batch`'s kernel draws from (numpy switches to 64-bit draws above it)."""
@@ -54,39 +66,48 @@ TWO_PI = 2 * np.pi
 LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def draw_sample(seed: int, index: int, digits: int, n_available: int) -> tuple[np.ndarray, ...]:
-    """Sample `index`'s random choices: start (digits, 2) as (y, x), angle (digits,), digit ids (digits,)."""
+def draw_sample(
+    seed: int, index: int, digits: int, n_available: int, extra: int = 0
+) -> tuple[np.ndarray, ...]:
+    """Sample `index`'s random choices: start (digits, 2) as (y, x), angle (digits,), digit ids (digits,),
+    then `extra` uniforms for the variants (`mnist_variants.Variant.n_draws`; none without variants)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     start = rng.random((digits, 2))
     theta = rng.random(digits) * (2 * np.pi)
     ids = rng.integers(0, n_available, size=digits)
+    if extra:
+        return start, theta, ids, rng.random(extra)
     return start, theta, ids
 
 
 def draw_batch(
-    seed: int, indices: range, digits: int, n_available: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`draw_sample` for every index, stacked: (n, digits, 2), (n, digits), (n, digits) int64.
+    seed: int, indices: range, digits: int, n_available: int, extra: int = 0
+) -> tuple[np.ndarray, ...]:
+    """`draw_sample` for every index, stacked: (n, digits, 2), (n, digits), (n, digits) int64 (and (n, extra)
+    when `extra`).
 
     A numba kernel reproduces numpy's streams (~0.5 us a sample instead of ~15 us for the generator objects).
     """
     n = len(indices)
     start, theta = np.empty((n, digits, 2)), np.empty((n, digits))
     ids = np.empty((n, digits), np.int64)
+    u = np.empty((n, extra))
     if n_available > MAX_KERNEL_DIGITS:  # numpy's 64-bit bounded draw: not in the kernel
-        draws = [draw_sample(seed, i, digits, n_available) for i in indices]
-        for k, (s, a, d) in enumerate(draws):
-            start[k], theta[k], ids[k] = s, a, d
-        return start, theta, ids
-    _draw_kernel(entropy_words(seed), np.asarray(indices, np.int64), n_available, start, theta, ids)
-    return start, theta, ids
+        for k, i in enumerate(indices):
+            start[k], theta[k], ids[k], *rest = draw_sample(seed, i, digits, n_available, extra)
+            if extra:
+                u[k] = rest[0]
+    else:
+        _draw_kernel(entropy_words(seed), np.asarray(indices, np.int64), n_available, start, theta, ids, u)
+    return (start, theta, ids, u) if extra else (start, theta, ids)
 
 
 @njit(cache=True)
-def _draw_kernel(run_words, indices, n_available, start, theta, ids):
+def _draw_kernel(run_words, indices, n_available, start, theta, ids, extra):
     """Per sample as `draw_sample`: random() = 53 bits / 2^53, then `integers(0, n)` = numpy's buffered
     32-bit Lemire draw (`buffered_bounded_lemire_uint32`: low half of a 64-bit output first, then its high
-    half; none at all for n = 1)."""
+    half; none at all for n = 1), then `extra.shape[1]` more random() (the buffered half is not used by
+    random(), as in numpy)."""
     state = np.empty(4, np.uint64)
     rng = np.uint64(n_available - 1)
     excl = rng + np.uint64(1)
@@ -113,6 +134,8 @@ def _draw_kernel(run_words, indices, n_available, start, theta, ids):
                 if (m & LOW32) >= threshold:  # numpy tests < excl first: the same outcome
                     break
             ids[k, d] = np.int64(m >> np.uint64(32))
+        for j in range(extra.shape[1]):
+            extra[k, j] = next_double(state)
 
 
 def bounce(start: np.ndarray, theta: np.ndarray, frames: int, speed: float) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +236,60 @@ def render(
     return canvas, ground_truth(indices, digits.labels[ids], digits.source_index[ids], top_left, velocities)
 
 
+def render_variant(
+    digits: DigitSet, params: dict[str, Any], seed: int, indices: range
+) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, np.ndarray]]:
+    """`render` with the variants and fields of `params`: videos (n, T, H, W, C), metas, and the requested
+    array fields as (n, ...) arrays by name."""
+    frames, size, n_dig, speed = params["frames"], params["size"], params["digits"], params["speed"]
+    v = var.Variant.of(params)
+    fields = set(params.get("fields", ("video",)))
+    n = len(indices)
+    h, w = digits.images.shape[1:]
+    free = np.array([size - h, size - w])
+    start, theta, ids, *rest = draw_batch(seed, indices, n_dig, len(digits.labels), v.n_draws(frames, n_dig))
+    draws = v.split(rest[0] if rest else np.empty((n, 0)), frames, n_dig)
+    if v.bounce == "random":
+        positions, velocities, hits = var.bounce_random(start, theta, frames, speed, draws["bounce"])
+    else:
+        positions, velocities = bounce(start, theta, frames, speed)
+        hits = var.wall_hits(positions)
+    top_left = (free * positions).astype(np.int32).transpose(1, 0, 2, 3)  # (n, T, D, 2)
+    with np.errstate(over="ignore"):
+        velocities = (velocities * (speed * free)).transpose(1, 0, 2, 3)
+    angles, scales, colors = var.trajectories(v, draws, n, frames, n_dig)
+    arrays: dict[str, np.ndarray] = {}
+    visible = None
+    if v.plain and not fields & {"mask", "flow", "visibility"}:
+        video = np.empty((n, frames, size, size), np.uint8)
+        composite(video, digits.images, ids, top_left, params["overlap"])
+        video = video[..., None]
+    else:
+        if "mask" in fields and n_dig > var.MAX_MASK_DIGITS:
+            raise DatagenError(f"mask ids are uint8: at most {var.MAX_MASK_DIGITS} digits, got {n_dig}")
+        video, mask, visible, flow = var.render_general(
+            digits.images, ids, top_left, angles, scales, colors, size,
+            OVERLAPS.index(params["overlap"]), "flow" in fields,
+        )  # fmt: skip
+        if "mask" in fields:
+            arrays["mask"] = mask
+        if flow is not None:
+            arrays["flow"] = flow
+    metas = ground_truth(indices, digits.labels[ids], digits.source_index[ids], top_left, velocities)
+    for k, meta in enumerate(metas):
+        if v.rotation > 0:
+            meta["angles"] = angles[k]
+        if v.scale is not None:
+            meta["scales"] = scales[k]
+        if colors is not None:
+            meta["colors"] = colors[k]
+        if "visibility" in fields:
+            meta["visibility"] = visible[k]
+        if "events" in fields:
+            meta["events"] = var.events_of(hits[:, k], top_left[k])
+    return video, metas, arrays
+
+
 def ground_truth(
     indices: range, labels: np.ndarray, digit_ids: np.ndarray, top_left: np.ndarray, velocities: np.ndarray
 ) -> list[dict[str, Any]]:
@@ -304,6 +381,7 @@ class MovingMnist:
 
     name = "mnist"
     version = "2"
+    fields = ("video", "mask", "flow", "events", "visibility")
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         p = with_defaults("mnist", DEFAULTS, dict(params))
@@ -325,19 +403,32 @@ class MovingMnist:
                 f"digits of {h}x{w} do not fit a {p['size']}x{p['size']} canvas; use --size >= {h}"
             )
         p["source"] = dict(digits.descriptor)
-        return p
+        return var.validate_variant(p)
 
     def sample_shape(self, params: dict[str, Any]) -> tuple[int, int, int, int]:
-        return (params["frames"], params["size"], params["size"], 1)
+        channels = 3 if params.get("colors") else 1
+        return (params["frames"], params["size"], params["size"], channels)
 
     def generate(self, params: dict[str, Any], seed: int, start: int, stop: int) -> Iterator[Sample]:
         digits = load_digits(params["source"])
-        chunk = max(1, CHUNK_BYTES // (params["frames"] * params["size"] ** 2))
+        plain = set(params) <= set(BASE_KEYS)
+        per_video = params["frames"] * params["size"] ** 2 * (1 if plain else 8)  # video, mask, flow
+        chunk = max(1, CHUNK_BYTES // per_video)
         for lo in range(start, stop, chunk):
             indices = range(lo, min(lo + chunk, stop))
-            videos, metas = render(digits, params, seed, indices)
-            for i, video, meta in zip(indices, videos, metas, strict=True):
-                yield Sample(sample_key(i), video[..., None], meta)
+            if plain:
+                videos, metas = render(digits, params, seed, indices)
+                for i, video, meta in zip(indices, videos, metas, strict=True):
+                    yield Sample(sample_key(i), video[..., None], meta)
+                continue
+            videos, metas, arrays = render_variant(digits, params, seed, indices)
+            for k, (i, video, meta) in enumerate(zip(indices, videos, metas, strict=True)):
+                extra = {name: a[k] for name, a in arrays.items()}
+                yield (
+                    Sample(sample_key(i), video, meta, fields=extra)
+                    if extra
+                    else Sample(sample_key(i), video, meta)
+                )
 
 
 MNIST = MovingMnist()
