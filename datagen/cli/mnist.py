@@ -92,11 +92,13 @@ def mnist_cli(
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    fields: c.Fields = "video",
 ) -> None:
     """Moving MNIST (Srivastava et al.): videos plus digit labels, ids, per-frame positions and velocities.
 
     Variants (off by default): --bounce random, --rotation, --scale, --colors; their per-digit trajectories
-    (angles, scales, colors) are added to each clip's meta.
+    (angles, scales, colors) are added to each clip's meta. --fields adds instance masks, exact flow, wall
+    events and per-digit visible fractions.
 
     Without --mnist or --download the digits are the 5,000 real MNIST digits built in (4,500 train, 500 test).
     """
@@ -117,7 +119,7 @@ def mnist_cli(
         "colors": colors,
     }
     name = f"mnist-{digits}d-{size}px-{frames}f-n{n}"
-    c.run_generation("mnist", params, n=n, opts=opts, default_name=name)
+    c.run_generation("mnist", c.with_fields(params, fields), n=n, opts=opts, default_name=name)
 
 
 @convert_app.command("mnist-test-seq")

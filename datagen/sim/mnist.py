@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, uint64
 
 from datagen.errors import DatagenError
-from datagen.generators import with_defaults
+from datagen.generators import requested_fields, with_defaults
 from datagen.sim import mnist_variants as var
 from datagen.sim._balls_kernels import entropy_words, next_double, next_uint64, seed_pcg64
 from datagen.sources.mnist import DigitSet, load_digits
@@ -243,7 +243,7 @@ def render_variant(
     array fields as (n, ...) arrays by name."""
     frames, size, n_dig, speed = params["frames"], params["size"], params["digits"], params["speed"]
     v = var.Variant.of(params)
-    fields = set(params.get("fields", ("video",)))
+    fields = requested_fields(params)
     n = len(indices)
     h, w = digits.images.shape[1:]
     free = np.array([size - h, size - w])
@@ -265,8 +265,6 @@ def render_variant(
         composite(video, digits.images, ids, top_left, params["overlap"])
         video = video[..., None]
     else:
-        if "mask" in fields and n_dig > var.MAX_MASK_DIGITS:
-            raise DatagenError(f"mask ids are uint8: at most {var.MAX_MASK_DIGITS} digits, got {n_dig}")
         video, mask, visible, flow = var.render_general(
             digits.images, ids, top_left, angles, scales, colors, size,
             OVERLAPS.index(params["overlap"]), "flow" in fields,
@@ -406,6 +404,15 @@ class MovingMnist:
         return var.validate_variant(p)
 
     def sample_shape(self, params: dict[str, Any]) -> tuple[int, int, int, int]:
+        """(T, H, W, C); also refuses fields these params cannot make (the job validates params without
+        `fields`, and asks for the shape before anything is written)."""
+        fields = requested_fields(params)
+        if "mask" in fields and params["digits"] > var.MAX_MASK_DIGITS:
+            raise DatagenError(
+                f"mask ids are uint8: at most {var.MAX_MASK_DIGITS} digits, got {params['digits']}"
+            )
+        if "flow" in fields and params["frames"] < 2:
+            raise DatagenError(f"flow needs at least 2 frames, got {params['frames']}")
         channels = 3 if params.get("colors") else 1
         return (params["frames"], params["size"], params["size"], channels)
 
