@@ -13,9 +13,9 @@ from datagen.cli._app import app
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.jobs import generation_job, remove_leftovers
-from datagen.store.format import JOB_FILE, load_spec
+from datagen.store.format import JOB_FILE, load_spec, schema_fields
 from datagen.store.manifest import load_manifest, verify_store
-from datagen.store.preview import write_preview
+from datagen.store.preview import preview_masks, write_preview
 
 StoreDir = Annotated[Path, typer.Argument(help="Store folder (holding manifest.json).")]
 
@@ -56,6 +56,11 @@ def info_cli(
     typer.echo("params     " + ", ".join(f"{k}={v}" for k, v in sorted(m["params"].items())))
     typer.echo(f"seed       {m['seed']}")
     typer.echo(f"sample     {video['dtype']} {tuple(video['shape'])} ({video['layout']})")
+    for name in schema_fields(m["sample"])[1:]:
+        f = m["sample"].get(name)
+        typer.echo(
+            f"field      {name} {f['dtype']} {tuple(f['shape'])}" if f else f"field      {name} (in meta)"
+        )
     for fmt, t in sorted(m["totals"].items()):
         typer.echo(f"{fmt:<10} {t['n_samples']} samples in {t['n_shards']} shards, {t['bytes'] / 1e6:.1f} MB")
     if "shard_size" in layout:
@@ -89,12 +94,15 @@ def preview_cli(
     scale: Annotated[
         int | None, typer.Option("--scale", help="Pixel zoom [default: to about 96 px, less to fit].")
     ] = None,
+    fields: Annotated[
+        str, typer.Option("--fields", help="video, or mask: instance masks in colour over the frames.")
+    ] = "video",
 ) -> None:
     """Write a grid of the store's first clips as an animated GIF or a PNG of filmstrips.
 
     A preview that would need over 1 GiB of memory (or a GIF over 65535 px a side) is refused up front.
     """
-    path = write_preview(store, out, count=count, scale=scale)
+    path = write_preview(store, out, count=count, scale=scale, masks=preview_masks(fields))
     c.err.print(f"wrote {path}")
 
 

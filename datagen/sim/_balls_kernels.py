@@ -248,13 +248,33 @@ def count_placed(cands, radius, box):
 # --- physics ------------------------------------------------------------------------------------------
 
 
+EVENT_FIELDS = 7
+"""Columns of an event record: sample, frame (the step from frame t to t + 1), kind (0 wall, 1 collision),
+first ball, second ball (-1 for a wall), x, y (world units: the ball's centre, a collision's midpoint)."""
+
+
 @njit(cache=True)
-def simulate(x0, v0, radius, box, eps, steps, X, V):
-    """X[k, t], V[k, t] = state before frame t's `steps` sub-steps of `x += eps * v`, walls, collisions."""
+def _event(events, count, k, t, kind, i, j, x, y):
+    """Append one event record if there is room; the count grows regardless (the caller sees overflow)."""
+    if count < events.shape[0]:
+        row = events[count]
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6] = k, t, kind, i, j, x, y
+    return count + 1
+
+
+@njit(cache=True)
+def simulate(x0, v0, radius, box, eps, steps, X, V, events):
+    """X[k, t], V[k, t] = state before frame t's `steps` sub-steps of `x += eps * v`, walls, collisions.
+
+    With a non-empty `events` array (E, EVENT_FIELDS), every wall bounce that reverses a velocity component
+    and every collision the physics applies is recorded there (recording never changes the trajectories);
+    returns the number of events (more than E: the array was too small, call again with a larger one)."""
     N, frames, n = X.shape[0], X.shape[1], X.shape[2]
     x = np.empty((n, 2))
     v = np.empty((n, 2))
     reach = radius + radius
+    record = events.shape[0] > 0
+    count = 0
     for k in range(N):
         x[:] = x0[k]
         v[:] = v0[k]
@@ -268,14 +288,22 @@ def simulate(x0, v0, radius, box, eps, steps, X, V):
                 for i in range(n):
                     for z in range(2):
                         if x[i, z] - radius < 0:
+                            if record and v[i, z] < 0:
+                                count = _event(events, count, k, t, 0, i, -1, x[i, 0], x[i, 1])
                             v[i, z] = abs(v[i, z])
                         if x[i, z] + radius > box:
+                            if record and v[i, z] > 0:
+                                count = _event(events, count, k, t, 0, i, -1, x[i, 0], x[i, 1])
                             v[i, z] = -abs(v[i, z])
                 for i in range(n):
                     for j in range(i):
                         d0, d1 = x[i, 0] - x[j, 0], x[i, 1] - x[j, 1]
                         if math.sqrt(d0 * d0 + d1 * d1) < reach:
+                            if record:
+                                mx, my = (x[i, 0] + x[j, 0]) / 2, (x[i, 1] + x[j, 1]) / 2
+                                count = _event(events, count, k, t, 1, j, i, mx, my)
                             _collide(x, v, i, j)
+    return count
 
 
 @njit(cache=True)
@@ -435,3 +463,73 @@ def sum_terms(terms, boxes, members, pixels, res):
             total = box_sums[(row - r0) * w : (row - r0 + 1) * w]
             for col in range(w):
                 line[col] = np.uint8(np.rint(min(total[col], 1.0) * 255.0))
+
+
+# --- ground truth fields ------------------------------------------------------------------------------
+# Masks, flow and visibility from the same per-ball q as the renderer (q_c = capped dx^2/r^2 + dy^2/r^2): a
+# rendered pixel belongs to the ball of smallest q (largest term exp(-q^4); ties to the lower index), a pixel
+# whose stored byte is 0 to the background. Only the balls' boxes are visited (outside them every byte is 0).
+
+
+LIT_Q4 = math.log(510.0)
+"""A ball alone lights a pixel (rint(255 exp(-q^4)) > 0, i.e. exp(-q^4) > 1/510) where q^4 < log(510)."""
+
+
+@njit(cache=True)
+def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp, mask, flow, alone, visible):
+    """Per sample k and frame t of positions (N, T, n, 2) and video (N, T, H, W) uint8:
+    mask[k, t] = 1 + the ball of largest term where the byte is > 0, else 0;
+    alone[k, t, c] = pixels ball c would light alone (q^4 < LIT_Q4), visible[k, t, c] = those of them
+    labelled c; with flow of shape (N, T - 1, H, W, 2), flow[k, t] = disp[k, t, c] on ball c's pixels, 0
+    elsewhere (an empty flow array: none). Flow and disp are float16 bit patterns (uint16): numba has no
+    float16, and a float32 flow converted afterwards cost 10x the labelling."""
+    N, T, n = positions.shape[0], positions.shape[1], positions.shape[2]
+    res = centres.size
+    with_flow = flow.shape[0] > 0
+    reach = math.sqrt(q_zero * r2) * (1 + 1e-9)
+    best = np.empty((res, res))
+    ranges = np.empty((n, 4), np.int64)
+    qx = np.empty(res)
+    for k in range(N):
+        for t in range(T):
+            for c in range(n):
+                ranges[c, 0], ranges[c, 1] = _axis_range(positions[k, t, c, 1], reach, scale, res)
+                ranges[c, 2], ranges[c, 3] = _axis_range(positions[k, t, c, 0], reach, scale, res)
+                for row in range(ranges[c, 0], ranges[c, 1]):
+                    for col in range(ranges[c, 2], ranges[c, 3]):
+                        best[row, col] = np.inf
+            frame, labels = video[k, t], mask[k, t]
+            labels[:] = 0  # written here, in order (a calloc'd output faulted in at random cost 5x more)
+            if with_flow and t < T - 1:
+                flow[k, t] = 0
+            for c in range(n):
+                x, y = positions[k, t, c, 0], positions[k, t, c, 1]
+                for col in range(ranges[c, 2], ranges[c, 3]):
+                    qx[col] = _axis_q(centres[col], x, r2, q_half_cap)
+                for row in range(ranges[c, 0], ranges[c, 1]):
+                    qy = _axis_q(centres[row], y, r2, q_half_cap)
+                    for col in range(ranges[c, 2], ranges[c, 3]):
+                        q = qx[col] + qy
+                        if q < best[row, col]:
+                            best[row, col] = q
+                            labels[row, col] = c + 1
+            for c in range(n):
+                x, y = positions[k, t, c, 0], positions[k, t, c, 1]
+                lit, seen = 0, 0
+                for col in range(ranges[c, 2], ranges[c, 3]):
+                    qx[col] = _axis_q(centres[col], x, r2, q_half_cap)
+                for row in range(ranges[c, 0], ranges[c, 1]):
+                    qy = _axis_q(centres[row], y, r2, q_half_cap)
+                    for col in range(ranges[c, 2], ranges[c, 3]):
+                        q = qx[col] + qy
+                        p = q * q
+                        own = p * p < LIT_Q4
+                        lit += own
+                        if frame[row, col] == 0:
+                            labels[row, col] = 0
+                        elif labels[row, col] == c + 1:
+                            seen += own
+                            if with_flow and t < T - 1:
+                                flow[k, t, row, col, 0] = disp[k, t, c, 0]
+                                flow[k, t, row, col, 1] = disp[k, t, c, 1]
+                alone[k, t, c], visible[k, t, c] = lit, seen

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from datagen.errors import DatagenError
-from datagen.generators import with_defaults
+from datagen.generators import requested_fields, with_defaults
 from datagen.sim import _balls_kernels as kernels
 from datagen.sim.balls_reference import EPS, pixel_centres
 from datagen.store.sample import Sample, sample_key
@@ -64,6 +64,12 @@ Q_SKIP = 2.7
 """A ball with q >= Q_SKIP all over another ball's box adds <= exp(-2.5^4) ~ 1e-17 there: left out."""
 RENDER_TERMS = 1 << 16
 """Exponents computed per call of numpy's exp while rendering (512 KiB: stays in cache)."""
+FIELDS = ("video", "mask", "flow", "events", "visibility")
+FIELDS_BATCH_BYTES = 8 << 20
+"""Bytes of frames, masks and flow per batch with fields: small enough that malloc reuses freed batches
+(the 36 MB batches of 64 MiB spent a third of the time in page faults of fresh memory)."""
+NO_EVENTS = np.empty((0, kernels.EVENT_FIELDS))
+EVENT_KINDS = ("wall", "collision")
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,25 @@ def initial_states(
 
 def simulate(x0: np.ndarray, v0: np.ndarray, frames: int, radius: float, box: float) -> Trajectories:
     """Run the reference physics for every video; x0, v0 are (N, n, 2) and are not modified."""
+    return simulate_with_events(x0, v0, frames, radius, box, events=False)[0]
+
+
+def simulate_with_events(
+    x0: np.ndarray, v0: np.ndarray, frames: int, radius: float, box: float, *, events: bool = True
+) -> tuple[Trajectories, np.ndarray]:
+    """`simulate`, and the events it went through: (E, kernels.EVENT_FIELDS) rows in simulation order
+    (sample, frame, kind, ball, other ball or -1, x, y in world units); none unless `events`."""
     x0 = np.ascontiguousarray(x0, dtype=np.float64)
     v0 = np.ascontiguousarray(v0, dtype=np.float64)
     N, n, _ = x0.shape
     X, V = np.empty((N, frames, n, 2)), np.empty((N, frames, n, 2))
-    kernels.simulate(x0, v0, float(radius), float(box), EPS, int(1 / EPS), X, V)
-    return Trajectories(X, V)
+    steps = int(1 / EPS)
+    table = np.empty((N * frames * n, kernels.EVENT_FIELDS)) if events else NO_EVENTS
+    while True:  # the first try fits unless balls collide often (a big table is cheap: a few MB at most)
+        count = kernels.simulate(x0, v0, float(radius), float(box), EPS, steps, X, V, table)
+        if count <= table.shape[0]:
+            return Trajectories(X, V), table[:count]
+        table = np.empty((count, kernels.EVENT_FIELDS))
 
 
 def render(positions: np.ndarray, res: int, radius: float, box: float) -> np.ndarray:
@@ -142,6 +161,50 @@ def simulate_balls(params: Mapping[str, Any], seed: int, indices: range) -> tupl
     traj = simulate(x0, v0, params["frames"], r, box)
     video = render(traj.positions, params["size"], r, box)
     return video[..., None], traj
+
+
+def label(
+    positions: np.ndarray, video: np.ndarray, params: Mapping[str, Any], *, flow: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Masks uint8 (N, T, H, W), flow float16 (N, T - 1, H, W, 2) or None, and visible fractions (N, T, n)
+    for the rendered videos (N, T, H, W) of world positions (N, T, n, 2); see `kernels.label_frames`."""
+    res, r, box = params["size"], params["radius"], params["box"]
+    N, T, n, _ = positions.shape
+    scale = res / box
+    mask = np.empty((N, T, res, res), np.uint8)
+    disp = ((positions[:, 1:] - positions[:, :-1]) * scale).astype(np.float16).view(np.uint16)  # px per frame
+    flow16 = np.empty((N, T - 1, res, res, 2) if flow else (0, 0, 0, 0, 2), np.uint16)  # float16 bits
+    alone, visible = np.empty((N, T, n), np.int64), np.empty((N, T, n), np.int64)
+    q_zero = math.log(255 * n / ZERO_MARGIN) ** 0.25
+    kernels.label_frames(
+        np.ascontiguousarray(positions, dtype=np.float64),
+        video,
+        pixel_centres(res, box),
+        scale,
+        r * r,
+        Q_CAP / 2,
+        q_zero,
+        disp,
+        mask,
+        flow16,
+        alone,
+        visible,
+    )
+    fraction = np.divide(visible, alone, out=np.zeros((N, T, n)), where=alone > 0)
+    return mask, flow16.view(np.float16) if flow else None, fraction
+
+
+def event_lists(table: np.ndarray, params: Mapping[str, Any], indices: range) -> list[list[dict[str, Any]]]:
+    """Per sample, its events as JSON data: {frame, kind, objects, position [x, y] in pixels}."""
+    scale = params["size"] / params["box"]
+    lists: list[list[dict[str, Any]]] = [[] for _ in indices]
+    for k, t, kind, i, j, x, y in table.tolist():
+        objects = [int(i)] if j < 0 else [int(i), int(j)]
+        position = [round(x * scale - 0.5, META_DECIMALS), round(y * scale - 0.5, META_DECIMALS)]
+        lists[int(k)].append(
+            {"frame": int(t), "kind": EVENT_KINDS[int(kind)], "objects": objects, "position": position}
+        )
+    return lists
 
 
 def ground_truth(params: Mapping[str, Any], traj: Trajectories, indices: range) -> list[dict[str, Any]]:
@@ -184,6 +247,7 @@ class BallsGenerator:
 
     name = "balls"
     version = "2"
+    fields = FIELDS
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         p = with_defaults("balls", DEFAULTS, dict(params))
@@ -215,11 +279,43 @@ class BallsGenerator:
     def generate(self, params: Mapping[str, Any], seed: int, start: int, stop: int) -> Iterator[Sample]:
         per_video = params["frames"] * (params["size"] ** 2 + 64 * params["n_balls"])
         batch = max(1, min(BATCH, BATCH_BYTES // per_video))
+        wanted = requested_fields(params)
+        if len(wanted) > 1:
+            yield from self._generate_fields(params, seed, start, stop, wanted)
+            return
         for lo in range(start, stop, batch):
             indices = range(lo, min(lo + batch, stop))
             videos, traj = simulate_balls(params, seed, indices)
             for i, video, meta in zip(indices, videos, ground_truth(params, traj, indices), strict=True):
                 yield Sample(sample_key(i), video, meta)
+
+    def _generate_fields(
+        self, params: Mapping[str, Any], seed: int, start: int, stop: int, wanted: frozenset[str]
+    ) -> Iterator[Sample]:
+        """The same clips and meta, plus the requested fields (masks and flow as arrays, events and
+        visible fractions as meta keys `events`, `visibility` [T][n])."""
+        n, r, box, frames = params["n_balls"], params["radius"], params["box"], params["frames"]
+        per_video = frames * (params["size"] ** 2 * 6 + 64 * n)  # video, mask, flow (4 bytes a pixel)
+        batch = max(1, min(BATCH, FIELDS_BATCH_BYTES // per_video))
+        for lo in range(start, stop, batch):
+            indices = range(lo, min(lo + batch, stop))
+            x0, v0 = initial_states(n, r, box, seed, indices)
+            traj, table = simulate_with_events(x0, v0, frames, r, box, events="events" in wanted)
+            videos = render(traj.positions, params["size"], r, box)
+            masks, flows, fractions = label(traj.positions, videos, params, flow="flow" in wanted)
+            metas = ground_truth(params, traj, indices)
+            events = event_lists(table, params, indices) if "events" in wanted else None
+            for k, (i, meta) in enumerate(zip(indices, metas, strict=True)):
+                fields = {}
+                if "mask" in wanted:
+                    fields["mask"] = masks[k]
+                if flows is not None:
+                    fields["flow"] = flows[k]
+                if events is not None:
+                    meta["events"] = events[k]
+                if "visibility" in wanted:
+                    meta["visibility"] = np.round(fractions[k], META_DECIMALS)
+                yield Sample(sample_key(i), videos[k][..., None], meta, fields)
 
 
 BALLS = BallsGenerator()

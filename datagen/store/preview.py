@@ -1,4 +1,5 @@
-"""Look at a store: a grid of its first clips as an animated GIF or a PNG of filmstrips.
+"""Look at a store: a grid of its first clips as an animated GIF or a PNG of filmstrips; with masks, each
+object's pixels tinted in its own colour over the frames (`datagen preview --fields mask`).
 
 What a preview allocates is planned from the manifest before anything is read (:func:`plan_preview`): the
 clips, the grid and the image encoder's copy of it must fit MAX_PREVIEW_BYTES, or the command says so in one
@@ -18,6 +19,7 @@ import numpy as np
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import format_bytes
+from datagen.store.format import schema_fields
 from datagen.store.hdf5 import read_hdf5
 from datagen.store.manifest import load_manifest
 from datagen.store.wds import read_wds
@@ -32,6 +34,33 @@ GIF_MAX_SIDE = 65535
 """GIF stores width and height in 16 bits."""
 TARGET_SIDE = 96
 """The default --scale zooms a clip to about this many pixels a side."""
+PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]],
+    np.float32,
+)  # fmt: skip
+"""Mask colours: object i gets PALETTE[i % 10] (distinct hues, after Sasha Trubetskoy's list)."""
+TINT = 0.6
+"""Share of an object's colour in its pixels (the rest is the frame's brightness)."""
+
+
+def preview_masks(fields: str) -> bool:
+    """`--fields video` (frames) or `mask` / `video,mask` (masks in colour); anything else is refused."""
+    names = {f.strip() for f in fields.split(",") if f.strip()} - {"video"}
+    if not names <= {"mask"}:
+        raise DatagenError(f"preview shows video or mask, got --fields {fields!r}")
+    return bool(names)
+
+
+def overlay(clip: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(T, H, W, C) uint8 frames and (T, H, W) ids -> (T, H, W, 3): each object tinted in its colour."""
+    rgb = clip.astype(np.float32)
+    rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb[..., :3]
+    ids = mask.astype(np.int64)
+    colour = PALETTE[(ids - 1) % len(PALETTE)]
+    brightness = rgb.max(axis=-1, keepdims=True) / 255
+    tinted = (1 - TINT) * rgb + TINT * colour * np.maximum(brightness, 0.5)
+    return np.where(ids[..., None] > 0, tinted, rgb).round().astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -68,7 +97,9 @@ def _plan_bytes(count: int, clip: tuple[int, int, int, int], image: tuple[int, .
     return count * (2 * math.prod(clip) + PER_CLIP_BYTES) + 3 * math.prod(image)
 
 
-def plan_preview(manifest: dict, kind: str, *, count: int, scale: int | None) -> PreviewPlan:
+def plan_preview(
+    manifest: dict, kind: str, *, count: int, scale: int | None, masks: bool = False
+) -> PreviewPlan:
     """Check a preview of `count` clips at `scale` (None: about TARGET_SIDE px a clip, less if needed to
     fit) against MAX_PREVIEW_BYTES and the image format's limits; DatagenError in one line otherwise."""
     if count < 1:
@@ -85,10 +116,15 @@ def plan_preview(manifest: dict, kind: str, *, count: int, scale: int | None) ->
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise DatagenError(f"cannot plan a preview: the manifest's clip shape is {shape}")
     clip = (shape[0], shape[1], shape[2], shape[3])
+    if masks and "mask" not in schema_fields(manifest["sample"]):
+        raise DatagenError("the store has no masks (made without --fields mask)")
+    drawn = (
+        (clip[0], clip[1], clip[2], 3) if masks else clip
+    )  # the masks (1 byte a pixel) read with the clips
     scales = [scale] if scale is not None else range(max(1, round(TARGET_SIDE / clip[1])), 0, -1)
     for s in scales:
-        image = _image_shape(kind, count, clip, s)
-        need = _plan_bytes(count, clip, image)
+        image = _image_shape(kind, count, drawn, s)
+        need = _plan_bytes(count, drawn, image)
         side = max(image[-3], image[-2])
         if need <= MAX_PREVIEW_BYTES and not (kind == ".gif" and side > GIF_MAX_SIDE):
             return PreviewPlan(fmt, count, s, clip, image, need)
@@ -101,8 +137,9 @@ def plan_preview(manifest: dict, kind: str, *, count: int, scale: int | None) ->
     raise DatagenError(f"a preview of {count} clips {clip} at scale {s} {why}; lower --count or --scale")
 
 
-def first_clips(store: Path, manifest: dict, plan: PreviewPlan) -> list[np.ndarray]:
-    """The store's first `plan.count` clips; a clip larger than the manifest's shape is refused unread."""
+def first_clips(store: Path, manifest: dict, plan: PreviewPlan, masks: bool = False) -> list[np.ndarray]:
+    """The store's first `plan.count` clips (with `masks`: tinted by them); a clip larger than the
+    manifest's shape is refused unread."""
     shards = sorted((s for s in manifest["shards"] if s["format"] == plan.fmt), key=lambda s: s["path"])
     limit = math.prod(plan.clip)
     read = read_wds if plan.fmt == "wds" else read_hdf5
@@ -115,7 +152,13 @@ def first_clips(store: Path, manifest: dict, plan: PreviewPlan) -> list[np.ndarr
                     raise DatagenError(
                         f"{path}: clip {s.key} is {s.video.shape}, the manifest says {plan.clip}"
                     )
-                out.append(s.video)
+                if masks:
+                    mask = s.fields.get("mask")
+                    if mask is None or mask.shape != plan.clip[:3]:
+                        raise DatagenError(f"{path}: clip {s.key} has no mask of {plan.clip[:3]}")
+                    out.append(overlay(s.video, mask))
+                else:
+                    out.append(s.video)
         except (OSError, ValueError, KeyError, tarfile.TarError) as err:
             raise DatagenError(f"cannot read {path}: {err}") from None
         if len(out) == plan.count:
@@ -146,7 +189,9 @@ def filmstrips(clips: list[np.ndarray], scale: int, pad: int = PAD) -> np.ndarra
     return img.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def write_preview(store: Path, out: Path, *, count: int = 16, scale: int | None = None) -> Path:
+def write_preview(
+    store: Path, out: Path, *, count: int = 16, scale: int | None = None, masks: bool = False
+) -> Path:
     """Write the preview image; its size is checked (:func:`plan_preview`) before any clip is read."""
     from PIL import Image
 
@@ -155,8 +200,8 @@ def write_preview(store: Path, out: Path, *, count: int = 16, scale: int | None 
     if kind not in {".gif", ".png"}:
         raise DatagenError(f"preview output must end in .gif or .png, got {out.name}")
     manifest = load_manifest(store)
-    plan = plan_preview(manifest, kind, count=count, scale=scale)
-    clips = first_clips(store, manifest, plan)
+    plan = plan_preview(manifest, kind, count=count, scale=scale, masks=masks)
+    clips = first_clips(store, manifest, plan, masks)
     if not clips:
         raise DatagenError(f"store {store} holds no clips")
 
