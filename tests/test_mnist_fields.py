@@ -10,6 +10,7 @@ import pytest
 import datagen.cli.mnist  # noqa: F401  (registers the command)
 from datagen.cli import main
 from datagen.sim import mnist as sim
+from datagen.sim import mnist_variants as var
 from datagen.sources import mnist as src
 from datagen.store.manifest import load_manifest
 from datagen.store.readers import iter_samples
@@ -247,3 +248,21 @@ def test_fields_these_params_cannot_make_are_refused_before_writing(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_fast_plain_fields_equal_the_general_renderer(digits):
+    """Upright unscaled digits take row-wise kernels (`plain_fields`); the general per-pixel renderer must
+    give the same masks, visible fractions and flow."""
+    rng = np.random.default_rng(4)
+    n, frames, d, size = 5, 6, 4, 48
+    ids = rng.integers(0, len(digits.images), (n, d))
+    top_left = rng.integers(0, size - 28 + 1, (n, frames, d, 2)).astype(np.int32)
+    ones = np.ones((n, frames, d))
+    _, mask, visible, flow = var.render_general(
+        digits.images, ids, top_left, 0 * ones, ones, None, size, 0, True
+    )
+    fast_mask, fast_visible, fast_flow = var.plain_fields(digits.images, ids, top_left, size, True, True)
+    np.testing.assert_array_equal(fast_mask, mask)
+    np.testing.assert_array_equal(fast_visible, visible)
+    np.testing.assert_array_equal(fast_flow, flow)
+    assert (visible < 1).any() and flow.any()

@@ -260,10 +260,16 @@ def render_variant(
     angles, scales, colors = var.trajectories(v, draws, n, frames, n_dig)
     arrays: dict[str, np.ndarray] = {}
     visible = None
-    if v.plain and not fields & {"mask", "flow", "visibility"}:
+    if v.plain:
         video = np.empty((n, frames, size, size), np.uint8)
         composite(video, digits.images, ids, top_left, params["overlap"])
         video = video[..., None]
+        if fields & {"mask", "flow", "visibility"}:
+            mask, visible, flow = var.plain_fields(
+                digits.images, ids, top_left, size, "flow" in fields, "visibility" in fields
+            )
+            arrays = {"mask": mask, "flow": flow} if "mask" in fields else {"flow": flow}
+            arrays = {k: a for k, a in arrays.items() if a is not None}
     else:
         video, mask, visible, flow = var.render_general(
             digits.images, ids, top_left, angles, scales, colors, size,

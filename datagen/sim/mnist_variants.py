@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from datagen.errors import DatagenError
 
@@ -333,6 +333,89 @@ def render_general(
         flow = np.empty((n, max(frames - 1, 0), size, size, 2), np.float16)
         _flow_kernel(flow.view(np.uint16), mask, centre, np.cos(rad), np.sin(rad), scales)
     return video, mask, visible, flow
+
+
+def plain_fields(
+    images: np.ndarray, ids: np.ndarray, top_left: np.ndarray, size: int, want_flow: bool, want_visible: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Masks, visible fractions and flow of upright unscaled digits (the video comes from `composite`): the
+    same values as `render_general`, by kernels that work row by row like `composite` (several times faster).
+    """
+    n, frames, digits, _ = top_left.shape
+    mask = np.empty((n, frames, size, size), np.uint8)
+    _plain_mask_kernel(mask, np.empty(size * size, np.uint8), np.ascontiguousarray(images), ids, top_left)
+    visible = None
+    if want_visible:
+        alone = np.count_nonzero(images[ids], axis=(2, 3))  # (n, D): a plain digit lies inside the canvas
+        seen = np.zeros((n, frames, digits), np.int64)
+        _box_counts(seen, mask, top_left, images.shape[1], images.shape[2])
+        visible = np.where(alone[:, None, :] > 0, seen / np.maximum(alone[:, None, :], 1), 0.0)
+    flow = None
+    if want_flow:
+        step = np.diff(top_left, axis=1)  # (n, T - 1, D, 2) as (y, x): whole pixels, exact in float16
+        table = np.zeros((n, max(frames - 1, 0), digits + 1, 2), np.float16)
+        table[:, :, 1:] = step[..., ::-1]  # (x, y); id 0 (background) stays 0
+        flow = np.empty((n, max(frames - 1, 0), size, size, 2), np.float16)
+        _gather_flow(flow.view(np.uint32), mask, table.view(np.uint32))
+    return mask, visible, flow
+
+
+@njit(cache=True)
+def _plain_mask_kernel(mask, best, images, ids, top_left):
+    """Per frame, digit by digit: a pixel goes to the digit whose ink is >= the largest so far."""
+    n, frames, height, width = mask.shape
+    h, w = images.shape[1], images.shape[2]
+    flat = mask.reshape(mask.size)
+    pixels = images.reshape(images.size)
+    frame_size = height * width
+    for b in range(n):
+        for t in range(frames):
+            frame = (b * frames + t) * frame_size
+            for i in range(frame_size):
+                flat[frame + i] = 0
+                best[i] = 0
+            for d in range(ids.shape[1]):
+                src = ids[b, d] * h * w
+                dst = top_left[b, t, d, 0] * width + top_left[b, t, d, 1]
+                label = np.uint8(d + 1)
+                for r in range(h):
+                    out, row = dst + r * width, src + r * w
+                    for c in range(w):
+                        v, old = pixels[row + c], best[out + c]
+                        take = (v >= old) & (v > 0)
+                        best[out + c] = v if take else old
+                        flat[frame + out + c] = label if take else flat[frame + out + c]
+
+
+@njit(cache=True)
+def _box_counts(seen, mask, top_left, h, w):
+    """Pixels of each digit's id inside its own box (all it can own when upright and unscaled)."""
+    n, frames, digits = seen.shape
+    for b in range(n):
+        for t in range(frames):
+            for d in range(digits):
+                y, x = top_left[b, t, d, 0], top_left[b, t, d, 1]
+                label, count = d + 1, 0
+                for r in range(y, y + h):
+                    for c in range(x, x + w):
+                        count += mask[b, t, r, c] == label
+                seen[b, t, d] = count
+
+
+@njit(cache=True)
+def _gather_flow(flow, mask, table):
+    """flow[b, t, pixel] = table[b, t, mask id] (each (x, y) float16 pair moved as one 32-bit word); flat
+    unsigned offsets, as in `composite`'s kernel."""
+    n, steps = table.shape[0], table.shape[1]
+    frames, frame_size = uint64(mask.shape[1]), uint64(mask.shape[2] * mask.shape[3])
+    out, ids = flow.reshape(flow.size), mask.reshape(mask.size)
+    for b in range(n):
+        for t in range(steps):
+            src = (uint64(b) * frames + uint64(t)) * frame_size
+            dst = (uint64(b) * uint64(steps) + uint64(t)) * frame_size
+            tab = table[b, t, :, 0]
+            for i in range(frame_size):
+                out[dst + i] = tab[ids[src + i]]
 
 
 @njit(cache=True)
