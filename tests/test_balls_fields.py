@@ -201,3 +201,26 @@ def test_cli_fields_verify_info_preview(tmp_path, capsys):
     assert image.ndim == 3 and image.shape[2] == 3  # coloured masks over the gray frames
     assert (image[..., 0] != image[..., 1]).any()
     assert main(["balls", "--n", "2", "--fields", "video,depth", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_build_from_a_spec_with_fields(tmp_path):
+    """A data_manifests spec with `fields` in its params rebuilds the store `datagen balls --fields` made."""
+    import json
+
+    params = {"n_balls": 2, "frames": 5, "size": 12, "radius": 1.2, "box": 10.0, "fields": ["video", "mask"]}
+    made = make_store(tmp_path / "a", "balls", params, n=6, seed=9, shard_size=3)
+    spec = {
+        "name": "tiny",
+        "generator": "balls",
+        "params": made["params"],
+        "seed": 9,
+        "n": 6,
+        "shard_size": 3,
+        "formats": ["wds"],
+        "digest": made["digest"],
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(spec))
+    assert (
+        main(["build", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "b"), "--workers", "0", "-q"])
+        == 0
+    )
