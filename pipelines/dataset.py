@@ -27,10 +27,13 @@ from pipelines.handlers import Handler, resolve_handler
 from pipelines.hdf5_files import close_h5_files
 from pipelines.integrity import check_digest, check_verify_mode, drop_bad_shards
 from pipelines.order import (
+    DEFAULT_INTERLEAVE,
     Block,
     block_order,
     block_rng,
+    elastic_count,
     exact_blocks,
+    kept_range,
     rank_share,
     resampled_blocks,
     worker_blocks,
@@ -45,6 +48,7 @@ MODES = ("clip", "frame")
 EPOCH_MODES = ("exact", "resampled")
 DEFAULT_BLOCK_BYTES = 16 << 20
 MAX_BLOCK = 256
+MAX_INTERLEAVED_BLOCK = 1024  # a read per piece: longer pieces keep interleaving cheap (same 16 MiB cap)
 FALLBACK_BLOCK = 64
 
 
@@ -96,7 +100,13 @@ class VideoDataset(IterableDataset):
         epoch_mode: "exact" (each sample once per epoch; ranks get equal counts, padded by repeating the first
             samples: ``pad_count`` says how many) or "resampled" (shards drawn with replacement, endless
             unless ``epoch_length`` samples per rank is given).
-        block_size: samples shuffled together and shipped per worker step (default: <= 256 and <= 16 MiB).
+        block_size: samples shuffled together and shipped per worker step (default: <= 16 MiB and <= 1024
+            samples, <= 256 with ``interleave=1``).
+        interleave: exact shuffled epochs: a block is ``interleave`` pieces of ``block_size // interleave``
+            consecutive samples from places all over the rank's epoch (default 12: a batch of 32 holds nearly
+            all 12 pieces, so as many shards where the store has them); 1: the block-local order (a block is
+            ``block_size`` consecutive samples, one or two shards). Streamed shards (HTTP, ``pipe:``) are
+            read from their start for every piece: pass 1 for them (see :mod:`pipelines.order`).
         world: a :class:`World`; default ``World.detect()`` (torch.distributed, then RANK / WORLD_SIZE).
         on_error: "raise" (default: a clear error naming the shard), "skip" (warn, skip, count in ``skipped``)
             or a handler callable ``(exception) -> bool``. Remote shards (HTTP 404, a reset connection)
@@ -143,6 +153,7 @@ class VideoDataset(IterableDataset):
         h5_locking: bool | None = None,
         verify: str = "size",
         fields: Sequence[str] = ("video",),
+        interleave: int = DEFAULT_INTERLEAVE,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -194,8 +205,14 @@ class VideoDataset(IterableDataset):
             if self.sample_shape is None:
                 block_size = FALLBACK_BLOCK
             else:
-                block_size = max(1, min(MAX_BLOCK, DEFAULT_BLOCK_BYTES // int(np.prod(self.sample_shape))))
+                most = MAX_BLOCK if interleave == 1 else MAX_INTERLEAVED_BLOCK
+                block_size = max(1, min(most, DEFAULT_BLOCK_BYTES // int(np.prod(self.sample_shape))))
         self.block_size = int(block_size)
+        if interleave < 1:
+            raise PipelineError(f"interleave must be >= 1, got {interleave}")
+        self.interleave = int(interleave)
+        # elastic resumption: (epoch, ((world_size, samples read per rank), ...)) of an epoch begun elsewhere
+        self.elastic: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self.pad_count = 0
         self.num_samples: int | None = epoch_length
         if epoch_mode == "exact":
@@ -220,6 +237,20 @@ class VideoDataset(IterableDataset):
             raise TypeError("an endless resampled VideoDataset has no length (pass epoch_length)")
         return self.num_samples
 
+    def history(self, epoch: int) -> tuple[tuple[int, int], ...]:
+        """The elastic steps ``((world_size, samples read per rank), ...)`` epoch ``epoch`` went through
+        on other worlds before this one (none unless resumed from another world size)."""
+        return self.elastic[1] if self.elastic is not None and self.elastic[0] == epoch else ()
+
+    def epoch_samples(self, epoch: int | None = None) -> int | None:
+        """Samples this rank yields in ``epoch`` (None: endless): ``len(self)``, or fewer after an elastic
+        resumption."""
+        epoch = self.epoch if epoch is None else epoch
+        history = self.history(epoch)
+        if not history:
+            return self.num_samples
+        return elastic_count(sum(self.shard_sizes), self.world.world_size, history)  # type: ignore[arg-type]
+
     def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
         """This rank's blocks of the epoch from sample ``start`` on (a pure function of the settings)."""
         epoch = self.epoch if epoch is None else epoch
@@ -232,6 +263,8 @@ class VideoDataset(IterableDataset):
                 shuffle=self.shuffle,
                 block_size=self.block_size,
                 start=start,
+                interleave=self.interleave,
+                history=self.history(epoch),
             )
             return
         for block in resampled_blocks(
@@ -264,11 +297,7 @@ class VideoDataset(IterableDataset):
 
     def _kept(self, block: Block, size: int, start: int) -> tuple[int, int]:
         """Output positions ``[lo, hi)`` of a block to keep: none before ``start`` or past epoch_length."""
-        lo = max(0, start - block.position) if block.position >= 0 else 0
-        hi = size
-        if self.epoch_length is not None and block.position >= 0:
-            hi = min(hi, self.epoch_length - block.position)
-        return lo, max(lo, hi)
+        return kept_range(block, size, start, self.epoch_length)
 
     def _result(
         self, block: Block, video, keys, metas, skipped: int, extra: FieldBlock | None = None, kept=None

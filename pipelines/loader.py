@@ -22,7 +22,14 @@ one naming the block's shards.
 
 Checkpoint state is a few JSON ints, taken after the batches the caller has received::
 
-    {"epoch": 3, "sample_in_epoch": 4096, "seed": 0, "rank": 0, "world_size": 8, "block_size": 256}
+    {"epoch": 3, "sample_in_epoch": 4096, "seed": 0, "rank": 0, "world_size": 8, "block_size": 256,
+     "interleave": 16, "history": []}
+
+A state taken on another world size resumes elastically (exact epochs): the samples every old rank had left
+are split over the new ranks, none lost or repeated (:func:`pipelines.order.elastic_blocks`); ``history``
+lists the ``[world_size, sample_in_epoch]`` steps of such an epoch, and the epochs after it are those of a
+run started on the new world size. Every rank must have read as many samples (DDP's lock-step), so any
+rank's state will do.
 """
 
 from __future__ import annotations
@@ -198,27 +205,39 @@ class VideoLoader:
             "rank": self.dataset.world.rank,
             "world_size": self.dataset.world.world_size,
             "block_size": self.dataset.block_size,
+            "interleave": self.dataset.interleave,
+            "history": [list(step) for step in self.dataset.history(self._epoch)],
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a :meth:`state_dict` taken with the same seed, world size and block size."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` taken with the same seed, block size and interleave; one
+        taken on another world size (exact epochs) resumes elastically (see the module docstring)."""
         missing = [key for key in STATE_KEYS if key not in state]
         if missing:
             raise PipelineError(f"loader state lacks {', '.join(missing)}")
-        for key, mine in (
-            ("seed", self.dataset.seed),
-            ("world_size", self.dataset.world.world_size),
-            ("block_size", self.dataset.block_size),
-        ):
-            if int(state[key]) != mine:
-                raise PipelineError(f"loader state has {key}={state[key]} but this loader uses {mine}")
-        if int(state["rank"]) != self.dataset.world.rank:
+        # states from before interleaving had none: they follow the block-local order (interleave=1)
+        checks = [("seed", self.dataset.seed), ("block_size", self.dataset.block_size)]
+        checks.append(("interleave", self.dataset.interleave))
+        if self.dataset.epoch_mode != "exact":
+            checks.append(("world_size", self.dataset.world.world_size))
+        for key, mine in checks:
+            if int(state.get(key, 1)) != mine:
+                raise PipelineError(f"loader state has {key}={state.get(key, 1)} but this loader uses {mine}")
+        epoch, position = int(state["epoch"]), int(state["sample_in_epoch"])
+        history = tuple((int(w), int(s)) for w, s in state.get("history", ()))
+        if int(state["world_size"]) != self.dataset.world.world_size:
+            history, position = (*history, (int(state["world_size"]), position)), 0
+        elif int(state["rank"]) != self.dataset.world.rank:
             warnings.warn(
                 f"resuming rank {self.dataset.world.rank} from rank {state['rank']}'s state", stacklevel=2
             )
-        self.dataset.set_epoch(int(state["epoch"]))
-        self._epoch = int(state["epoch"])
-        self._position = int(state["sample_in_epoch"])
+        elastic = (epoch, history) if history else None
+        if elastic != self.dataset.elastic:
+            self.dataset.elastic = elastic
+            self.close()  # persistent workers hold the dataset as it was: new ones get the new plan
+        self.dataset.set_epoch(epoch)
+        self._epoch = epoch
+        self._position = position
         self._resume = (self._epoch, self._position)
 
     # ------------------------------------------------------------ iteration
@@ -235,8 +254,8 @@ class VideoLoader:
             self._block_ring = BlockRing(self.num_workers, RING_SLOTS, capacity)
         return self._block_ring
 
-    def _limit(self) -> int | None:
-        return self.dataset.num_samples
+    def _limit(self, epoch: int | None = None) -> int | None:
+        return self.dataset.epoch_samples(epoch)
 
     def __len__(self) -> int:
         """Batches in a full epoch (from its start)."""
@@ -302,7 +321,8 @@ class VideoLoader:
 
     def _host_batches(self, epoch: int, start: int, batcher: HostBatcher):
         """uint8 host batches (and their pinned slot) cut from the blocks, from rank position ``start``."""
-        left = None if self._limit() is None else max(0, self._limit() - start)  # type: ignore[operator]
+        limit = self._limit(epoch)
+        left = None if limit is None else max(0, limit - start)
         pieces: list[torch.Tensor] = []
         keys: list[str] = []
         metas: list[dict] = []

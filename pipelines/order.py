@@ -7,12 +7,24 @@ The model (MosaicML's "pure order function" idea, with webdataset's streaming re
 2. Exact mode: the stream is padded by repeating its first samples to a multiple of the world size, and rank
    ``r`` takes the slice ``[r * n, (r + 1) * n)`` (every rank the same ``n``, disjoint unless padded).
    Resampled mode: every rank draws shards with replacement from ``default_rng((seed, epoch, rank))`` forever.
-3. A rank's stream is cut into *blocks* of ``block_size`` consecutive samples; a block is shuffled as a whole
-   with a generator seeded by ``(seed, epoch, salt, global position of the block)``. A block is also the unit
-   a DataLoader worker reads and ships: block ``k`` goes to worker ``(k - first) % num_workers``, and the
-   loader takes blocks back round-robin, so the sequence a rank sees never depends on ``num_workers``.
-4. Resuming at sample ``s`` of the epoch skips the blocks before ``s // block_size`` and drops the first
-   ``s % block_size`` samples of that block (after its shuffle): ``drop_first`` resumption.
+3. A rank's samples are grouped into *blocks* of at most ``block_size`` samples; a block is shuffled as a
+   whole with a generator seeded by ``(seed, epoch, salt, global position of the block)``. With
+   ``interleave=k > 1`` (exact mode, shuffled; 12 by default in :class:`~pipelines.dataset.VideoDataset`) the
+   rank's slice is cut into *pieces* of ``block_size // k`` consecutive samples, the pieces are permuted
+   (``default_rng((seed, epoch, salt, rank start))``) and each block takes the next ``k`` of them: a block,
+   and so a batch cut from it, mixes ``k`` places of the epoch (``k`` shards where the store has them)
+   while every piece is still one sequential read. ``interleave=1`` is the block-local order: a block is
+   ``block_size`` consecutive stream samples. A block is also the unit a DataLoader worker reads and
+   ships: block ``k`` goes to worker ``(k - first) % num_workers``, and the loader takes blocks back
+   round-robin, so the sequence a rank sees never depends on ``num_workers``.
+4. Resuming at sample ``s`` of the epoch skips the blocks that end before ``s`` and drops the first samples
+   of the block holding ``s`` (after its shuffle): ``drop_first`` resumption.
+5. Elastic resumption (:func:`elastic_blocks`): an epoch begun on ``W`` ranks that each read ``s`` samples
+   continues on ``W'`` ranks. The samples the ``W`` ranks had left (old rank 0's, then rank 1's, ...; each
+   old block keeps its shuffle and window draws) are one sequence, split like an exact epoch: new rank
+   ``r'`` takes ``[r' * m, (r' + 1) * m)``, ``m = ceil(left / W')``, padded by repeating its first samples.
+   A ``history`` of such ``(world_size, samples read)`` steps says how an epoch got where it is; the next
+   epoch is the plain order of the new world.
 
 Nothing here keeps state: iterating twice gives the same order; ``set_epoch`` is the only way to change it.
 """
@@ -32,6 +44,8 @@ from pipelines.world import World
 _SALT_SHARDS = 0
 _SALT_BLOCK = 1
 _SALT_RESAMPLE = 2
+_SALT_PIECES = 3
+DEFAULT_INTERLEAVE = 12  # pieces per block: a batch of 32 holds (nearly) all 12 (see block_order)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,8 @@ class Block:
     position: int
     segments: tuple[Segment, ...]
     seed_key: tuple[int, ...]
+    keep: tuple[int, int] | None = None  # output positions kept (after the shuffle); None: all of them
+    pieces: tuple[int, ...] = ()  # sizes of the interleaved pieces, in read order (see block_order)
 
     @property
     def known_size(self) -> int | None:
@@ -62,6 +78,27 @@ class Block:
         if any(seg.stop is None for seg in self.segments):
             return None
         return sum(seg.stop - seg.start for seg in self.segments)  # type: ignore[operator]
+
+    def kept(self, size: int) -> int:
+        """How many samples the block yields (of ``size`` read)."""
+        lo, hi = self.keep if self.keep is not None else (0, size)
+        return hi - lo
+
+
+def kept_range(block: Block, size: int, start: int = 0, limit: int | None = None) -> tuple[int, int]:
+    """Output positions ``[lo, hi)`` of a block of ``size`` samples to yield: its ``keep`` range less those
+    before rank position ``start`` (resumption) or at and past ``limit`` (an epoch length).
+
+    A block's ``position`` is the rank position of its first kept sample; blocks of unknown position
+    (``-1``: unknown shard sizes) keep all."""
+    lo, hi = block.keep if block.keep is not None else (0, size)
+    if block.position < 0:
+        return lo, hi
+    base = lo
+    lo += max(0, start - block.position)
+    if limit is not None:
+        hi = min(hi, base + limit - block.position)
+    return lo, max(lo, hi)
 
 
 def shard_order(n_shards: int, *, seed: int, epoch: int, shuffle: bool) -> NDArray[np.int64]:
@@ -103,6 +140,99 @@ def _segments_of_range(
     return segments
 
 
+def _rank_pieces(
+    count: int, block_size: int, interleave: int, key: tuple[int, ...]
+) -> list[list[tuple[int, int]]]:
+    """Per block, its pieces ``[lo, hi)`` of rank positions: one of ``block_size`` consecutive ones
+    (``interleave`` <= 1), or ``interleave`` pieces of ``block_size // interleave`` drawn from a permutation
+    of all of them (in position order within the block: reads go forward, the block is shuffled anyway)."""
+    if interleave <= 1:
+        return [[(lo, min(lo + block_size, count))] for lo in range(0, count, block_size)]
+    piece = max(1, block_size // interleave)
+    per_block = block_size // piece
+    perm = np.random.default_rng(key).permutation(-(-count // piece))
+    return [
+        [(p * piece, min((p + 1) * piece, count)) for p in np.sort(perm[first : first + per_block]).tolist()]
+        for first in range(0, len(perm), per_block)
+    ]
+
+
+def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent pieces as one run (one read)."""
+    runs: list[tuple[int, int]] = []
+    for lo, hi in pieces:
+        if runs and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi)
+        else:
+            runs.append((lo, hi))
+    return runs
+
+
+def _plain_blocks(
+    sizes: NDArray[np.int64],
+    *,
+    seed: int,
+    epoch: int,
+    world: World,
+    shuffle: bool,
+    block_size: int,
+    interleave: int,
+) -> list[Block]:
+    """Every block of this rank's exact epoch (no resumption, no history)."""
+    order = shard_order(len(sizes), seed=seed, epoch=epoch, shuffle=shuffle)
+    rank_start, count, _ = rank_share(int(sizes.sum()), world)
+    streamed = sizes[order]
+    ends = np.cumsum(streamed)
+    k = interleave if shuffle else 1
+    blocks, position = [], 0
+    key = (seed, epoch, _SALT_PIECES, rank_start)
+    for index, pieces in enumerate(_rank_pieces(count, block_size, k, key)):
+        segs = [
+            Segment(int(order[seg.shard]), seg.start, seg.stop)
+            for lo, hi in _merged(pieces)
+            for seg in _segments_of_range(streamed, ends, rank_start + lo, rank_start + hi)
+        ]
+        piece_sizes = tuple(hi - lo for lo, hi in pieces) if len(pieces) > 1 else ()
+        seed_key = (seed, epoch, _SALT_BLOCK, rank_start + position)
+        blocks.append(Block(index, position, tuple(segs), seed_key, pieces=piece_sizes))
+        position += sum(piece_sizes) if piece_sizes else pieces[0][1] - pieces[0][0]
+    return blocks
+
+
+def _left_after(blocks: Sequence[Block], read: int) -> list[Block]:
+    """The blocks of a rank that had yielded ``read`` samples, narrowed to what they had left to yield."""
+    left = []
+    for block in blocks:
+        lo, hi = kept_range(block, block.known_size, read)  # type: ignore[arg-type]
+        if hi > lo:
+            left.append(
+                Block(
+                    block.index,
+                    max(block.position, read),
+                    block.segments,
+                    block.seed_key,
+                    (lo, hi),
+                    block.pieces,
+                )
+            )
+    return left
+
+
+def _split(units: Sequence[Block], world: World) -> list[Block]:
+    """Rank ``world.rank``'s share of the samples ``units`` yield, one after another (an exact epoch's
+    split: equal shares, the last padded by repeating the first samples)."""
+    sizes = np.asarray([u.kept(u.known_size) for u in units], dtype=np.int64)  # type: ignore[arg-type]
+    rank_start, count, _ = rank_share(int(sizes.sum()), world)
+    blocks: list[Block] = []
+    for seg in _segments_of_range(sizes, np.cumsum(sizes), rank_start, rank_start + count):
+        unit = units[seg.shard]
+        first = unit.keep[0]  # type: ignore[index]
+        keep = (first + seg.start, first + seg.stop)  # type: ignore[operator]
+        position = blocks[-1].position + blocks[-1].kept(0) if blocks else 0
+        blocks.append(Block(len(blocks), position, unit.segments, unit.seed_key, keep, unit.pieces))
+    return blocks
+
+
 def exact_blocks(
     shard_sizes: Sequence[int],
     *,
@@ -112,25 +242,61 @@ def exact_blocks(
     shuffle: bool,
     block_size: int,
     start: int = 0,
+    interleave: int = 1,
+    history: Sequence[tuple[int, int]] = (),
 ) -> list[Block]:
-    """Blocks of this rank's exact epoch from sample ``start`` on (the first may begin before ``start``)."""
+    """Blocks of this rank's exact epoch from sample ``start`` on (the first may begin before ``start``).
+
+    ``interleave``: pieces per block (1: block-local order). ``history``: ``(world_size, samples read per
+    rank)`` steps this epoch went through on other worlds before this one (elastic resumption)."""
     if block_size < 1:
         raise PipelineError(f"block size must be >= 1, got {block_size}")
+    if interleave < 1:
+        raise PipelineError(f"interleave must be >= 1, got {interleave}")
     sizes = np.asarray(shard_sizes, dtype=np.int64)
-    order = shard_order(len(sizes), seed=seed, epoch=epoch, shuffle=shuffle)
-    rank_start, count, _ = rank_share(int(sizes.sum()), world)
-    streamed = sizes[order]
-    ends = np.cumsum(streamed)
-    blocks = []
-    for index in range(start // block_size, -(-count // block_size)):
-        lo = index * block_size
-        hi = min(lo + block_size, count)
-        segs = [
-            Segment(int(order[seg.shard]), seg.start, seg.stop)
-            for seg in _segments_of_range(streamed, ends, rank_start + lo, rank_start + hi)
-        ]
-        blocks.append(Block(index, lo, tuple(segs), (seed, epoch, _SALT_BLOCK, rank_start + lo)))
-    return blocks
+    settings = dict(seed=seed, epoch=epoch, shuffle=shuffle, block_size=block_size, interleave=interleave)
+    if not history:
+        blocks = _plain_blocks(sizes, world=world, **settings)
+    else:
+        blocks = elastic_blocks(sizes, world=world, history=history, **settings)
+    return [b for b in blocks if b.position + b.kept(b.known_size) > start]  # type: ignore[arg-type]
+
+
+def elastic_blocks(
+    shard_sizes: Sequence[int] | NDArray[np.int64],
+    *,
+    world: World,
+    history: Sequence[tuple[int, int]],
+    **settings,
+) -> list[Block]:
+    """Rank ``world.rank``'s blocks of the rest of an epoch that ran on other worlds first (see step 5)."""
+    sizes = np.asarray(shard_sizes, dtype=np.int64)
+    old_world, read = (int(v) for v in history[0])
+    ranks = [_plain_blocks(sizes, world=World(r, old_world), **settings) for r in range(old_world)]
+    for step, (size, read) in enumerate(history):
+        size, read = int(size), int(read)
+        if size != len(ranks):
+            raise PipelineError(f"elastic history step {step} has world size {size}, expected {len(ranks)}")
+        units = [unit for blocks in ranks for unit in _left_after(blocks, read)]
+        if not units:
+            return []  # the epoch was read to its end
+        following = int(history[step + 1][0]) if step + 1 < len(history) else world.world_size
+        ranks = [_split(units, World(r, following)) for r in range(following)]
+    return ranks[world.rank]
+
+
+def elastic_count(total: int, world_size: int, history: Sequence[tuple[int, int]]) -> int:
+    """Samples per rank of an epoch of ``total`` samples on ``world_size`` ranks after the elastic
+    ``history`` (without one: the plain exact share)."""
+    left = total
+    for step_world, read in history:
+        per_rank = rank_share(left, World(0, int(step_world)))[1]
+        if not 0 <= int(read) <= per_rank:
+            raise PipelineError(f"elastic history: {read} samples read of a rank's {per_rank}")
+        left = int(step_world) * (per_rank - int(read))
+        if not left:
+            return 0
+    return rank_share(left, World(0, world_size))[1]
 
 
 def resampled_blocks(
@@ -197,10 +363,24 @@ def block_rng(block: Block) -> np.random.Generator:
 
 
 def block_order(block: Block, n: int, *, shuffle: bool, rng: np.random.Generator) -> NDArray[np.int64]:
-    """Emission order of a block's ``n`` samples (indices into its read order)."""
+    """Emission order of a block's ``n`` samples (indices into its read order).
+
+    A block of interleaved pieces is emitted *stratified*: each piece shuffled, and its ``j``-th sample
+    (of ``s``) placed at ``(j + u) / s`` on a common clock (``u`` uniform per sample), so every piece is
+    spread evenly over the block: any ``b`` consecutive samples hold about ``b / s`` of each piece, i.e. a
+    batch holds every piece once it spans a few rounds (``b >= 2k`` for ``k`` equal pieces), not only the
+    ones a uniform shuffle happens to draw. Other blocks (or one that lost samples to ``on_error``) get a
+    uniform permutation."""
     if not shuffle:
         return np.arange(n, dtype=np.int64)
-    return rng.permutation(n).astype(np.int64)
+    if len(block.pieces) < 2 or sum(block.pieces) != n:
+        return rng.permutation(n).astype(np.int64)
+    sizes = np.asarray(block.pieces, dtype=np.int64)
+    piece_of = np.repeat(np.arange(len(sizes)), sizes)
+    grouped = np.lexsort((rng.random(n), piece_of))  # read indices, piece by piece, shuffled within each
+    within = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    clock = (within + rng.random(n)) / np.repeat(sizes, sizes)
+    return grouped[np.argsort(clock, kind="stable")].astype(np.int64)
 
 
 def worker_blocks(

@@ -97,7 +97,8 @@ def test_corrupt_sample_raises_naming_shard_and_key(store, fmt):
 
 def test_corrupt_sample_skipped_and_counted(store):
     corrupt_npy(shard(store, 1, ".tar"), 2)
-    ds = VideoDataset(store, on_error="skip", world=World(), block_size=5)
+    # block-local order: the block is the whole shard, read as one run
+    ds = VideoDataset(store, on_error="skip", world=World(), block_size=5, interleave=1)
     loader = make_loader(ds, batch_size=4, num_workers=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

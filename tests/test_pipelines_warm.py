@@ -42,7 +42,8 @@ def test_index_cache_evicts_least_recently_used_by_samples():
 def test_later_epochs_read_only_their_samples(many_shards, fmt):
     """After epoch 0 indexed every shard, an epoch costs at most a read per sample and one per shard (the
     index scans cost more than that: epoch 0 shows them; with too small a cache every epoch did)."""
-    ds = VideoDataset(many_shards, format=fmt, seed=1, world=World(), block_size=8)
+    # block-local order (interleaved pieces cost a read each: tests/test_pipelines_shuffle.py)
+    ds = VideoDataset(many_shards, format=fmt, seed=1, world=World(), block_size=8, interleave=1)
     loader = make_loader(ds, batch_size=8, num_workers=0, dtype=torch.uint8)  # read in this thread
     calls = []
     for epoch in range(3):

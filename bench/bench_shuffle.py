@@ -1,0 +1,113 @@
+"""Shuffle quality against throughput: the block-local order and the interleaved one, in the same run.
+
+A batch cut from a block-local block (``interleave=1``: ``block_size`` consecutive stream samples) holds
+clips of one or two shards; consecutive clips of a stabilized video sit side by side in a shard, so such a
+batch is correlated. The interleaved order (``interleave=16``, the default) builds every block from 16
+pieces of consecutive samples taken all over the rank's epoch. Per order this reports, over ``--epochs``
+shuffled epochs of a store of ``--shards`` shards:
+
+- distinct shards per batch (mean, and the 5th percentile) of ``--batch-size`` clips,
+- clips/s (best of ``--repeat`` timed runs, the orders taking turns: :func:`bench_loader.best_times`) and
+  CPU seconds per 10,000 clips (main process plus its DataLoader workers, median),
+
+through ``make_loader(..., num_workers=--workers)`` yielding uint8 CPU batches from a balls-like WebDataset
+store (30 frames of 30x30, 1 channel) in the page cache. Target (issue #18): >= 8 distinct shards per batch
+of 32 by default at >= 0.8 of the block-local clips/s. Usage::
+
+    nice python bench/bench_shuffle.py [--shards 48] [--shard-size 100] [--epochs 3] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loader import SHAPES, Ours, best_times, raw_read, write_store  # noqa: E402
+
+ORDERS = ["1", "16"]  # interleave[:block_size] per order; the first is the baseline
+
+
+def distinct_shards(loader: Ours, shard_size: int, epochs: int) -> list[int]:
+    """Distinct source shards of every full batch over ``epochs`` epochs (keys are global clip indices)."""
+    counts = []
+    for _ in range(epochs):
+        loader.loader.set_epoch(loader.epoch)
+        loader.epoch += 1
+        for batch in loader.loader:
+            if len(batch["key"]) == loader.loader.batch_size:
+                counts.append(len({int(key) // shard_size for key in batch["key"]}))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=48)
+    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="back-to-back epochs per timed run")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per order (the best counts)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="balls_30x30")
+    parser.add_argument("--orders", nargs="+", default=ORDERS, help="interleave[:block_size] each")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    wall0, cpu0 = time.perf_counter(), _cpu_all()
+    clips = args.shards * args.shard_size
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_store(Path(tmp, "store"), SHAPES[args.shape], clips, args.shard_size)
+        raw_read(sorted(store.glob("*.tar")))  # warm the page cache
+        loaders = {}
+        for spec in args.orders:
+            k, _, block = spec.partition(":")
+            kw = {"interleave": int(k), "block_size": int(block) if block else None}
+            loader = Ours(store, "wds", args.batch_size, args.workers, torch.uint8, **kw)
+            label = "block-local" if k == "1" else "interleaved"
+            loaders[f"{label} k={k} block={loader.loader.dataset.block_size}"] = loader
+        timed = best_times(loaders, args.repeat, args.epochs)  # type: ignore[arg-type]  (starts the workers)
+        shards = {label: distinct_shards(lo, args.shard_size, args.epochs) for label, lo in loaders.items()}
+        for label, (seconds, items, cpu) in timed.items():
+            assert items == clips, (label, items)
+            results[label] = {
+                "distinct_shards_per_batch": float(np.mean(shards[label])),
+                "distinct_shards_p5": float(np.percentile(shards[label], 5)),
+                "clips_per_s": items / seconds,
+                "cpu_s_per_10k": cpu * 10_000 / clips,
+            }
+        for loader in loaders.values():
+            loader.loader.close()
+    base = results[next(iter(results))]["clips_per_s"]
+    print(
+        f"\n{clips} clips of {SHAPES[args.shape]} uint8 in {args.shards} shards of {args.shard_size}, "
+        f"batch {args.batch_size}, {args.workers} workers"
+    )
+    print(f"  {'order':<30}{'shards/batch':>13}{'p5':>5}{'clips/s':>10}{'vs local':>10}{'CPU-s/10k':>11}")
+    for label, row in results.items():
+        print(
+            f"  {label:<30}{row['distinct_shards_per_batch']:>13.2f}{row['distinct_shards_p5']:>5.0f}"
+            f"{row['clips_per_s']:>10.0f}{row['clips_per_s'] / base:>10.2f}{row['cpu_s_per_10k']:>11.3f}"
+        )
+    print(f"  bench total: {time.perf_counter() - wall0:.0f} s wall, {_cpu_all() - cpu0:.0f} CPU-s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _cpu_all() -> float:
+    """CPU seconds of this process and its reaped children (the DataLoader workers once they exited)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+if __name__ == "__main__":
+    main()
