@@ -243,10 +243,8 @@ def render_variant(
     array fields as (n, ...) arrays by name."""
     frames, size, n_dig, speed = params["frames"], params["size"], params["digits"], params["speed"]
     v = var.Variant.of(params)
-    fields = requested_fields(params)
     n = len(indices)
-    h, w = digits.images.shape[1:]
-    free = np.array([size - h, size - w])
+    free = np.array([size - digits.images.shape[1], size - digits.images.shape[2]])
     start, theta, ids, *rest = draw_batch(seed, indices, n_dig, len(digits.labels), v.n_draws(frames, n_dig))
     draws = v.split(rest[0] if rest else np.empty((n, 0)), frames, n_dig)
     if v.bounce == "random":
@@ -258,40 +256,51 @@ def render_variant(
     with np.errstate(over="ignore"):
         velocities = (velocities * (speed * free)).transpose(1, 0, 2, 3)
     angles, scales, colors = var.trajectories(v, draws, n, frames, n_dig)
-    arrays: dict[str, np.ndarray] = {}
-    visible = None
-    if v.plain:
+    video, arrays, visible = _render_fields(digits, params, ids, top_left, angles, scales, colors)
+    metas = ground_truth(indices, digits.labels[ids], digits.source_index[ids], top_left, velocities)
+    fields = requested_fields(params)
+    extra = {"angles": angles if v.rotation > 0 else None, "scales": scales if v.scale is not None else None}
+    extra |= {"colors": colors, "visibility": visible if "visibility" in fields else None}
+    for k, meta in enumerate(metas):
+        meta.update({key: a[k] for key, a in extra.items() if a is not None})
+        if "events" in fields:
+            meta["events"] = var.events_of(hits[:, k], top_left[k])
+    return video, metas, arrays
+
+
+def _render_fields(
+    digits: DigitSet,
+    params: dict[str, Any],
+    ids: np.ndarray,
+    top_left: np.ndarray,
+    angles: np.ndarray,
+    scales: np.ndarray,
+    colors: np.ndarray | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """Videos (n, T, H, W, C), the requested array fields, visible fractions (n, T, D) when computed.
+
+    Upright unscaled grey digits keep `composite` (the same bytes as `render`) plus the row-wise field
+    kernels; the others take the general per-pixel renderer."""
+    fields = requested_fields(params)
+    n, frames, size = len(ids), params["frames"], params["size"]
+    if var.Variant.of(params).plain:
         video = np.empty((n, frames, size, size), np.uint8)
         composite(video, digits.images, ids, top_left, params["overlap"])
+        if not fields & {"mask", "flow", "visibility"}:
+            return video[..., None], {}, None
+        mask, visible, flow = var.plain_fields(
+            digits.images, ids, top_left, size, "flow" in fields, "visibility" in fields
+        )
         video = video[..., None]
-        if fields & {"mask", "flow", "visibility"}:
-            mask, visible, flow = var.plain_fields(
-                digits.images, ids, top_left, size, "flow" in fields, "visibility" in fields
-            )
-            arrays = {"mask": mask, "flow": flow} if "mask" in fields else {"flow": flow}
-            arrays = {k: a for k, a in arrays.items() if a is not None}
     else:
         video, mask, visible, flow = var.render_general(
             digits.images, ids, top_left, angles, scales, colors, size,
             OVERLAPS.index(params["overlap"]), "flow" in fields,
         )  # fmt: skip
-        if "mask" in fields:
-            arrays["mask"] = mask
-        if flow is not None:
-            arrays["flow"] = flow
-    metas = ground_truth(indices, digits.labels[ids], digits.source_index[ids], top_left, velocities)
-    for k, meta in enumerate(metas):
-        if v.rotation > 0:
-            meta["angles"] = angles[k]
-        if v.scale is not None:
-            meta["scales"] = scales[k]
-        if colors is not None:
-            meta["colors"] = colors[k]
-        if "visibility" in fields:
-            meta["visibility"] = visible[k]
-        if "events" in fields:
-            meta["events"] = var.events_of(hits[:, k], top_left[k])
-    return video, metas, arrays
+    arrays = {"mask": mask} if "mask" in fields else {}
+    if flow is not None:
+        arrays["flow"] = flow
+    return video, arrays, visible
 
 
 def ground_truth(
@@ -375,7 +384,9 @@ def reference_sample(digits: DigitSet, params: dict[str, Any], seed: int, index:
 
 
 class MovingMnist:
-    """The `mnist` generator: params {frames, size, digits, speed, overlap, source} (see DEFAULTS).
+    """The `mnist` generator: params {frames, size, digits, speed, overlap, source} (see DEFAULTS), and the
+    variants {bounce, rotation, scale, scale_period, colors} (`datagen.sim.mnist_variants`, recorded only when
+    on); `fields` beyond the video: mask, flow, events, visibility.
 
     `speed` is the step length as a fraction of the free range (the authors' `step_length`), `source` a digit
     source descriptor (`datagen.sources.mnist.source_spec`); `validate` loads it and records its sha256.
@@ -436,12 +447,7 @@ class MovingMnist:
                 continue
             videos, metas, arrays = render_variant(digits, params, seed, indices)
             for k, (i, video, meta) in enumerate(zip(indices, videos, metas, strict=True)):
-                extra = {name: a[k] for name, a in arrays.items()}
-                yield (
-                    Sample(sample_key(i), video, meta, fields=extra)
-                    if extra
-                    else Sample(sample_key(i), video, meta)
-                )
+                yield Sample(sample_key(i), video, meta, {name: a[k] for name, a in arrays.items()})
 
 
 MNIST = MovingMnist()
