@@ -502,20 +502,9 @@ def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp,
             labels[:] = 0  # written here, in order (a calloc'd output faulted in at random cost 5x more)
             if with_flow and t < T - 1:
                 flow[k, t] = 0
-            for c in range(n):
+            for c in range(n):  # pass 1: each pixel's smallest q and its ball; what each ball lights alone
                 x, y = positions[k, t, c, 0], positions[k, t, c, 1]
-                for col in range(ranges[c, 2], ranges[c, 3]):
-                    qx[col] = _axis_q(centres[col], x, r2, q_half_cap)
-                for row in range(ranges[c, 0], ranges[c, 1]):
-                    qy = _axis_q(centres[row], y, r2, q_half_cap)
-                    for col in range(ranges[c, 2], ranges[c, 3]):
-                        q = qx[col] + qy
-                        if q < best[row, col]:
-                            best[row, col] = q
-                            labels[row, col] = c + 1
-            for c in range(n):
-                x, y = positions[k, t, c, 0], positions[k, t, c, 1]
-                lit, seen = 0, 0
+                lit = 0
                 for col in range(ranges[c, 2], ranges[c, 3]):
                     qx[col] = _axis_q(centres[col], x, r2, q_half_cap)
                 for row in range(ranges[c, 0], ranges[c, 1]):
@@ -523,13 +512,21 @@ def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp,
                     for col in range(ranges[c, 2], ranges[c, 3]):
                         q = qx[col] + qy
                         p = q * q
-                        own = p * p < LIT_Q4
-                        lit += own
+                        lit += p * p < LIT_Q4
+                        if q < best[row, col]:
+                            best[row, col] = q
+                            labels[row, col] = c + 1
+                alone[k, t, c] = lit
+            for c in range(n):  # pass 2: dark pixels to background; the ball's own pixels seen and moved
+                seen = 0
+                for row in range(ranges[c, 0], ranges[c, 1]):
+                    for col in range(ranges[c, 2], ranges[c, 3]):
                         if frame[row, col] == 0:
                             labels[row, col] = 0
                         elif labels[row, col] == c + 1:
-                            seen += own
+                            p = best[row, col] * best[row, col]  # the ball's own q here
+                            seen += p * p < LIT_Q4
                             if with_flow and t < T - 1:
                                 flow[k, t, row, col, 0] = disp[k, t, c, 0]
                                 flow[k, t, row, col, 1] = disp[k, t, c, 1]
-                alone[k, t, c], visible[k, t, c] = lit, seen
+                visible[k, t, c] = seen
