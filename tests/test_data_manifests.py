@@ -18,7 +18,9 @@ def test_specs_exist_and_are_complete():
     assert {p.stem for p in SPECS} >= {"balls-1", "balls-3"}
     for p in SPECS:
         spec = load_spec(p)  # validates every field
-        assert spec["n"] == 100_000 and spec["params"]["frames"] == 30 and spec["params"]["size"] == 30
+        assert spec["n"] == 100_000
+        if spec["generator"] == "balls":  # Moving MNIST specs keep Srivastava's 20 frames of 64x64
+            assert spec["params"]["frames"] == 30 and spec["params"]["size"] == 30
 
 
 @pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
