@@ -92,7 +92,7 @@ def test_backward_warp_by_the_flow_reconstructs_the_frame(three):
     """Frame t+1 sampled at p + flow(p) matches frame t on unoccluded ball pixels far better than frame t+1
     itself does (sub-pixel motion and edges keep it from exact)."""
     rows, cols = np.mgrid[0:30, 0:30].astype(np.float64)
-    warped_err, still_err = [], []
+    errors: dict[str, list[float]] = {"flow": [], "still": [], "x and y swapped": []}
     for s in three:
         video = s.video[..., 0].astype(np.float64)
         vis = np.asarray(s.meta["visibility"])
@@ -102,12 +102,14 @@ def test_backward_warp_by_the_flow_reconstructs_the_frame(three):
                 if vis[t, c] < 1 or vis[t + 1, c] < 1:
                     continue
                 on = mask[t] == c + 1
-                warped = _bilinear(video[t + 1], cols + flow[t, ..., 0], rows + flow[t, ..., 1])
-                warped_err.append(np.abs(warped[on] - video[t][on]).mean())
-                still_err.append(np.abs(video[t + 1][on] - video[t][on]).mean())
-    warped_mean, still_mean = np.mean(warped_err), np.mean(still_err)
-    assert len(warped_err) > 1000
-    assert warped_mean < 0.25 * still_mean, (warped_mean, still_mean)
+                fx, fy = flow[t, ..., 0], flow[t, ..., 1]
+                for name, (dx, dy) in (("flow", (fx, fy)), ("still", (0, 0)), ("x and y swapped", (fy, fx))):
+                    warped = _bilinear(video[t + 1], cols + dx, rows + dy)
+                    errors[name].append(np.abs(warped[on] - video[t][on]).mean())
+    mean = {name: np.mean(e) for name, e in errors.items()}
+    assert len(errors["flow"]) > 1000
+    # measured: 9.7 gray levels against 40.2 without warp and 48.5 with the axes swapped
+    assert mean["flow"] < 0.3 * min(mean["still"], mean["x and y swapped"]), mean
 
 
 def test_visible_fractions():
