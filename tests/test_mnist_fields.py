@@ -266,3 +266,44 @@ def test_fast_plain_fields_equal_the_general_renderer(digits):
     np.testing.assert_array_equal(fast_visible, visible)
     np.testing.assert_array_equal(fast_flow, flow)
     assert (visible < 1).any() and flow.any()
+
+
+def test_general_renderer_masks_and_visibility_for_turning_scaled_colour_digits(digits):
+    """Rotating, scaled, coloured digits: the mask holds the digit of largest ink (each digit rendered alone
+    by the same renderer), ties to the later one, and visibility is its share of the pixels it has alone."""
+    rng = np.random.default_rng(9)
+    n, frames, d, size = 3, 4, 3, 80
+    ids = rng.integers(0, len(digits.images), (n, d))
+    top_left = rng.integers(0, size - 28 + 1, (n, frames, d, 2)).astype(np.int32)
+    angles, scales = rng.uniform(-90, 90, (n, frames, d)), rng.uniform(0.6, 1.6, (n, frames, d))
+    colors = var.PALETTE[rng.integers(0, len(var.PALETTE), (n, d))]
+    video, mask, visible, _ = var.render_general(
+        digits.images, ids, top_left, angles, scales, colors, size, 0, False
+    )
+    alone = np.stack(
+        [
+            var.render_general(
+                digits.images,
+                ids[:, k : k + 1],
+                top_left[:, :, k : k + 1],
+                angles[:, :, k : k + 1],
+                scales[:, :, k : k + 1],
+                None,
+                size,
+                0,
+                False,
+            )[0][..., 0]
+            for k in range(d)
+        ]
+    )  # fmt: skip  (d, n, T, H, W): each digit's ink alone
+    top = alone.max(0)
+    owner = np.where(top > 0, d - np.argmax(alone[::-1] == top, axis=0), 0)
+    np.testing.assert_array_equal(mask, owner)
+    for k in range(d):
+        share = (mask == k + 1).sum(axis=(2, 3)) / np.maximum((alone[k] > 0).sum(axis=(2, 3)), 1)
+        np.testing.assert_allclose(visible[..., k], share)
+    tinted = np.floor(
+        alone[..., None] * colors.astype(float).transpose(1, 0, 2)[:, :, None, None, None] / 255 + 0.5
+    )
+    np.testing.assert_array_equal(video, tinted.max(0))  # overlap max, channel by channel
+    assert (visible < 1).any() and (visible == 1).any()
