@@ -2,5 +2,6 @@
 
 from pipelines.dataset import VideoDataset
 from pipelines.loader import make_loader
+from pipelines.mix import MixedDataset, mix
 
-__all__ = ["VideoDataset", "make_loader"]
+__all__ = ["MixedDataset", "VideoDataset", "make_loader", "mix"]
