@@ -269,3 +269,17 @@ def test_cli_variant_store_records_its_options(tmp_path: Path):
         np.testing.assert_array_equal(a.video, b.video)
         assert a.meta == json.loads(meta_bytes(b.meta))
         assert np.asarray(a.meta["angles"]).shape == (4, 3) and np.asarray(a.meta["colors"]).shape == (3, 3)
+
+
+def test_upright_colour_digits_row_by_row_equal_the_general_renderer(digits):
+    rng = np.random.default_rng(5)
+    n, frames, d, size = 4, 5, 4, 48
+    ids = rng.integers(0, len(digits.images), (n, d))
+    top_left = rng.integers(0, size - 28 + 1, (n, frames, d, 2)).astype(np.int32)
+    colors = var.hue_colors(rng.random((n, d)))
+    ones = np.ones((n, frames, d))
+    for mode in (0, 1):
+        fast = var.tinted_composite(digits.images, ids, top_left, colors, size, mode)
+        slow = var.render_general(digits.images, ids, top_left, 0 * ones, ones, colors, size, mode, False)[0]
+        np.testing.assert_array_equal(fast, slow)
+        assert fast.any() and (fast.max(-1) > 0).sum() > 1000

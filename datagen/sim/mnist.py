@@ -279,19 +279,24 @@ def _render_fields(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """Videos (n, T, H, W, C), the requested array fields, visible fractions (n, T, D) when computed.
 
-    Upright unscaled grey digits keep `composite` (the same bytes as `render`) plus the row-wise field
-    kernels; the others take the general per-pixel renderer."""
+    Upright unscaled digits are pasted row by row (grey: `composite`, the same bytes as `render`; coloured:
+    `tinted_composite`) and get the row-wise field kernels; turning or scaled ones take the general per-pixel
+    renderer."""
     fields = requested_fields(params)
     n, frames, size = len(ids), params["frames"], params["size"]
-    if var.Variant.of(params).plain:
-        video = np.empty((n, frames, size, size), np.uint8)
-        composite(video, digits.images, ids, top_left, params["overlap"])
+    if var.Variant.of(params).upright:
+        if colors is None:
+            video = np.empty((n, frames, size, size), np.uint8)
+            composite(video, digits.images, ids, top_left, params["overlap"])
+            video = video[..., None]
+        else:
+            mode = OVERLAPS.index(params["overlap"])
+            video = var.tinted_composite(digits.images, ids, top_left, colors, size, mode)
         if not fields & {"mask", "flow", "visibility"}:
-            return video[..., None], {}, None
+            return video, {}, None
         mask, visible, flow = var.plain_fields(
             digits.images, ids, top_left, size, "flow" in fields, "visibility" in fields
         )
-        video = video[..., None]
     else:
         video, mask, visible, flow = var.render_general(
             digits.images, ids, top_left, angles, scales, colors, size,

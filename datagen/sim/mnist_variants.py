@@ -93,9 +93,9 @@ class Variant:
         return self.rotation > 0 or self.scale is not None
 
     @property
-    def plain(self) -> bool:
-        """Rendered by the plain paste (no rotation, scale or colour)."""
-        return not self.affine and self.colors is None
+    def upright(self) -> bool:
+        """Pasted row by row (no rotation or scale; grey or coloured)."""
+        return not self.affine
 
     def n_draws(self, frames: int, digits: int) -> int:
         """Uniforms sample i draws after its base draws (0: the stream is exactly the original one)."""
@@ -358,6 +358,47 @@ def plain_fields(
         flow = np.empty((n, max(frames - 1, 0), size, size, 2), np.float16)
         _gather_flow(flow.view(np.uint32), mask, table.view(np.uint32))
     return mask, visible, flow
+
+
+def tinted_composite(
+    images: np.ndarray, ids: np.ndarray, top_left: np.ndarray, colors: np.ndarray, size: int, mode: int
+) -> np.ndarray:
+    """Coloured upright digits (n, T, H, W, 3): `composite` channel by channel through a per-digit table
+    ink -> round(ink * colour / 255), the same values as `render_general`'s."""
+    n, frames = top_left.shape[:2]
+    ink = np.arange(256, dtype=np.float64)[:, None]
+    lut = np.floor(ink * colors[:, :, None, :].astype(np.float64) / 255.0 + 0.5).astype(
+        np.uint8
+    )  # (n, D, 256, 3)
+    video = np.empty((n, frames, size, size, 3), np.uint8)
+    _tinted_kernel(video, np.ascontiguousarray(images), ids, top_left, lut, mode)
+    return video
+
+
+@njit(cache=True)
+def _tinted_kernel(video, images, ids, top_left, lut, mode):
+    """Per frame: clear, then digit by digit: max (mode 0) or clipped sum of its tinted ink, per channel."""
+    n, frames, height, width, channels = video.shape
+    h, w = images.shape[1], images.shape[2]
+    for b in range(n):
+        for t in range(frames):
+            frame = video[b, t]
+            frame[:] = 0
+            for d in range(ids.shape[1]):
+                img, tab = images[ids[b, d]], lut[b, d]
+                y, x = top_left[b, t, d, 0], top_left[b, t, d, 1]
+                for r in range(h):
+                    row = frame[y + r]
+                    for c in range(w):
+                        v = img[r, c]
+                        if v == 0:
+                            continue
+                        for k in range(channels):
+                            old, new = row[x + c, k], tab[v, k]
+                            if mode == 0:
+                                row[x + c, k] = old if old > new else new
+                            else:
+                                row[x + c, k] = min(int(old) + int(new), 255)
 
 
 @njit(cache=True)
