@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from pipelines.dataset import Allocator, VideoDataset, alloc_block
 from pipelines.errors import PipelineError
-from pipelines.order import Block, Segment, block_order
+from pipelines.order import Block, Segment, block_order, narrowed
 from pipelines.world import World
 
 SOURCE_FIELD = "source"
@@ -77,17 +77,6 @@ class MixBlock:
             for i, part in self.parts
             for seg in part.segments
         )
-
-
-def _narrowed(block: Block, lo: int, hi: int) -> Block | None:
-    """The block cut to the samples it yields at rank positions ``[lo, hi)`` (None if none)."""
-    keep = block.keep if block.keep is not None else (0, block.known_size)
-    first = keep[0] + max(0, lo - block.position)
-    last = keep[0] + min(keep[1] - keep[0], hi - block.position)
-    if last <= first:
-        return None
-    position = max(block.position, lo)
-    return Block(block.index, position, block.segments, block.seed_key, (first, last), block.pieces)
 
 
 class MixedDataset:
@@ -213,7 +202,7 @@ class MixedDataset:
                 for k in range(max(0, bisect.bisect_right(starts, lo) - 1), len(blocks)):
                     if blocks[k].position >= hi:
                         break
-                    part = _narrowed(blocks[k], lo, hi)
+                    part = narrowed(blocks[k], lo, hi)
                     if part is not None:
                         parts.append((i, part))
             return parts

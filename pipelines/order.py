@@ -59,10 +59,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class Block:
-    """A run of consecutive stream samples that is shuffled, read and shipped as one unit.
+    """Stream samples (one run, or interleaved pieces) shuffled, read and shipped as one unit.
 
     ``index`` numbers blocks within the rank's epoch, ``position`` is the rank-local index of its first
-    sample, ``seed_key`` is the global identity its random draws (shuffle, window offsets) are seeded from.
+    (kept) sample, ``seed_key`` is the global identity its random draws (shuffle, window offsets) are
+    seeded from. ``keep`` narrows what it yields (elastic resumption, mixing) without changing those draws.
     """
 
     index: int
@@ -199,23 +200,19 @@ def _plain_blocks(
     return blocks
 
 
+def narrowed(block: Block, lo: int, hi: int | None = None) -> Block | None:
+    """The block cut to the samples it yields at rank positions ``[lo, hi)`` (None when none are left):
+    same reads, shuffle and windows, a narrower ``keep``."""
+    first, last = kept_range(block, block.known_size, lo, hi)  # type: ignore[arg-type]
+    if last <= first:
+        return None
+    position = max(block.position, lo)
+    return Block(block.index, position, block.segments, block.seed_key, (first, last), block.pieces)
+
+
 def _left_after(blocks: Sequence[Block], read: int) -> list[Block]:
     """The blocks of a rank that had yielded ``read`` samples, narrowed to what they had left to yield."""
-    left = []
-    for block in blocks:
-        lo, hi = kept_range(block, block.known_size, read)  # type: ignore[arg-type]
-        if hi > lo:
-            left.append(
-                Block(
-                    block.index,
-                    max(block.position, read),
-                    block.segments,
-                    block.seed_key,
-                    (lo, hi),
-                    block.pieces,
-                )
-            )
-    return left
+    return [part for part in (narrowed(block, read) for block in blocks) if part is not None]
 
 
 def _split(units: Sequence[Block], world: World) -> list[Block]:

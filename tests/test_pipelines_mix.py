@@ -124,3 +124,17 @@ def test_sources_must_agree(stores, tmp_path):
         mix([a, VideoDataset(large, frames=2, world=World())], [1, 1])
     with pytest.raises(PipelineError, match="one weight per source"):
         mix([a], [1, 2])
+
+
+def test_frame_mode_with_meta(stores):
+    small, large = stores
+    a = VideoDataset(small, mode="frame", with_meta=True, world=World(), block_size=8)
+    b = VideoDataset(large, mode="frame", with_meta=True, world=World(), block_size=8)
+    loader = make_loader(mix([a, b], [1, 1], epoch_size=30), 7, num_workers=1, dtype=torch.uint8)
+    batches = list(loader)
+    assert [len(batch["key"]) for batch in batches] == [7, 7, 7, 7, 2]
+    for batch in batches:
+        assert batch["video"].shape[1:] == (1, 8, 8)
+        assert [int(k) for k in batch["key"]] == indices(batch["video"])
+        assert [m["index"] for m in batch["meta"]] == [int(k) for k in batch["key"]]
+    assert Counter(int(s) for batch in batches for s in batch["source"]) == {0: 15, 1: 15}
