@@ -471,6 +471,17 @@ def sum_terms(terms, boxes, members, pixels, res):
 # whose stored byte is 0 to the background. Only the balls' boxes are visited (outside them every byte is 0).
 
 
+@njit(cache=True)
+def _boxes_meet(ranges, b, c):
+    """Do the pixel boxes (row lo, row hi, col lo, col hi) of balls b and c share a pixel?"""
+    return (
+        ranges[b, 0] < ranges[c, 1]
+        and ranges[c, 0] < ranges[b, 1]
+        and ranges[b, 2] < ranges[c, 3]
+        and ranges[c, 2] < ranges[b, 3]
+    )
+
+
 LIT_Q4 = math.log(510.0)
 """A ball alone lights a pixel (rint(255 exp(-q^4)) > 0, i.e. exp(-q^4) > 1/510) where q^4 < log(510)."""
 
@@ -489,22 +500,30 @@ def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp,
     reach = math.sqrt(q_zero * r2) * (1 + 1e-9)
     best = np.empty((res, res))
     ranges = np.empty((n, 4), np.int64)
+    shared = np.empty(n, np.bool_)  # the ball's box meets another's
     qx = np.empty(res)
     for k in range(N):
         for t in range(T):
             for c in range(n):
                 ranges[c, 0], ranges[c, 1] = _axis_range(positions[k, t, c, 1], reach, scale, res)
                 ranges[c, 2], ranges[c, 3] = _axis_range(positions[k, t, c, 0], reach, scale, res)
-                for row in range(ranges[c, 0], ranges[c, 1]):
-                    for col in range(ranges[c, 2], ranges[c, 3]):
-                        best[row, col] = np.inf
+            for c in range(n):
+                shared[c] = False
+                for b in range(n):
+                    if b != c and _boxes_meet(ranges, b, c):
+                        shared[c] = True
+                if shared[c]:
+                    for row in range(ranges[c, 0], ranges[c, 1]):
+                        for col in range(ranges[c, 2], ranges[c, 3]):
+                            best[row, col] = np.inf
             frame, labels = video[k, t], mask[k, t]
             labels[:] = 0  # written here, in order (a calloc'd output faulted in at random cost 5x more)
-            if with_flow and t < T - 1:
+            moving = with_flow and t < T - 1
+            if moving:
                 flow[k, t] = 0
             for c in range(n):  # pass 1: each pixel's smallest q and its ball; what each ball lights alone
                 x, y = positions[k, t, c, 0], positions[k, t, c, 1]
-                lit = 0
+                lit, seen = 0, 0
                 for col in range(ranges[c, 2], ranges[c, 3]):
                     qx[col] = _axis_q(centres[col], x, r2, q_half_cap)
                 for row in range(ranges[c, 0], ranges[c, 1]):
@@ -512,12 +531,22 @@ def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp,
                     for col in range(ranges[c, 2], ranges[c, 3]):
                         q = qx[col] + qy
                         p = q * q
-                        lit += p * p < LIT_Q4
-                        if q < best[row, col]:
-                            best[row, col] = q
+                        own = p * p < LIT_Q4
+                        lit += own
+                        if shared[c]:
+                            if q < best[row, col]:
+                                best[row, col] = q
+                                labels[row, col] = c + 1
+                        elif frame[row, col] > 0:  # a box of its own: every lit pixel is this ball's
                             labels[row, col] = c + 1
-                alone[k, t, c] = lit
-            for c in range(n):  # pass 2: dark pixels to background; the ball's own pixels seen and moved
+                            seen += own
+                            if moving:
+                                flow[k, t, row, col, 0] = disp[k, t, c, 0]
+                                flow[k, t, row, col, 1] = disp[k, t, c, 1]
+                alone[k, t, c], visible[k, t, c] = lit, seen
+            for c in range(n):  # pass 2 (shared boxes): dark pixels to background; own pixels seen, moved
+                if not shared[c]:
+                    continue
                 seen = 0
                 for row in range(ranges[c, 0], ranges[c, 1]):
                     for col in range(ranges[c, 2], ranges[c, 3]):
@@ -526,7 +555,7 @@ def label_frames(positions, video, centres, scale, r2, q_half_cap, q_zero, disp,
                         elif labels[row, col] == c + 1:
                             p = best[row, col] * best[row, col]  # the ball's own q here
                             seen += p * p < LIT_Q4
-                            if with_flow and t < T - 1:
+                            if moving:
                                 flow[k, t, row, col, 0] = disp[k, t, c, 0]
                                 flow[k, t, row, col, 1] = disp[k, t, c, 1]
                 visible[k, t, c] = seen
