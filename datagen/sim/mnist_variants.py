@@ -403,24 +403,25 @@ def _tinted_kernel(video, images, ids, top_left, lut, mode):
 
 @njit(cache=True)
 def _plain_mask_kernel(mask, best, images, ids, top_left):
-    """Per frame, digit by digit: a pixel goes to the digit whose ink is >= the largest so far."""
+    """Per frame, digit by digit: a pixel goes to the digit whose ink is >= the largest so far. Flat unsigned
+    offsets, as in `composite`'s kernel (numba then vectorizes the rows)."""
     n, frames, height, width = mask.shape
-    h, w = images.shape[1], images.shape[2]
+    h, w = uint64(images.shape[1]), uint64(images.shape[2])
     flat = mask.reshape(mask.size)
     pixels = images.reshape(images.size)
-    frame_size = height * width
+    frame_size, row_size = uint64(height * width), uint64(width)
     for b in range(n):
         for t in range(frames):
-            frame = (b * frames + t) * frame_size
+            frame = uint64(b * frames + t) * frame_size
             for i in range(frame_size):
                 flat[frame + i] = 0
                 best[i] = 0
             for d in range(ids.shape[1]):
-                src = ids[b, d] * h * w
-                dst = top_left[b, t, d, 0] * width + top_left[b, t, d, 1]
+                src = uint64(ids[b, d]) * h * w
+                dst = uint64(top_left[b, t, d, 0]) * row_size + uint64(top_left[b, t, d, 1])
                 label = np.uint8(d + 1)
                 for r in range(h):
-                    out, row = dst + r * width, src + r * w
+                    out, row = dst + r * row_size, src + r * w
                     for c in range(w):
                         v, old = pixels[row + c], best[out + c]
                         take = (v >= old) & (v > 0)
@@ -432,14 +433,18 @@ def _plain_mask_kernel(mask, best, images, ids, top_left):
 def _box_counts(seen, mask, top_left, h, w):
     """Pixels of each digit's id inside its own box (all it can own when upright and unscaled)."""
     n, frames, digits = seen.shape
+    flat = mask.reshape(mask.size)
+    frame_size, row_size = uint64(mask.shape[2] * mask.shape[3]), uint64(mask.shape[3])
     for b in range(n):
         for t in range(frames):
+            frame = uint64(b * frames + t) * frame_size
             for d in range(digits):
-                y, x = top_left[b, t, d, 0], top_left[b, t, d, 1]
-                label, count = d + 1, 0
-                for r in range(y, y + h):
-                    for c in range(x, x + w):
-                        count += mask[b, t, r, c] == label
+                dst = frame + uint64(top_left[b, t, d, 0]) * row_size + uint64(top_left[b, t, d, 1])
+                label, count = np.uint8(d + 1), 0
+                for r in range(uint64(h)):
+                    out = dst + r * row_size
+                    for c in range(uint64(w)):
+                        count += flat[out + c] == label
                 seen[b, t, d] = count
 
 
