@@ -43,10 +43,18 @@ import numpy as np
 from datagen.errors import DatagenError
 from datagen.generators import requested_fields, with_defaults
 from datagen.sim import _balls_kernels as kernels
+from datagen.sim import balls_variants as bv
 from datagen.sim.balls_reference import EPS, pixel_centres
 from datagen.store.sample import Sample, sample_key
 
-DEFAULTS: dict[str, Any] = {"n_balls": 3, "frames": 30, "size": 30, "radius": 1.2, "box": 10.0}
+DEFAULTS: dict[str, Any] = {
+    "n_balls": 3,
+    "frames": 30,
+    "size": 30,
+    "radius": 1.2,
+    "box": 10.0,
+    **bv.VARIANT_DEFAULTS,  # off by default, and then dropped from the validated params
+}
 META_DECIMALS = 6
 MAX_TRIES = 1_000_000
 """Initial-position attempts per video before giving up (validation rejects set-ups needing > ~1e4)."""
@@ -239,7 +247,9 @@ def acceptance_rate(n_balls: int, radius: float, box: float) -> float:
 
 
 class BallsGenerator:
-    """The `balls` generator: params {n_balls, frames, size (pixels), radius and box (world units)}.
+    """The `balls` generator: params {n_balls, frames, size (pixels), radius and box (world units)}, and the
+    variants {min_balls, min_radius, masses, gravity, damping, restitution, colors, occluder}
+    (`datagen.sim.balls_variants`, recorded only when on: then `n_balls` and `radius` are the largest).
 
     Version 2 encodes `meta` with orjson; version 1 wrote Python's `json` text, which differs for numbers
     below 1e-4 (`5e-05` against `0.00005`). Clips and values are the same in both.
@@ -271,15 +281,23 @@ class BallsGenerator:
                 f"{n} balls of radius {r} do not fit a box of side {box}: random placement almost never "
                 "succeeds; use fewer balls or a smaller radius"
             )
-        return p
+        return bv.validate_variant(p)
 
     def sample_shape(self, params: Mapping[str, Any]) -> tuple[int, int, int, int]:
-        return (params["frames"], params["size"], params["size"], 1)
+        """(T, H, W, C); also refuses fields these params cannot make (asked before anything is written)."""
+        bv.check_fields(params, requested_fields(params))
+        return (params["frames"], params["size"], params["size"], 3 if params.get("colors") else 1)
 
     def generate(self, params: Mapping[str, Any], seed: int, start: int, stop: int) -> Iterator[Sample]:
         per_video = params["frames"] * (params["size"] ** 2 + 64 * params["n_balls"])
         batch = max(1, min(BATCH, BATCH_BYTES // per_video))
         wanted = requested_fields(params)
+        if bv.is_variant(params):
+            per_video = params["frames"] * (params["size"] ** 2 * 8 + 64 * params["n_balls"])
+            batch = max(1, min(BATCH, FIELDS_BATCH_BYTES // per_video))
+            for lo in range(start, stop, batch):
+                yield from bv.generate_variant(params, seed, range(lo, min(lo + batch, stop)), wanted)
+            return
         if len(wanted) > 1:
             yield from self._generate_fields(params, seed, start, stop, wanted)
             return
