@@ -185,6 +185,17 @@ def test_restitution_loses_energy_at_walls_only():
     assert (len(hits) > 0) and (np.abs(change[quiet]) < 1e-12).all()
 
 
+def test_gravity_with_restitution_settles_on_the_floor_without_sinking():
+    p = params(gravity=0.02, restitution=0.5, frames=300, min_radius=0.8)
+    b = bv.simulate_batch(p, 1, range(30), events=True)
+    r = b.radii[:, None, :, None]
+    assert ((b.positions >= r) & (b.positions <= 10 - r)).all()  # put back onto the walls, never through
+    floor = 10 - b.radii
+    assert np.abs(b.positions[:, -1, :, 1] - floor).max() < 1e-9  # at rest on the floor at the end
+    assert np.abs(b.velocities[:, -1, :, 1]).max() < 0.02  # bouncing ~eps g at most
+    assert len(b.events) / 30 < 100  # resting contact is not an event (~45 per clip; ~1,500 if it were)
+
+
 # --- radius and count ---------------------------------------------------------------------------------------
 
 

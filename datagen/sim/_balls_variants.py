@@ -13,11 +13,14 @@ Without a count or radius range, the initial positions and velocities are exactl
 
 Physics, per frame `steps` sub-steps of: gravity `v_y += eps g`; `x += eps v`; walls (a ball beyond a wall
 moving into it leaves with its normal component times `restitution`, as the default's sign rule when it is
-1); collisions of every pair j < i closer than r_i + r_j that approach each other (unequal masses, elastic,
-along the line of centres: momentum and kinetic energy conserved); after the frame's sub-steps `v *= 1 -
-damping`. With `approach_only` false (the default's rule: overlapping pairs collide even while
-separating), unit masses, equal radii and no gravity, damping or restitution the trajectories are the
-default's bit for bit.
+1; under gravity it is also put back onto the wall, else a ball too slow to climb out of its overshoot
+would sink through the floor); collisions of every pair j < i closer than r_i + r_j that approach each
+other (unequal masses, elastic, along the line of centres: momentum and kinetic energy conserved); after
+the frame's sub-steps `v *= 1 - damping`. With `approach_only` false (the default's rule: overlapping
+pairs collide even while separating), unit masses, equal radii and no gravity, damping or restitution the
+trajectories are the default's bit for bit. There is no resting-contact model: under gravity with
+restitution < 1 a ball comes to rest on the floor by tiny bounces (not recorded as events: a wall event on
+the gravity axis needs a normal speed above 2 eps |g|), and balls piled on one another may overlap.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ def simulate(
     v = np.empty((x0.shape[1], 2))
     record = events.shape[0] > 0
     keep = 1.0 - damping
+    clamp = gravity != 0.0  # else a slow ball under gravity would sink through the floor it overshot
+    resting = 2 * eps * abs(gravity)  # slower at a floor or ceiling: resting contact, not an event
     count = 0
     for k in range(N):
         n, r, m = counts[k], radii[k], masses[k]
@@ -152,13 +157,17 @@ def simulate(
                 for i in range(n):
                     for z in range(2):
                         if x[i, z] - r[i] < 0 and v[i, z] < 0:
-                            if record:
+                            if record and (z == 0 or -v[i, z] > resting):
                                 count = _event(events, count, k, t, 0, i, -1, x[i, 0], x[i, 1])
                             v[i, z] = -v[i, z] * restitution
+                            if clamp:
+                                x[i, z] = r[i]
                         if x[i, z] + r[i] > box and v[i, z] > 0:
-                            if record:
+                            if record and (z == 0 or v[i, z] > resting):
                                 count = _event(events, count, k, t, 0, i, -1, x[i, 0], x[i, 1])
                             v[i, z] = -v[i, z] * restitution
+                            if clamp:
+                                x[i, z] = box - r[i]
                 for i in range(n):
                     for j in range(i):
                         d0, d1 = x[i, 0] - x[j, 0], x[i, 1] - x[j, 1]
