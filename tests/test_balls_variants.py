@@ -57,9 +57,8 @@ def test_unit_masses_with_the_default_collision_rule_reproduce_the_default_physi
     # the variants' own rule (only approaching pairs collide) changes few clips; the start never
     g = bv.simulate_batch(params(gravity=0.01), 3, range(200), events=False)
     assert np.array_equal(g.positions[:, 0], x0) and np.array_equal(g.velocities[:, 0], v0)
-    # the variant renderer is the default's up to numba's and numpy's exp (a byte off, very rarely)
-    diff = np.abs(bv.render_batch(b, p)[..., 0].astype(int) - balls.render(plain.positions, 30, 1.2, 10.0))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
+    # the variant renderer (per-ball radius and colour) sums the same terms: the default's bytes
+    assert np.array_equal(bv.render_batch(b, p)[..., 0], balls.render(plain.positions, 30, 1.2, 10.0))
 
 
 # --- masses -------------------------------------------------------------------------------------------------

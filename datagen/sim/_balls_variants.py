@@ -195,33 +195,106 @@ def _ball_q(centres, x, y, r2, q_half_cap, row, col):
 
 
 @njit(cache=True)
-def render(positions, counts, radii, colors, centres, scale, q_half_cap, q_zero, occluder, occ_value, out):
-    """out[k, t] (H, W, C) uint8 = rint(255 min(1, sum_c exp(-q_c^4) colors[k, c])) per channel, summed in
-    ball order over each ball's box (pixels where its q < q_zero), q_c = d^2 / r_c^2 capped per axis as the
-    default renderer; then the curtain columns [occluder[0], occluder[1]) are set to occ_value."""
-    N, T, C = positions.shape[0], positions.shape[1], out.shape[4]
-    res = centres.size
-    sums = np.zeros((res, res, C))
-    for k in range(N):
-        for t in range(T):
-            sums[:] = 0.0
+def boxes(positions, counts, radii, scale, q_zero, q_skip, res, ranges, offsets):
+    """ranges[k, t, c] = the pixels (row lo, row hi, col lo, col hi) where ball c's term is summed, offsets[k,
+    t, c] = where its exponents start in a flat buffer; returns the buffer's size. A ball's range is the
+    bounding box of the parts of every ball's lit box (q < q_zero: outside all of them a pixel stores 0) that
+    lie within q_skip of it, so a pixel in any lit box sums every term above ~1e-17 (the default's rule)."""
+    n = positions.shape[2]
+    lit = np.empty((n, 4), np.int64)
+    total = 0
+    for k in range(positions.shape[0]):
+        for t in range(positions.shape[1]):
+            for c in range(counts[k]):
+                reach = math.sqrt(q_zero * (radii[k, c] * radii[k, c])) * (1 + 1e-9)
+                lit[c, 0], lit[c, 1] = _axis_range(positions[k, t, c, 1], reach, scale, res)
+                lit[c, 2], lit[c, 3] = _axis_range(positions[k, t, c, 0], reach, scale, res)
+            for c in range(counts[k]):
+                reach = math.sqrt(q_skip * (radii[k, c] * radii[k, c])) * (1 + 1e-9)
+                s0, s1 = _axis_range(positions[k, t, c, 1], reach, scale, res)
+                s2, s3 = _axis_range(positions[k, t, c, 0], reach, scale, res)
+                r0, r1, c0, c1 = lit[c, 0], lit[c, 1], lit[c, 2], lit[c, 3]
+                for b in range(counts[k]):
+                    a0, a1 = max(s0, lit[b, 0]), min(s1, lit[b, 1])
+                    a2, a3 = max(s2, lit[b, 2]), min(s3, lit[b, 3])
+                    if b != c and a0 < a1 and a2 < a3:
+                        r0, r1, c0, c1 = min(r0, a0), max(r1, a1), min(c0, a2), max(c1, a3)
+                ranges[k, t, c, 0], ranges[k, t, c, 1], ranges[k, t, c, 2], ranges[k, t, c, 3] = (
+                    r0,
+                    r1,
+                    c0,
+                    c1,
+                )
+                offsets[k, t, c] = total
+                total += (r1 - r0) * (c1 - c0)
+    return total
+
+
+@njit(cache=True)
+def box_exponents(positions, counts, radii, centres, q_half_cap, ranges, offsets, args):
+    """args[...] = -(q_c^4) over each ball's box, row by row, q_c = d^2 / r_c^2 capped per axis as the
+    default renderer (numpy's exp turns them into terms, as there)."""
+    for k in range(positions.shape[0]):
+        for t in range(positions.shape[1]):
             for c in range(counts[k]):
                 x, y, r2 = positions[k, t, c, 0], positions[k, t, c, 1], radii[k, c] * radii[k, c]
-                reach = math.sqrt(q_zero * r2) * (1 + 1e-9)
-                r0, r1 = _axis_range(y, reach, scale, res)
-                c0, c1 = _axis_range(x, reach, scale, res)
+                r0, r1, c0, c1 = (
+                    ranges[k, t, c, 0],
+                    ranges[k, t, c, 1],
+                    ranges[k, t, c, 2],
+                    ranges[k, t, c, 3],
+                )
+                a = offsets[k, t, c]
                 for row in range(r0, r1):
                     for col in range(c0, c1):
                         q = _ball_q(centres, x, y, r2, q_half_cap, row, col)
                         p = q * q
-                        term = math.exp(-(p * p))
+                        args[a] = -(p * p)
+                        a += 1
+
+
+@njit(cache=True)
+def render(terms, counts, ranges, offsets, colors, occluder, occ_value, out):
+    """out[k, t] (H, W, C) uint8, zero on entry, = rint(255 min(1, sum_c terms_c colors[k, c])) per channel
+    over the balls' ranges (`boxes`), summed in ball order; then the curtain columns [occluder[0],
+    occluder[1]) are set to occ_value. Pixels outside every range stay 0 (each term <= 0.49 / 255 / n)."""
+    N, T, res, C = out.shape[0], out.shape[1], out.shape[2], out.shape[4]
+    sums = np.zeros((res, res, C))
+    for k in range(N):
+        for t in range(T):
+            for c in range(counts[k]):
+                r0, r1, c0, c1 = (
+                    ranges[k, t, c, 0],
+                    ranges[k, t, c, 1],
+                    ranges[k, t, c, 2],
+                    ranges[k, t, c, 3],
+                )
+                a = offsets[k, t, c]
+                for row in range(r0, r1):
+                    for col in range(c0, c1):
                         for ch in range(C):
-                            sums[row, col, ch] += term * colors[k, c, ch]
+                            sums[row, col, ch] += terms[a] * colors[k, c, ch]
+                        a += 1
             frame = out[k, t]
-            for row in range(res):
-                for col in range(res):
-                    for ch in range(C):
-                        frame[row, col, ch] = np.uint8(np.rint(min(sums[row, col, ch], 1.0) * 255.0))
+            for c in range(counts[k]):  # quantize each box (twice where boxes meet: the same value), reset
+                r0, r1, c0, c1 = (
+                    ranges[k, t, c, 0],
+                    ranges[k, t, c, 1],
+                    ranges[k, t, c, 2],
+                    ranges[k, t, c, 3],
+                )
+                for row in range(r0, r1):
+                    for col in range(c0, c1):
+                        for ch in range(C):
+                            frame[row, col, ch] = np.uint8(np.rint(min(sums[row, col, ch], 1.0) * 255.0))
+            for c in range(counts[k]):
+                r0, r1, c0, c1 = (
+                    ranges[k, t, c, 0],
+                    ranges[k, t, c, 1],
+                    ranges[k, t, c, 2],
+                    ranges[k, t, c, 3],
+                )
+                sums[r0:r1, c0:c1] = 0.0
             for row in range(res):
                 for col in range(occluder[0], occluder[1]):
                     for ch in range(C):

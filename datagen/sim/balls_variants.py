@@ -266,19 +266,23 @@ def simulate_batch(
 
 def render_batch(b: Batch, params: Mapping[str, Any]) -> np.ndarray:
     """uint8 clips (N, T, H, W, C) of a simulated batch."""
-    from datagen.sim.balls import Q_CAP, ZERO_MARGIN
+    from datagen.sim.balls import Q_CAP, Q_SKIP, ZERO_MARGIN
 
     v = Variant.of(params)
     N, T, n, _ = b.positions.shape
     res, box = params["size"], params["box"]
-    out = np.empty((N, T, res, res, v.channels), np.uint8)
+    out = np.zeros((N, T, res, res, v.channels), np.uint8)
     tint = np.ones((N, n, 1)) if b.colors is None else b.colors / 255.0
     q_zero = math.log(255 * n / ZERO_MARGIN) ** 0.25
+    ranges, offsets = np.zeros((N, T, n, 4), np.int64), np.zeros((N, T, n), np.int64)
+    total = kv.boxes(b.positions, b.counts, b.radii, res / box, q_zero, Q_SKIP, res, ranges, offsets)
+    terms = np.empty(total)
+    kv.box_exponents(
+        b.positions, b.counts, b.radii, pixel_centres(res, box), Q_CAP / 2, ranges, offsets, terms
+    )
+    np.exp(terms, out=terms)  # numpy's exp, as the default renderer's
     occluder = np.array(v.occluder_columns(res), np.int64)
-    kv.render(
-        b.positions, b.counts, b.radii, tint, pixel_centres(res, box), res / box, Q_CAP / 2, q_zero,
-        occluder, np.uint8(OCCLUDER_VALUE), out,
-    )  # fmt: skip
+    kv.render(terms, b.counts, ranges, offsets, tint, occluder, np.uint8(OCCLUDER_VALUE), out)
     return out
 
 
