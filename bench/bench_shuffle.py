@@ -2,19 +2,22 @@
 
 A batch cut from a block-local block (``interleave=1``: ``block_size`` consecutive stream samples) holds
 clips of one or two shards; consecutive clips of a stabilized video sit side by side in a shard, so such a
-batch is correlated. The interleaved order (``interleave=16``, the default) builds every block from 16
-pieces of consecutive samples taken all over the rank's epoch. Per order this reports, over ``--epochs``
-shuffled epochs of a store of ``--shards`` shards:
+batch is correlated. The interleaved order (``interleave=12``, the default) builds every block from 12
+pieces of consecutive samples taken all over the rank's epoch and emits them stratified, so a batch holds
+(nearly) every piece. Per order this reports, over ``--epochs`` shuffled epochs of a store of ``--shards``
+shards:
 
 - distinct shards per batch (mean, and the 5th percentile) of ``--batch-size`` clips,
 - clips/s (best of ``--repeat`` timed runs, the orders taking turns: :func:`bench_loader.best_times`) and
   CPU seconds per 10,000 clips (main process plus its DataLoader workers, median),
 
-through ``make_loader(..., num_workers=--workers)`` yielding uint8 CPU batches from a balls-like WebDataset
-store (30 frames of 30x30, 1 channel) in the page cache. Target (issue #18): >= 8 distinct shards per batch
-of 32 by default at >= 0.8 of the block-local clips/s. Usage::
+through ``make_loader(..., num_workers=--workers)`` yielding uint8 CPU batches from a balls-like store (30
+frames of 30x30, 1 channel; ``--shape mnist_64x64``: 20 frames of 64x64), WebDataset or ``--format hdf5``, in
+the page cache. Target (issue #18): >= 8 distinct shards per batch of 32 by default at >= 0.8 of the
+block-local order's clips/s. Usage::
 
-    nice python bench/bench_shuffle.py [--shards 48] [--shard-size 100] [--epochs 3] [--repeat 5]
+    nice python bench/bench_shuffle.py [--shards 48] [--shard-size 250] [--epochs 3] [--repeat 5]
+        [--shape balls_30x30|mnist_64x64] [--format wds|hdf5] [--orders 1 12 ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import SHAPES, Ours, best_times, raw_read, write_store  # noqa: E402
 
-ORDERS = ["1", "16"]  # interleave[:block_size] per order; the first is the baseline
+ORDERS = ["1", "12"]  # interleave[:block_size] per order (block: the default); the first is the baseline
 
 
 def distinct_shards(loader: Ours, shard_size: int, epochs: int) -> list[int]:
@@ -51,12 +54,13 @@ def distinct_shards(loader: Ours, shard_size: int, epochs: int) -> list[int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=48)
-    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3, help="back-to-back epochs per timed run")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per order (the best counts)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="balls_30x30")
+    parser.add_argument("--format", choices=["wds", "hdf5"], default="wds")
     parser.add_argument("--orders", nargs="+", default=ORDERS, help="interleave[:block_size] each")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -66,12 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp, "store"), SHAPES[args.shape], clips, args.shard_size)
-        raw_read(sorted(store.glob("*.tar")))  # warm the page cache
+        raw_read(sorted(store.glob("*.tar" if args.format == "wds" else "*.h5")))  # warm the page cache
         loaders = {}
         for spec in args.orders:
             k, _, block = spec.partition(":")
             kw = {"interleave": int(k), "block_size": int(block) if block else None}
-            loader = Ours(store, "wds", args.batch_size, args.workers, torch.uint8, **kw)
+            loader = Ours(store, args.format, args.batch_size, args.workers, torch.uint8, **kw)
             label = "block-local" if k == "1" else "interleaved"
             loaders[f"{label} k={k} block={loader.loader.dataset.block_size}"] = loader
         timed = best_times(loaders, args.repeat, args.epochs)  # type: ignore[arg-type]  (starts the workers)
@@ -88,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
             loader.loader.close()
     base = results[next(iter(results))]["clips_per_s"]
     print(
-        f"\n{clips} clips of {SHAPES[args.shape]} uint8 in {args.shards} shards of {args.shard_size}, "
-        f"batch {args.batch_size}, {args.workers} workers"
+        f"\n{clips} clips of {SHAPES[args.shape]} uint8 in {args.shards} {args.format} shards of "
+        f"{args.shard_size}, batch {args.batch_size}, {args.workers} workers"
     )
     print(f"  {'order':<30}{'shards/batch':>13}{'p5':>5}{'clips/s':>10}{'vs local':>10}{'CPU-s/10k':>11}")
     for label, row in results.items():
