@@ -102,11 +102,12 @@ class VideoDataset(IterableDataset):
             unless ``epoch_length`` samples per rank is given).
         block_size: samples shuffled together and shipped per worker step (default: <= 16 MiB and <= 1024
             samples, <= 256 with ``interleave=1``).
-        interleave: exact shuffled epochs: a block is ``interleave`` pieces of ``block_size // interleave``
-            consecutive samples from places all over the rank's epoch (default 12: a batch of 32 holds nearly
-            all 12 pieces, so as many shards where the store has them); 1: the block-local order (a block is
-            ``block_size`` consecutive samples, one or two shards). Streamed shards (HTTP, ``pipe:``) are
-            read from their start for every piece: pass 1 for them (see :mod:`pipelines.order`).
+        interleave: shuffled epochs: a block is ``interleave`` pieces of ``block_size // interleave``
+            consecutive samples from places all over the rank's epoch (resampled: from as many shards drawn
+            side by side; default 12: a batch of 32 holds nearly all 12 pieces, so as many shards where the
+            store has them); 1: the block-local order (a block is ``block_size`` consecutive samples, one or
+            two shards). Streamed shards (HTTP, ``pipe:``) are read from their start for every piece: pass
+            1 for them (see :mod:`pipelines.order`).
         world: a :class:`World`; default ``World.detect()`` (torch.distributed, then RANK / WORLD_SIZE).
         on_error: "raise" (default: a clear error naming the shard), "skip" (warn, skip, count in ``skipped``)
             or a handler callable ``(exception) -> bool``. Remote shards (HTTP 404, a reset connection)
@@ -274,6 +275,7 @@ class VideoDataset(IterableDataset):
             world=self.world,
             block_size=self.block_size,
             start=start,
+            interleave=self.interleave if self.shuffle else 1,
         ):
             if self.epoch_length is not None and 0 <= self.epoch_length <= block.position:
                 return

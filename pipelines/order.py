@@ -296,6 +296,35 @@ def elastic_count(total: int, world_size: int, history: Sequence[tuple[int, int]
     return rank_share(left, World(0, world_size))[1]
 
 
+class _Draws:
+    """An endless run of shards drawn with replacement (by ``rng``), read in order: ``take(n)`` gives the
+    segments of its next ``n`` samples."""
+
+    def __init__(self, rng: np.random.Generator, sizes: NDArray[np.int64]) -> None:
+        self.rng, self.sizes = rng, sizes
+        self.pending: list[Segment] = []  # drawn samples not yet taken
+        self.pending_n = 0
+
+    def take(self, n: int) -> list[Segment]:
+        while self.pending_n < n:
+            shard = int(self.rng.integers(len(self.sizes)))
+            self.pending.append(Segment(shard, 0, int(self.sizes[shard])))
+            self.pending_n += int(self.sizes[shard])
+        segs: list[Segment] = []
+        need = n
+        while need:
+            seg = self.pending[0]
+            take = min(need, seg.stop - seg.start)  # type: ignore[operator]
+            segs.append(Segment(seg.shard, seg.start, seg.start + take))
+            if seg.start + take == seg.stop:
+                self.pending.pop(0)
+            else:
+                self.pending[0] = Segment(seg.shard, seg.start + take, seg.stop)
+            need -= take
+        self.pending_n -= n
+        return segs
+
+
 def resampled_blocks(
     shard_sizes: Sequence[int | None],
     *,
@@ -304,19 +333,22 @@ def resampled_blocks(
     world: World,
     block_size: int,
     start: int = 0,
+    interleave: int = 1,
 ) -> Iterator[Block]:
     """Endless blocks of this rank's resampled stream (shards drawn with replacement) from ``start`` on.
 
-    With known shard sizes the stream is cut into ``block_size`` blocks like an exact epoch. With unknown
-    sizes (a URL pattern without manifest) every drawn shard is one block, positioned by draw number.
+    With known shard sizes the stream is cut into ``block_size`` blocks like an exact epoch; with
+    ``interleave=k > 1``, ``k`` *lanes* draw shards each from their own generator and every block takes a
+    piece of ``block_size // k`` samples from each lane (``k`` shards in flight, each read in order). With
+    unknown sizes (a URL pattern without manifest) every drawn shard is one block, positioned by draw number.
     """
     if block_size < 1:
         raise PipelineError(f"block size must be >= 1, got {block_size}")
     n_shards = len(shard_sizes)
     if n_shards == 0:
         raise PipelineError("the source has no shards")
-    rng = np.random.default_rng((seed, epoch, _SALT_RESAMPLE, world.rank))
     base_key = (seed, epoch, _SALT_RESAMPLE, world.rank)
+    rng = np.random.default_rng(base_key)
     if any(size is None for size in shard_sizes):
         if start:
             raise PipelineError("resuming mid-stream needs per-shard sample counts (a manifest)")
@@ -328,29 +360,22 @@ def resampled_blocks(
     sizes = np.asarray(shard_sizes, dtype=np.int64)
     if sizes.min() <= 0:
         raise PipelineError("resampled mode needs every shard to hold at least one sample")
-    pending: list[Segment] = []  # drawn samples not yet put in a block
-    pending_n = 0
+    if interleave <= 1:
+        lanes, piece = [_Draws(rng, sizes)], block_size
+    else:
+        piece = max(1, block_size // interleave)
+        count = block_size // piece
+        lanes = [
+            _Draws(np.random.default_rng((*base_key, _SALT_PIECES, lane)), sizes) for lane in range(count)
+        ]
+    size = piece * len(lanes)
+    pieces = (piece,) * len(lanes) if len(lanes) > 1 else ()
     index = 0
     while True:
-        while pending_n < block_size:
-            shard = int(rng.integers(n_shards))
-            pending.append(Segment(shard, 0, int(sizes[shard])))
-            pending_n += int(sizes[shard])
-        segs: list[Segment] = []
-        need = block_size
-        while need:
-            seg = pending[0]
-            take = min(need, seg.stop - seg.start)  # type: ignore[operator]
-            segs.append(Segment(seg.shard, seg.start, seg.start + take))
-            if seg.start + take == seg.stop:
-                pending.pop(0)
-            else:
-                pending[0] = Segment(seg.shard, seg.start + take, seg.stop)
-            need -= take
-        pending_n -= block_size
-        lo = index * block_size
-        if lo + block_size > start:
-            yield Block(index, lo, tuple(segs), (*base_key, lo))
+        segs = [seg for lane in lanes for seg in lane.take(piece)]
+        lo = index * size
+        if lo + size > start:
+            yield Block(index, lo, tuple(segs), (*base_key, lo), pieces=pieces)
         index += 1
 
 

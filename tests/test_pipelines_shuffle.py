@@ -45,6 +45,27 @@ def test_default_mixes_at_least_8_shards_per_batch_and_block_local_does_not(many
     assert np.mean(shards_per_batch(local)) <= 2.5
 
 
+def test_resampled_lanes_mix_shards_and_resume_exactly(many):
+    """Resampled epochs draw 12 shards side by side (lanes): a batch mixes them; resuming is exact."""
+
+    def loader(workers: int, **kw):
+        ds = VideoDataset(many, epoch_mode="resampled", epoch_length=320, seed=2, world=World(), **kw)
+        return make_loader(ds, batch_size=32, num_workers=workers, dtype=torch.uint8)
+
+    keys = run(loader(0, block_size=PER_SHARD * 4))
+    assert len(keys) == 320 and run(loader(2, block_size=PER_SHARD * 4)) == keys
+    assert np.mean(shards_per_batch(keys)) >= 8
+    assert np.mean(shards_per_batch(run(loader(0, block_size=PER_SHARD * 4, interleave=1)))) <= 5
+    interrupted = loader(1, block_size=PER_SHARD * 4)
+    it = iter(interrupted)
+    next(it), next(it), next(it)
+    state = interrupted.state_dict()
+    del it
+    resumed = loader(0, block_size=PER_SHARD * 4)
+    resumed.load_state_dict(state)
+    assert run(resumed) == keys[96:]
+
+
 def test_block_local_order_is_the_previous_one():
     """interleave=1 gives the blocks the order had before interleaving (consecutive stream runs)."""
     blocks = exact_blocks([5, 5, 5, 3], seed=1, epoch=2, world=World(0, 1), shuffle=True, block_size=4)
