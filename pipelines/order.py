@@ -9,14 +9,18 @@ The model (MosaicML's "pure order function" idea, with webdataset's streaming re
    Resampled mode: every rank draws shards with replacement from ``default_rng((seed, epoch, rank))`` forever.
 3. A rank's samples are grouped into *blocks* of at most ``block_size`` samples; a block is shuffled as a
    whole with a generator seeded by ``(seed, epoch, salt, global position of the block)``. With
-   ``interleave=k > 1`` (exact mode, shuffled; 12 by default in :class:`~pipelines.dataset.VideoDataset`) the
-   rank's slice is cut into *pieces* of ``block_size // k`` consecutive samples, the pieces are permuted
-   (``default_rng((seed, epoch, salt, rank start))``) and each block takes the next ``k`` of them: a block,
-   and so a batch cut from it, mixes ``k`` places of the epoch (``k`` shards where the store has them)
-   while every piece is still one sequential read. ``interleave=1`` is the block-local order: a block is
-   ``block_size`` consecutive stream samples. A block is also the unit a DataLoader worker reads and
-   ships: block ``k`` goes to worker ``(k - first) % num_workers``, and the loader takes blocks back
-   round-robin, so the sequence a rank sees never depends on ``num_workers``.
+   ``interleave=k > 1`` (shuffled epochs; 12 by default in :class:`~pipelines.dataset.VideoDataset`) a block
+   is ``k`` *pieces* of ``block_size // k`` consecutive samples: in exact mode the rank's slice is cut into
+   pieces, the pieces are permuted (``default_rng((seed, epoch, salt, rank start))``) and each block takes
+   the next ``k``; in resampled mode ``k`` lanes draw shards each from their own generator and each block
+   takes the next piece of every lane. A block's samples are emitted stratified over its pieces
+   (:func:`block_order`), so a batch mixes ``k`` places of the epoch (``k`` shards where the store has
+   them) while every piece is still one sequential read. ``interleave=1`` is the block-local order: a
+   block is ``block_size`` consecutive stream samples. A block is also the unit a DataLoader worker reads
+   and ships: block ``k`` goes to worker ``(k - first) % num_workers``, and the loader takes blocks back
+   round-robin, so the sequence a rank sees never depends on ``num_workers``. Streamed shards (HTTP,
+   ``pipe:``, no local file) are read from their start for every run, so interleaving reads them many
+   times over: use ``interleave=1`` for them.
 4. Resuming at sample ``s`` of the epoch skips the blocks that end before ``s`` and drops the first samples
    of the block holding ``s`` (after its shuffle): ``drop_first`` resumption.
 5. Elastic resumption (:func:`elastic_blocks`): an epoch begun on ``W`` ranks that each read ``s`` samples
@@ -24,7 +28,9 @@ The model (MosaicML's "pure order function" idea, with webdataset's streaming re
    old block keeps its shuffle and window draws) are one sequence, split like an exact epoch: new rank
    ``r'`` takes ``[r' * m, (r' + 1) * m)``, ``m = ceil(left / W')``, padded by repeating its first samples.
    A ``history`` of such ``(world_size, samples read)`` steps says how an epoch got where it is; the next
-   epoch is the plain order of the new world.
+   epoch is the plain order of the new world. (MosaicML streaming fixes a number of "canonical nodes" so
+   that one global order serves every world size; here each world size keeps its own order, and only the
+   epoch in flight is carried over, which needs nothing fixed in advance.)
 
 Nothing here keeps state: iterating twice gives the same order; ``set_epoch`` is the only way to change it.
 """
