@@ -324,7 +324,7 @@ def render_general(
     seen = np.zeros((n, frames, digits), np.int64)
     best = np.empty((size, size), np.uint8)
     _render_kernel(
-        video, mask, alone, seen, best, np.ascontiguousarray(images), ids,
+        video, mask, alone, seen, best, np.ascontiguousarray(images), ids, ink_reach(images, ids),
         centre, np.cos(rad), np.sin(rad), scales, cols, overlap_mode, colors is not None,
     )  # fmt: skip
     visible = np.where(alone > 0, seen / np.maximum(alone, 1), 0.0)
@@ -507,11 +507,43 @@ def _paste_ink(img, d, r, c, ink, alone, seen, best, mask_t, video_t, col, mode,
 
 
 @njit(cache=True)
+def _reach(box, cy, cx, ca, sa, s, height, width):
+    """Canvas rows [r0, r1) and columns [c0, c1) that can get ink: the turned, scaled corners of the box
+    (dy0, dy1, dx0, dx1; offsets from the digit's centre) where its bilinear samples can be non-zero."""
+    y_lo = y_hi = x_lo = x_hi = 0.0
+    for k in range(4):
+        dy, dx = box[k // 2], box[2 + k % 2]
+        py, px = s * (ca * dy - sa * dx), s * (sa * dy + ca * dx)
+        if k == 0:
+            y_lo, y_hi, x_lo, x_hi = py, py, px, px
+        y_lo, y_hi, x_lo, x_hi = min(y_lo, py), max(y_hi, py), min(x_lo, px), max(x_hi, px)
+    r0, r1 = max(0, math.floor(cy + y_lo)), min(height, math.ceil(cy + y_hi))
+    c0, c1 = max(0, math.floor(cx + x_lo)), min(width, math.ceil(cx + x_hi))
+    return r0, r1, c0, c1
+
+
+def ink_reach(images: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per digit of each clip (n, D, 4): offsets (dy0, dy1, dx0, dx1) from the box centre beyond which its
+    bilinear samples are 0 (its inked rows and columns, one pixel out); only the images in use are read."""
+    h, w = images.shape[1:]
+    used, where = np.unique(ids, return_inverse=True)
+    ink = images[used] > 0
+    rows, cols = ink.any(2), ink.any(1)  # (k, h), (k, w)
+    first_r, last_r = rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1)
+    first_c, last_c = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
+    box = np.stack(
+        [first_r - 0.5 - h / 2, last_r + 1.5 - h / 2, first_c - 0.5 - w / 2, last_c + 1.5 - w / 2], -1
+    )
+    return box[where.reshape(ids.shape)]
+
+
+@njit(cache=True)
 def _render_kernel(
-    video, mask, alone, seen, best, images, ids, centre, cos, sin, scales, cols, mode, colored
+    video, mask, alone, seen, best, images, ids, reach, centre, cos, sin, scales, cols, mode, colored
 ):
     """Per frame: clear, then digit by digit in order: its ink (the image itself when upright at scale 1,
-    else inverse-mapped bilinear, rounded to uint8) through `_paste_ink`."""
+    else inverse-mapped bilinear over the canvas pixels its ink can reach, rounded to uint8) through
+    `_paste_ink`."""
     n, frames, height, width, channels = video.shape
     h, w = images.shape[1], images.shape[2]
     for b in range(n):
@@ -533,10 +565,7 @@ def _render_kernel(
                                 _paste_ink(img, d, top + i, left + j, ink, alone, seen, best, mask_t,
                                            video_t, col, mode, colored, (b, t))  # fmt: skip
                     continue
-                ey = s * (abs(ca) * h / 2 + abs(sa) * w / 2)
-                ex = s * (abs(sa) * h / 2 + abs(ca) * w / 2)
-                r0, r1 = max(0, math.floor(cy - ey)), min(height, math.ceil(cy + ey))
-                c0, c1 = max(0, math.floor(cx - ex)), min(width, math.ceil(cx + ex))
+                r0, r1, c0, c1 = _reach(reach[b, d], cy, cx, ca, sa, s, height, width)
                 for r in range(r0, r1):
                     qy = r + 0.5 - cy
                     for c in range(c0, c1):
