@@ -36,7 +36,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import SHAPES, Ours, best_times, raw_read, write_store  # noqa: E402
 
+from pipelines import VideoDataset, make_loader, mix  # noqa: E402
+from pipelines.world import World  # noqa: E402
+
 ORDERS = ["1", "12"]  # interleave[:block_size] per order (block: the default); the first is the baseline
+
+
+class Mixed(Ours):
+    """Epochs of ``pipelines.mix`` over two datasets of the store (seeds 0 and 1), ``clips`` samples each."""
+
+    def __init__(self, store: Path, fmt: str, batch_size: int, workers: int, clips: int) -> None:
+        parts = [VideoDataset(store, format=fmt, seed=seed, world=World()) for seed in (0, 1)]
+        self.loader = make_loader(
+            mix(parts, [1, 1], epoch_size=clips), batch_size, workers, dtype=torch.uint8
+        )
+        self.epoch = 0
 
 
 def distinct_shards(loader: Ours, shard_size: int, epochs: int) -> list[int]:
@@ -47,7 +61,9 @@ def distinct_shards(loader: Ours, shard_size: int, epochs: int) -> list[int]:
         loader.epoch += 1
         for batch in loader.loader:
             if len(batch["key"]) == loader.loader.batch_size:
-                counts.append(len({int(key) // shard_size for key in batch["key"]}))
+                sources = batch["source"].tolist() if "source" in batch else [0] * len(batch["key"])
+                pairs = zip(sources, batch["key"], strict=True)
+                counts.append(len({(source, int(key) // shard_size) for source, key in pairs}))
     return counts
 
 
@@ -62,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="balls_30x30")
     parser.add_argument("--format", choices=["wds", "hdf5"], default="wds")
     parser.add_argument("--orders", nargs="+", default=ORDERS, help="interleave[:block_size] each")
+    parser.add_argument(
+        "--mix", action="store_true", help="also: the store mixed with itself 1:1 (pipelines.mix)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -78,6 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
             loader = Ours(store, args.format, args.batch_size, args.workers, torch.uint8, **kw)
             label = "block-local" if k == "1" else "interleaved"
             loaders[f"{label} k={k} block={loader.loader.dataset.block_size}"] = loader
+        if args.mix:
+            loaders["mix of 2 sources 1:1, k=12"] = Mixed(
+                store, args.format, args.batch_size, args.workers, clips
+            )
         timed = best_times(loaders, args.repeat, args.epochs)  # type: ignore[arg-type]  (starts the workers)
         shards = {label: distinct_shards(lo, args.shard_size, args.epochs) for label, lo in loaders.items()}
         for label, (seconds, items, cpu) in timed.items():

@@ -1,41 +1,55 @@
 """`mix`: several stores drawn in fixed proportions, as one dataset for :func:`pipelines.loader.make_loader`.
 
-What an epoch of a mix is (per rank; every rank the same counts, so DDP ranks step in lock-step):
+A mix is one more order over the union of the stores' shards, read by the single-store fast path (the
+gather reads and the shared-memory ring; no extra copy). What an epoch of a mix is (per rank; every rank
+the same counts, so DDP ranks step in lock-step):
 
 - ``M`` samples (``epoch_size``; default: the sources' per-rank lengths summed), of which source ``i`` gives
   ``n_i``: ``M * w_i / sum(w)`` rounded by largest remainder (ties to the lower index), the same every epoch.
-- Source ``i``'s samples are read from its own endless stream of *exact* epochs (its epoch 0, then 1, ...,
-  each its own shuffled order on this rank): mix epoch ``e`` takes positions ``[e * n_i, (e + 1) * n_i)``
-  of that stream. A source given more than its length (upsampled) goes through its epochs faster than the
-  mix, one given less (downsampled) continues in the next mix epoch where it stopped; either way each of a
-  source's epochs yields each of its samples exactly once (its padding aside), with the same windows as
-  the source alone would.
+- Source ``i``'s samples come from its own endless stream of *exact* epochs on this rank: its epoch ``E``
+  is its rank slice (shards permuted by its seed and ``E``, split over the ranks like a single store) cut
+  into pieces of ``block_size // interleave`` consecutive samples, the pieces permuted. Mix epoch ``e``
+  takes positions ``[e * n_i, (e + 1) * n_i)`` of that stream: a source given more than its length
+  (upsampled) goes through its epochs faster than the mix, one given less (downsampled) continues in the
+  next mix epoch where it stopped; either way each of a source's epochs yields each of its samples exactly
+  once (its padding aside).
 - The mix epoch is cut into blocks of about ``block_size`` samples, block ``j`` taking every source's next
-  share (``x * n_i // M`` at its bounds), so each block holds the sources in proportion; a block's rows are
-  emitted stratified over its parts (:func:`pipelines.order.block_order`), so a batch does too.
+  share (``x * n_i // M`` at its bounds): a block holds the sources in proportion and about ``interleave``
+  pieces, and its samples are emitted stratified over the pieces (:func:`pipelines.order.block_order`), so
+  a batch holds the sources in proportion too, from many shards.
 
-Everything is a pure function of (mix seed, the sources' seeds, epoch, rank, world): ``set_epoch`` is the
-only state, and the loader's ``state_dict`` resumes mid-epoch exactly. Each batch gets ``"source"``: an
-int64 tensor of source indices (positions in the list given to :func:`mix`).
-
-Cost: a block's parts are read into a scratch buffer and copied once into the output in the emitted order
-(one more copy of each clip than a single store's fast path).
+Everything is a pure function of (the mix's seed, the sources' seeds, epoch, rank, world): ``set_epoch`` is
+the only state, and the loader's ``state_dict`` resumes mid-epoch exactly (not on another world size).
+Each batch gets ``"source"``: an int64 tensor of source indices (positions in the list given to
+:func:`mix`; -1 in a block that lost samples to ``on_error="skip"``). The sources must agree on how a
+sample is read (world, sample shape, mode, frames, stride, offset, with_meta, fields); errors, ``verify``
+and HDF5 locking follow the first source's settings.
 """
 
 from __future__ import annotations
 
-import bisect
+import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipelines.dataset import Allocator, VideoDataset, alloc_block
+from pipelines.dataset import Allocator, VideoDataset
 from pipelines.errors import PipelineError
-from pipelines.order import Block, Segment, block_order, narrowed
+from pipelines.order import (
+    Block,
+    Segment,
+    block_order,
+    block_rng,
+    kept_range,
+    piece_key,
+    piece_order,
+    rank_share,
+    segments_of_range,
+    shard_order,
+)
 from pipelines.world import World
 
 SOURCE_FIELD = "source"
@@ -54,29 +68,40 @@ def apportion(total: int, weights: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
-@dataclass(frozen=True)
-class MixBlock:
-    """Parts ``(source, narrowed source block)`` emitted together; ``position``: rank position in the mix
-    epoch of its first sample; ``seed_key``: the identity its emission order is drawn from."""
+class _SourceEpoch:
+    """One exact epoch of a source on this rank as permuted pieces: ``runs(lo, hi)`` gives the pieces of
+    positions ``[lo, hi)`` of that piece sequence, each as segments numbered in the mix's shard list."""
 
-    index: int
-    position: int
-    parts: tuple[tuple[int, Block], ...]
-    seed_key: tuple[int, ...]
-    shard_offsets: tuple[int, ...]
+    def __init__(self, src: VideoDataset, epoch: int, piece: int, shard_offset: int) -> None:
+        sizes = np.asarray(src.shard_sizes, dtype=np.int64)
+        self.order = shard_order(len(sizes), seed=src.seed, epoch=epoch, shuffle=src.shuffle)
+        self.rank_start, count, _ = rank_share(int(sizes.sum()), src.world)
+        self.streamed = sizes[self.order]
+        self.ends = np.cumsum(self.streamed)
+        n_pieces = -(-count // piece)
+        perm = np.arange(n_pieces)
+        if src.shuffle:
+            perm = piece_order(n_pieces, piece_key(src.seed, epoch, self.rank_start))
+        self.first = perm * piece  # rank position of each piece, in the permuted order
+        self.size = np.minimum(self.first + piece, count) - self.first
+        self.at = np.concatenate([[0], np.cumsum(self.size)])  # where each piece starts in the sequence
+        self.offset = shard_offset
 
-    @property
-    def size(self) -> int:
-        return sum(part.kept(part.known_size) for _, part in self.parts)  # type: ignore[arg-type]
-
-    @property
-    def segments(self) -> tuple[Segment, ...]:
-        """The parts' shard runs, numbered in the mix's shard list (for error messages)."""
-        return tuple(
-            Segment(self.shard_offsets[i] + seg.shard, seg.start, seg.stop)
-            for i, part in self.parts
-            for seg in part.segments
-        )
+    def runs(self, lo: int, hi: int) -> list[tuple[int, list[Segment]]]:
+        """``(samples, segments)`` per piece (or part of one) covering ``[lo, hi)`` of the sequence."""
+        out = []
+        k = int(np.searchsorted(self.at, lo, side="right")) - 1
+        while lo < hi:
+            take = min(hi, int(self.at[k + 1])) - lo
+            start = self.rank_start + int(self.first[k]) + lo - int(self.at[k])
+            segs = [
+                Segment(self.offset + int(self.order[seg.shard]), seg.start, seg.stop)
+                for seg in segments_of_range(self.streamed, self.ends, start, start + take)
+            ]
+            out.append((take, segs))
+            lo += take
+            k += 1
+        return out
 
 
 class MixedDataset:
@@ -100,24 +125,11 @@ class MixedDataset:
             raise PipelineError(
                 f"mix needs one weight per source, got {len(sources)} sources, {len(weights)}"
             )
+        _check_alike(sources)
         first = sources[0]
-
-        def settings(src: VideoDataset) -> tuple:
-            return (src.world, src.item_shape(), src.mode, src.with_meta, src.fields)
-
-        for i, src in enumerate(sources):
-            if src.epoch_mode != "exact":
-                raise PipelineError(f"source {i}: mixing reads sources' exact epochs (epoch_mode='exact')")
-            if settings(src) != settings(first):
-                raise PipelineError(
-                    f"source {i} differs from source 0 in world, sample shape, mode, with_meta or fields: "
-                    f"{settings(src)} vs {settings(first)}"
-                )
-        if first.item_shape() is None:
-            raise PipelineError("mixing needs sources with a manifest (the sample shape known up front)")
         self.sources = list(sources)
         self.world: World = first.world
-        self.mode, self.with_meta = first.mode, first.with_meta
+        self.with_meta = first.with_meta
         self.fields = (*first.fields, SOURCE_FIELD)
         self.seed, self.shuffle, self.epoch = int(seed), shuffle, 0
         self.interleave = first.interleave
@@ -126,14 +138,17 @@ class MixedDataset:
         if self.num_samples < 1:
             raise PipelineError(f"epoch_size must be >= 1, got {epoch_size}")
         self.counts = apportion(self.num_samples, weights)
-        self.weights = [float(w) for w in weights]
-        self.part_size = int(block_size or min(src.block_size for src in sources))
-        # what the loader sizes ring slots by: a block may hold up to one more sample per source
-        self.block_size = self.part_size + len(sources)
-        self.shards = [shard for src in sources for shard in src.shards]
+        self.step = int(block_size or min(src.block_size for src in sources))
+        self.piece = max(1, self.step // self.interleave)
+        self.block_size = self.step + len(sources) - 1  # the most a block holds (rounding): ring slots' size
         offsets = np.cumsum([0] + [len(src.shards) for src in sources])
-        self._offsets = tuple(int(o) for o in offsets[:-1])
-        self._scratch: NDArray[np.uint8] | None = None
+        self._offsets = [int(o) for o in offsets[:-1]]
+        self._source_of_shard = np.repeat(np.arange(len(sources)), np.diff(offsets))
+        # the reader: the first source's read settings over every source's shards
+        self._reader = copy.copy(first)
+        self._reader.shards = [shard for src in sources for shard in src.shards]
+        self._reader.shuffle = shuffle
+        self.shards = self._reader.shards
 
     # ------------------------------------------------------------ the loader's dataset protocol
     @property
@@ -161,131 +176,78 @@ class MixedDataset:
     def item_shape(self) -> tuple[int, ...] | None:
         return self.sources[0].item_shape()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_scratch": None}
-
     # ------------------------------------------------------------ order
-    def source_ranges(self, epoch: int) -> list[list[tuple[int, int, int]]]:
-        """Per source, the ``(source epoch, first, stop)`` rank-position runs mix epoch ``epoch`` reads."""
+    def share_runs(
+        self, source: int, epoch: int, lo: int, hi: int, cache: dict
+    ) -> list[tuple[int, list[Segment]]]:
+        """Pieces of samples ``[lo, hi)`` of source ``source``'s share of mix epoch ``epoch``."""
+        n, length = self.counts[source], self.lengths[source]
+        lo, hi = epoch * n + lo, epoch * n + hi  # positions in the source's endless stream of epochs
         out = []
-        for n, length in zip(self.counts, self.lengths, strict=True):
-            lo, hi, runs = epoch * n, (epoch + 1) * n, []
-            while lo < hi:
-                e, p = divmod(lo, length)
-                take = min(hi - lo, length - p)
-                runs.append((e, p, p + take))
-                lo += take
-            out.append(runs)
+        while lo < hi:
+            e, p = divmod(lo, length)
+            take = min(hi - lo, length - p)
+            if (source, e) not in cache:
+                cache[(source, e)] = _SourceEpoch(self.sources[source], e, self.piece, self._offsets[source])
+            out += cache[(source, e)].runs(p, p + take)
+            lo += take
         return out
 
-    def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[MixBlock]:
+    def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
         """This rank's blocks of mix epoch ``epoch`` from sample ``start`` on."""
         epoch = self.epoch if epoch is None else epoch
-        cache: dict[tuple[int, int], tuple[list[Block], list[int]]] = {}
-        ranges = self.source_ranges(epoch)
-
-        def source_blocks(i: int, e: int) -> tuple[list[Block], list[int]]:
-            if (i, e) not in cache:
-                blocks = list(self.sources[i].blocks(0, e))
-                cache[(i, e)] = blocks, [b.position for b in blocks]
-            return cache[(i, e)]
-
-        def parts_of(i: int, a: int, b: int) -> list[tuple[int, Block]]:
-            """Source ``i``'s samples ``[a, b)`` of its share of this mix epoch, as narrowed blocks."""
-            parts, at = [], 0
-            for e, p0, p1 in ranges[i]:
-                lo, hi = max(p0, p0 + a - at), min(p1, p0 + b - at)
-                at += p1 - p0
-                if lo >= hi:
-                    continue
-                blocks, starts = source_blocks(i, e)
-                for k in range(max(0, bisect.bisect_right(starts, lo) - 1), len(blocks)):
-                    if blocks[k].position >= hi:
-                        break
-                    part = narrowed(blocks[k], lo, hi)
-                    if part is not None:
-                        parts.append((i, part))
-            return parts
-
+        cache: dict = {}
         total, position = self.num_samples, 0
-        for index, x in enumerate(range(0, total, self.part_size)):
-            y = min(x + self.part_size, total)
-            parts = [
-                part
+        for index, x in enumerate(range(0, total, self.step)):
+            y = min(x + self.step, total)
+            runs = [
+                run
                 for i, n in enumerate(self.counts)
-                for part in parts_of(i, x * n // total, y * n // total)
+                for run in self.share_runs(i, epoch, x * n // total, y * n // total, cache)
             ]
-            key = (self.seed, epoch, _SALT_MIX, self.world.rank, index)
-            block = MixBlock(index, position, tuple(parts), key, self._offsets)
-            size = block.size
+            size = sum(n for n, _ in runs)
             if position + size > start:
-                yield block
+                segments = tuple(seg for _, segs in runs for seg in segs)
+                pieces = tuple(n for n, _ in runs) if len(runs) > 1 else ()
+                key = (self.seed, epoch, _SALT_MIX, self.world.rank, index)
+                yield Block(index, position, segments, key, pieces=pieces)
             position += size
 
     # ------------------------------------------------------------ reading
-    def _scratch_rows(self, n: int, sample: tuple[int, ...]) -> NDArray[np.uint8]:
-        """A per-process buffer for a block's parts (reused: fresh pages cost more than the read)."""
-        shape = (n, *sample)
-        if self._scratch is None or self._scratch.size < int(np.prod(shape)):
-            self._scratch = np.empty(int(np.prod(shape)), dtype=np.uint8)
-        return self._scratch[: int(np.prod(shape))].reshape(shape)
+    def read_block(self, block: Block, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
+        """The block read like a single store's, plus ``fields["source"]``: each sample's source index."""
+        item = self._reader.read_block(block, start, alloc)
+        item.setdefault("fields", {})[SOURCE_FIELD] = torch.from_numpy(self._sources_of(block, start, item))
+        return item
 
-    def read_block(self, block: MixBlock, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
-        """The block's parts read by their sources, emitted stratified over the parts, from ``start`` on:
-        ``{"block", "key", "video", "meta", "skipped", "fields"}`` (``fields["source"]``: source indices)."""
-        alloc = alloc or alloc_block
-        sample = self.item_shape()
-        scratch = self._scratch_rows(block.size, sample)  # type: ignore[arg-type]
-        keys: list[str] = []
-        metas: list[Any] = []
-        fields: dict[str, list[torch.Tensor]] = {name: [] for name in self.fields[:-1]}
-        counts, sources, skipped, row = [], [], 0, 0
-        for i, part in block.parts:
+    def _sources_of(self, block: Block, start: int, item: dict[str, Any]) -> NDArray[np.int64]:
+        """Source index of each yielded sample (the read block's emission order, recomputed)."""
+        if item["skipped"]:
+            return np.full(len(item["key"]), -1, dtype=np.int64)
+        counts = [seg.stop - seg.start for seg in block.segments]  # type: ignore[operator]
+        read = np.repeat(self._source_of_shard[[seg.shard for seg in block.segments]], counts)
+        order = block_order(block, len(read), shuffle=self.shuffle, rng=block_rng(block))
+        lo, hi = kept_range(block, len(read), start)
+        return read[order[lo:hi]].astype(np.int64)
 
-            def into_scratch(shape: tuple[int, ...], at: int = row):
-                view = scratch[at : at + shape[0]]
-                return torch.from_numpy(view), view
 
-            item = self.sources[i].read_block(part, 0, alloc=into_scratch)
-            skipped += item["skipped"]
-            n = len(item["key"])
-            if n and item["video"] is not None:
-                got = item["video"].numpy().reshape(n, *sample)
-                if got.ctypes.data != scratch[row:].ctypes.data:  # a part that lost samples: compacted copy
-                    scratch[row : row + n] = got
-            keys += item["key"]
-            metas += item["meta"] or []
-            for name in fields:
-                fields[name].append(item["fields"][name])
-            counts.append(n)
-            sources.append(i)
-            row += n
-        lo = max(0, start - block.position)
-        order = self._order(block, counts)[lo:]
-        video, out = alloc((len(order), *sample))  # type: ignore[misc]
-        np.take(scratch[:row], order, axis=0, out=out)
-        picked = torch.from_numpy(order)
-        extra = {name: torch.cat(parts)[picked] for name, parts in fields.items() if parts}
-        extra[SOURCE_FIELD] = torch.from_numpy(np.repeat(sources, counts).astype(np.int64)[order])
-        if self.mode == "frame":
-            video = video[:, 0]
-        return {
-            "block": block.index,
-            "key": [keys[j] for j in order.tolist()],
-            "video": video if len(order) else None,
-            "meta": [metas[j] for j in order.tolist()] if self.with_meta else None,
-            "skipped": skipped,
-            "fields": extra,
-        }
+def _check_alike(sources: Sequence[VideoDataset]) -> None:
+    """Sources must read samples alike (the mix reads them all with the first one's settings)."""
 
-    def _order(self, block: MixBlock, counts: list[int]) -> NDArray[np.int64]:
-        """Emission order of the block's rows (its parts one after another): stratified over the parts."""
-        n = sum(counts)
-        if not self.shuffle:
-            return np.arange(n, dtype=np.int64)
-        sizes = tuple(c for c in counts if c)
-        rng = np.random.default_rng(block.seed_key)
-        return block_order(Block(0, 0, (), (), pieces=sizes), n, shuffle=True, rng=rng)
+    def how(src: VideoDataset) -> tuple:
+        reading = (src.mode, src.frames, src.stride, src.offset, src.with_meta, src.fields)
+        return (src.world, src.sample_shape, *reading)
+
+    for i, src in enumerate(sources):
+        if src.epoch_mode != "exact":
+            raise PipelineError(f"source {i}: mixing reads sources' exact epochs (epoch_mode='exact')")
+        if src.sample_shape is None:
+            raise PipelineError(f"source {i}: mixing needs a manifest (the sample shape known up front)")
+        if how(src) != how(sources[0]):
+            raise PipelineError(
+                f"source {i} differs from source 0 in world, sample shape, mode, frames, stride, offset, "
+                f"with_meta or fields: {how(src)} vs {how(sources[0])}"
+            )
 
 
 def mix(
@@ -299,10 +261,9 @@ def mix(
 ) -> MixedDataset:
     """Draw from ``sources`` in proportion to ``weights``: ``make_loader(mix([a, b], [3, 1]), 32)``.
 
-    Sources must share world, sample shape, mode, ``with_meta`` and fields, and use exact epochs; each keeps
-    its own seed and settings. ``epoch_size``: samples per rank and mix epoch (default: the sources' lengths
-    summed); ``block_size``: samples per mixed block (default: the smallest source block size). What an
-    epoch is: :mod:`pipelines.mix`."""
+    Each source keeps its own seed (its shard order) and must use exact epochs; ``epoch_size``: samples per
+    rank and mix epoch (default: the sources' lengths summed); ``block_size``: samples per block (default:
+    the smallest source block size). What an epoch is: :mod:`pipelines.mix`."""
     return MixedDataset(
         sources, weights, seed=seed, epoch_size=epoch_size, block_size=block_size, shuffle=shuffle
     )

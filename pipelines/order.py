@@ -128,7 +128,7 @@ def rank_share(n_total: int, world: World) -> tuple[int, int, int]:
     return world.rank * per_rank, per_rank, pad
 
 
-def _segments_of_range(
+def segments_of_range(
     sizes: NDArray[np.int64], ends: NDArray[np.int64], start: int, stop: int
 ) -> list[Segment]:
     """Segments covering stream positions ``[start, stop)``, wrapping around; ``sizes`` are the shard sizes in
@@ -157,11 +157,21 @@ def _rank_pieces(
         return [[(lo, min(lo + block_size, count))] for lo in range(0, count, block_size)]
     piece = max(1, block_size // interleave)
     per_block = block_size // piece
-    perm = np.random.default_rng(key).permutation(-(-count // piece))
+    perm = piece_order(-(-count // piece), key)
     return [
         [(p * piece, min((p + 1) * piece, count)) for p in np.sort(perm[first : first + per_block]).tolist()]
         for first in range(0, len(perm), per_block)
     ]
+
+
+def piece_order(n_pieces: int, key: tuple[int, ...]) -> NDArray[np.int64]:
+    """The permutation of a rank's pieces in an exact epoch; ``key``: :func:`piece_key`."""
+    return np.random.default_rng(key).permutation(n_pieces).astype(np.int64)
+
+
+def piece_key(seed: int, epoch: int, rank_start: int) -> tuple[int, ...]:
+    """What the pieces of the rank whose slice begins at ``rank_start`` are permuted by."""
+    return (seed, epoch, _SALT_PIECES, rank_start)
 
 
 def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -192,12 +202,11 @@ def _plain_blocks(
     ends = np.cumsum(streamed)
     k = interleave if shuffle else 1
     blocks, position = [], 0
-    key = (seed, epoch, _SALT_PIECES, rank_start)
-    for index, pieces in enumerate(_rank_pieces(count, block_size, k, key)):
+    for index, pieces in enumerate(_rank_pieces(count, block_size, k, piece_key(seed, epoch, rank_start))):
         segs = [
             Segment(int(order[seg.shard]), seg.start, seg.stop)
             for lo, hi in _merged(pieces)
-            for seg in _segments_of_range(streamed, ends, rank_start + lo, rank_start + hi)
+            for seg in segments_of_range(streamed, ends, rank_start + lo, rank_start + hi)
         ]
         piece_sizes = tuple(hi - lo for lo, hi in pieces) if len(pieces) > 1 else ()
         seed_key = (seed, epoch, _SALT_BLOCK, rank_start + position)
@@ -227,7 +236,7 @@ def _split(units: Sequence[Block], world: World) -> list[Block]:
     sizes = np.asarray([u.kept(u.known_size) for u in units], dtype=np.int64)  # type: ignore[arg-type]
     rank_start, count, _ = rank_share(int(sizes.sum()), world)
     blocks: list[Block] = []
-    for seg in _segments_of_range(sizes, np.cumsum(sizes), rank_start, rank_start + count):
+    for seg in segments_of_range(sizes, np.cumsum(sizes), rank_start, rank_start + count):
         unit = units[seg.shard]
         first = unit.keep[0]  # type: ignore[index]
         keep = (first + seg.start, first + seg.stop)  # type: ignore[operator]
