@@ -27,9 +27,10 @@ kernels it keeps). With any option on, `generate_variant` runs the general kerne
   is rint(255 min(1, sum_i exp(-q_i^4) colour_i)) and a pixel is dark in all channels exactly where the grey
   clip would be. Meta `colors` lists them (RGB 0..255).
 - `occluder` [lo, hi] (`--occluder LO-HI`, fractions of the frame width): a vertical curtain over the
-  columns whose centres (col + 0.5) / size lie in [lo, hi), drawn in front of the balls at 255 (white, as
-  R-NEM's occlusion experiments' curtain; van Steenkiste et al. 2018). In masks its pixels get the id
-  `OCCLUDER_ID` (255), flow 0; a ball behind it is not visible there (its visible fraction drops).
+  columns whose centres (col + 0.5) / size lie in [lo, hi), drawn in front of the balls at 255 in every
+  channel (a curtain balls pass behind, as in R-NEM's occlusion experiments, van Steenkiste et al. 2018;
+  its place and colour here are ours). In masks its pixels get the id `OCCLUDER_ID` (255) and flow 0; a
+  ball behind it is not visible there (its visible fraction drops). No draws: trajectories are unchanged.
 
 Collisions in the variant physics apply only to pairs that approach each other (the default generator also
 collides overlapping pairs that already separate, which can make them stick; that rule is kept there).
