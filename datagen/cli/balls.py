@@ -40,14 +40,14 @@ def balls_cli(
         typer.Option("--masses", help="Mass range LO-HI, uniform per ball; elastic collisions [off: all 1]."),
     ] = None,
     gravity: Annotated[
-        float, typer.Option("--gravity", help="Acceleration down the rows, box units per frame^2 [0].")
+        float, typer.Option("--gravity", help="Acceleration down the rows, box units per frame^2.")
     ] = 0.0,
     damping: Annotated[
-        float, typer.Option("--damping", help="Velocity fraction lost per frame (drag), in [0, 1) [0].")
+        float, typer.Option("--damping", help="Velocity fraction lost per frame (drag), in [0, 1).")
     ] = 0.0,
     restitution: Annotated[
         float,
-        typer.Option("--restitution", help="Normal speed kept at a wall bounce, in (0, 1] [1: elastic]."),
+        typer.Option("--restitution", help="Normal speed kept at a wall bounce, in (0, 1]; 1 is elastic."),
     ] = 1.0,
     colors: Annotated[
         str | None,
