@@ -410,6 +410,9 @@ def make_loader(
 ) -> VideoLoader:
     """Batches of ``dataset`` on ``device``: ``"video"`` float in [-1, 1] (uint8 with ``dtype=torch.uint8``).
 
+    ``dataset``: a :class:`VideoDataset`, or a :func:`pipelines.mix` of several (batches then also carry
+    ``"source"``, each sample's source index).
+
     ``(B, C, T, H, W)`` in clip mode, ``(B, C, H, W)`` in frame mode; ``"key"`` a list of str. The same
     batches come out for any ``num_workers``; ``prefetch`` batches are in flight to the device (at least 2);
     ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly; ``timeout`` (s) bounds a worker's

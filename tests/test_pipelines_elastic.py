@@ -54,6 +54,8 @@ def test_elastic_split_loses_and_repeats_nothing_over_two_steps():
     assert third == [s for rank in second for s in rank[7:]]
     read = Counter(s for rank in first for s in rank) + Counter(s for rank in second for s in rank[:7])
     assert read + Counter(third) == epoch + Counter(left[:2])
+    # a state taken at the very end of the epoch resumes as an empty epoch on the new world
+    assert elastic_count(sum(SIZES), 3, [(2, 62)]) == 0 and yielded(World(2, 3), [(2, 62)]) == []
 
 
 def test_elastic_blocks_keep_their_shuffle_and_windows(tmp_path):
