@@ -17,7 +17,23 @@ the page cache. Target (issue #18): >= 8 distinct shards per batch of 32 by defa
 block-local order's clips/s. Usage::
 
     nice python bench/bench_shuffle.py [--shards 48] [--shard-size 250] [--epochs 3] [--repeat 5]
-        [--shape balls_30x30|mnist_64x64] [--format wds|hdf5] [--orders 1 12 ...] [--json out.json]
+        [--shape balls_30x30|mnist_64x64] [--format wds|hdf5] [--orders 1 12 ...] [--mix] [--json out.json]
+
+Measured 2026-12-06 on the 2-core machine shared with training jobs (load average 5), uint8 batches of 32, 2
+workers, two runs each (wall clips/s swings with the load; CPU-s per clip is the steadier figure):
+
+=========================  ============  ==============  ==================  =================
+store                      shards/batch  (block-local)   clips/s vs local    CPU-s/10k (local)
+=========================  ============  ==============  ==================  =================
+balls wds, 48 x 250        11.9          1.9             1.03, 0.78          0.100, 0.104 (0.090, 0.086)
+balls wds, 24 x 1000       10.1          1.2             0.89                0.098 (0.081)
+balls hdf5, 48 x 250       11.9          1.9             0.97, 0.82          0.082, 0.089 (0.071, 0.076)
+MNIST wds, 24 x 200        10.6          2.1             0.73, 0.51          0.285, 0.280 (0.217, 0.217)
+mix 1:1 (balls wds)        13.8          -               0.76, 0.63          0.123, 0.128
+=========================  ============  ==============  ==================  =================
+
+MNIST-size clips (82 KB) get blocks of 204 (the 16 MiB cap), so pieces of 17 clips, and the per-run cost
+of the read path weighs more; ``block_size=409`` (32 MiB blocks) gave 0.95 of the block-local clips/s.
 """
 
 from __future__ import annotations
