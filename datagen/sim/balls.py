@@ -28,6 +28,11 @@ Ground truth in `meta` (pixel units: x = column, y = row, pixel centres at integ
 `{"index", "n_balls", "radius_px", "positions": [T][n][x, y], "velocities": [T][n][vx, vy]}`, a plain dict
 whose trajectories are read-only float64 arrays (views into the batch's arrays); the shard writers encode it
 with orjson (`datagen.store.wds.meta_bytes`).
+
+Variants (masses, gravity, damping, restitution, radius and count ranges, colours, an occluder; issue 17)
+are off by default and then absent from the params: this module's kernels and bytes are untouched by them.
+With any of them on, `generate` hands over to `datagen.sim.balls_variants` (general kernels in
+`datagen.sim._balls_variants`).
 """
 
 from __future__ import annotations
