@@ -122,3 +122,14 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
     save_config(resolve_defaults(stage2), tmp_path / "stage2" / "config.yaml")
     with pytest.raises(ValueError, match="gf_checkpoint"):
         proto._check_resumable(dataclasses.replace(stage2, gf_checkpoint="a/2.pt"))
+
+
+def test_three_balls_train_stage_1_longer_with_the_same_stage_2() -> None:
+    one, three = proto.stage_configs(True, 1), proto.stage_configs(True, 3)
+    assert one[0]["max_steps"] == proto.CPU_SCALE[True]["stage1"]["max_steps"] == 1000
+    assert three[0]["max_steps"] == 6500
+    assert {k: v for k, v in three[0].items() if k != "max_steps"} == {
+        k: v for k, v in one[0].items() if k != "max_steps"
+    }
+    assert one[1] == three[1] == proto.CPU_SCALE[True]["stage2"]
+    assert proto.stage_configs(False, 3)[0]["max_steps"] == 10000
