@@ -166,8 +166,10 @@ class VideoLoader:
         timeout: float,
         multiprocessing_context: str | None,
         persistent_workers: bool,
+        split: tuple[int, int] | None = None,
     ) -> None:
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.split = split
         self.device, self.dtype, self.drop_last, self.prefetch = device, dtype, drop_last, prefetch
         self.timeout, self.multiprocessing_context = timeout, multiprocessing_context
         self.persistent_workers = persistent_workers
@@ -392,6 +394,8 @@ class VideoLoader:
         )
         for batch in batches:
             self._position += len(batch["key"])
+            if self.split is not None:  # views of the clip, no copy
+                batch["context"], batch["target"] = batch["video"].split(self.split, dim=2)
             yield batch
 
 
@@ -407,6 +411,8 @@ def make_loader(
     timeout: float = 0,
     multiprocessing_context: str | None = None,
     persistent_workers: bool = True,
+    context: int | None = None,
+    target: int | None = None,
 ) -> VideoLoader:
     """Batches of ``dataset`` on ``device``: ``"video"`` float in [-1, 1] (uint8 with ``dtype=torch.uint8``).
 
@@ -416,7 +422,11 @@ def make_loader(
     ``(B, C, T, H, W)`` in clip mode, ``(B, C, H, W)`` in frame mode; ``"key"`` a list of str. The same
     batches come out for any ``num_workers``; ``prefetch`` batches are in flight to the device (at least 2);
     ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly; ``timeout`` (s) bounds a worker's
-    silence. Workers persist across epochs (open files and indexes stay warm; the dataset object they hold
+    silence. ``context`` / ``target``: the video-prediction split (Moving MNIST's standard 10 -> 10: clips
+    of 20 frames, ``context=10, target=10``): batches also carry ``"context"`` (B, C, context, H, W), the
+    first frames, and ``"target"`` (B, C, target, H, W), the rest (views of ``"video"``; clip mode, and the
+    clips must be exactly ``context + target`` frames long).
+    Workers persist across epochs (open files and indexes stay warm; the dataset object they hold
     is the one of the first epoch: change settings by making a new loader). uint8 CPU batches may be views
     of shared memory that is reused only once they are freed: keeping many of them is safe, only slower.
     """
@@ -431,6 +441,7 @@ def make_loader(
         raise PipelineError("device is CUDA but torch.cuda is not available")
     if not (dtype == torch.uint8 or dtype.is_floating_point):
         raise PipelineError(f"dtype must be torch.uint8 or a float type, got {dtype}")
+    split = _prediction_split(dataset, context, target)
     return VideoLoader(
         dataset,
         batch_size,
@@ -442,4 +453,27 @@ def make_loader(
         timeout=timeout,
         multiprocessing_context=multiprocessing_context,
         persistent_workers=persistent_workers,
+        split=split,
     )
+
+
+def _prediction_split(dataset: Any, context: int | None, target: int | None) -> tuple[int, int] | None:
+    """(context, target) frame counts, checked against the dataset's clips; None without a split."""
+    if context is None and target is None:
+        return None
+    if context is None or target is None:
+        raise PipelineError("give both context and target (e.g. context=10, target=10), or neither")
+    for name, value in (("context", context), ("target", target)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PipelineError(f"{name} must be an integer >= 1, got {value!r}")
+    first = dataset.sources[0] if hasattr(dataset, "sources") else dataset  # a mix reads its sources alike
+    if first.mode != "clip":
+        raise PipelineError("context/target split the clips of mode='clip'; this dataset yields frames")
+    shape = dataset.item_shape()
+    if shape is None or shape[0] != context + target:
+        frames = "unknown" if shape is None else shape[0]
+        raise PipelineError(
+            f"context + target = {context + target} frames, but the dataset's clips are {frames} frames "
+            f"long: make it with frames={context + target}"
+        )
+    return (context, target)
