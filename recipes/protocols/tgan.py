@@ -47,7 +47,9 @@ sure. G's BN on batch statistics instead of running ones changes little (confide
 ``--quick`` therefore trains 5,000 steps (about 31 CPU min + 5 of evaluation, within the 45 CPU-minute
 budget given to it; 6,000 measured worse), and its targets are kept and reported as failing; reaching them
 needs far more samples than CPU scale allows (5,000 x 8 clips is 1.3% of the paper's 100,000 x 32) and
-probably a wider critic (16 channels here, 64 in the paper), i.e. the GPU protocol.
+probably a wider critic (16 channels here, 64 in the paper), i.e. the GPU protocol. A wider critic alone (32
+channels, one thread, 0.7 CPU s/step) was worse over the first 2,000 steps: confident frames 0.004 / 0.016 at
+1,000 / 2,000 steps (16 channels: 0.119 at 2,000), frames with one blob 0.017 / 0.04.
 
 Measured ``--quick`` (commit 0536b6e, one thread, 2 CPU cores shared with other jobs): FVD 367 = 0.57 of the
 untrained model's 644 (target <= 0.5) and 2.0 of frame-shuffled real's 183 (target <= 1); confident frames
