@@ -178,7 +178,7 @@ class VideoDataset(IterableDataset):
         self.epoch = 0
 
         info = resolve_source(source, fmt=format)
-        self.fields, self.field_specs = check_fields(fields, info.manifest, mode, stride)
+        self.fields, self.field_specs = check_fields(fields, info.manifest, mode, stride, frames)
         check_verify_mode(verify, info)
         self.verify = verify
         info, self.skipped = drop_bad_shards(info, self.handler, verify)

@@ -1,4 +1,4 @@
-"""Extra per-sample arrays (``mask``, ``flow``; :data:`datagen.store.format.ARRAY_FIELDS`) for a block.
+"""Extra per-sample arrays (``mask``, ``flow``, ``sensed``; :data:`datagen.store.format.ARRAY_FIELDS`).
 
 The video goes through the fast gather path into the block's (ring) buffer; the extra fields are read here
 on a plain path, one run of a shard at a time, and cut to the same windows: a mask window is the video's
@@ -26,7 +26,7 @@ from pipelines.tar_index import tar_index
 
 
 def check_fields(
-    fields: Sequence[str], manifest: dict | None, mode: str, stride: int
+    fields: Sequence[str], manifest: dict | None, mode: str, stride: int, frames: int | None = None
 ) -> tuple[tuple[str, ...], dict[str, tuple[np.dtype, tuple[int, ...]]]]:
     """The requested extra array fields and their (dtype, per-sample shape), checked against the store."""
     fields = tuple(fields)
@@ -49,8 +49,17 @@ def check_fields(
     if "flow" in wanted and (mode != "clip" or stride != 1):
         raise PipelineError("flow is read in clip mode with stride 1 only (flow over a stride is not stored)")
     video_shape = manifest["sample"]["video"]["shape"]
-    specs = {f: (np.dtype(ARRAY_FIELDS[f][0]), tuple(field_shape(f, video_shape))) for f in wanted}
+    if "sensed" in wanted and (mode != "clip" or stride != 1 or frames not in (None, video_shape[0])):
+        raise PipelineError("sensed images are of whole clips: read them in clip mode, all frames, stride 1")
+    specs = {f: (np.dtype(ARRAY_FIELDS[f][0]), _stored_shape(f, manifest["sample"])) for f in wanted}
     return wanted, specs
+
+
+def _stored_shape(name: str, sample: dict) -> tuple[int, ...]:
+    """One sample's shape of field `name`: the (checked) manifest's for `sensed`, else what the clip fixes."""
+    if name == "sensed":
+        return tuple(sample["sensed"]["shape"])
+    return tuple(field_shape(name, sample["video"]["shape"]))
 
 
 def read_field_run(
@@ -90,7 +99,10 @@ def read_field_run(
 
 
 def window(name: str, run: NDArray, starts: NDArray[np.int64], length: int, stride: int) -> NDArray:
-    """A window per sample: mask frames like the video's, flow the ``length - 1`` steps between them."""
+    """A window per sample: mask frames like the video's, flow the ``length - 1`` steps between them; a
+    sensed image is of the whole clip (the window is the clip)."""
+    if name == "sensed":
+        return run
     if name == "flow":
         length -= 1
     picks = starts[:, None] + stride * np.arange(length)
@@ -103,7 +115,7 @@ class FieldBlock:
     def __init__(self, specs: dict[str, tuple[np.dtype, tuple[int, ...]]], rows: int, length: int) -> None:
         self.specs = specs
         self.out = {
-            name: np.zeros((rows, length - (name == "flow"), *shape[1:]), dtype=dtype)
+            name: np.zeros((rows, *_window_shape(name, shape, length)), dtype=dtype)
             for name, (dtype, shape) in specs.items()
         }
 
@@ -127,6 +139,13 @@ class FieldBlock:
         return result
 
 
+def _window_shape(name: str, shape: tuple[int, ...], length: int) -> tuple[int, ...]:
+    if name == "sensed":
+        return shape
+    return (length - (name == "flow"), *shape[1:])
+
+
 def to_model_layout(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """A batch's field as models take it: flow channel-first ``(B, 2, T - 1, H, W)``; mask as stored."""
+    """A batch's field as models take it: flow channel-first ``(B, 2, T - 1, H, W)``; mask, sensed (uint16
+    ``(B, V, H', W)``) as stored."""
     return tensor.movedim(-1, 1) if name == "flow" else tensor

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from datagen.cli import balls, mnist, stabilize, store_cmds  # noqa: F401  (importing registers them)
+from datagen.cli import balls, mnist, sense, stabilize, store_cmds  # noqa: F401  (importing registers them)
 from datagen.cli._app import app
 from datagen.errors import DatagenError, Interrupted
 

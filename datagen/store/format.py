@@ -48,9 +48,16 @@ MAX_DIM = 1 << 16
 # manifest lists its fields and nothing else is accepted, so text from a stranger's store never becomes a
 # member name, a dataset name or an attribute lookup.
 DEFAULT_FIELDS = ("video",)
-ARRAY_FIELDS: dict[str, tuple[str, str]] = {"mask": ("uint8", "THW"), "flow": ("float16", "THWC")}
+ARRAY_FIELDS: dict[str, tuple[str, str]] = {
+    "mask": ("uint8", "THW"),
+    "flow": ("float16", "THWC"),
+    "sensed": ("uint16", "VHW"),
+}
 """Array fields: name -> (dtype, layout). mask: (T, H, W) instance ids, 0 = background, i + 1 = object i;
-flow: (T - 1, H, W, 2) forward flow in pixels from frame t to t + 1 (x = column, y = row), 0 on background."""
+flow: (T - 1, H, W, 2) forward flow in pixels from frame t to t + 1 (x = column, y = row), 0 on background;
+sensed: (V, H + (T - 1) * shear, W) digital numbers of a sensing simulator's exposure of the whole clip
+(`datagen sense cup`: V = 1, or 2 with the complementary view), its shape in the manifest (it depends on
+the sensing parameters; :func:`field_shape_ok` says which shapes a clip allows)."""
 META_FIELDS = ("events", "visibility")
 """Fields that add ground truth to `meta` (no array): `events` a list of {frame, kind, objects, position},
 `visibility` per frame and object the visible fraction of its pixels."""
@@ -71,7 +78,22 @@ def field_shape(name: str, video_shape: Iterable[int]) -> list[int]:
         return [t, h, w]
     if name == "flow":
         return [t - 1, h, w, 2]
+    if name == "sensed":
+        raise ValueError(
+            "the sensed field's shape depends on the sensing parameters: read it from the manifest"
+        )
     raise ValueError(f"{name!r} is not an array field ({', '.join(ARRAY_FIELDS)})")
+
+
+def field_shape_ok(name: str, shape: Iterable[int], video_shape: Iterable[int]) -> bool:
+    """Whether one sample's field `name` may have `shape` for clips of `video_shape` (T, H, W, C)."""
+    shape = [int(d) for d in shape]
+    if name != "sensed":
+        return shape == field_shape(name, video_shape)
+    t, h, w, _ = video_shape
+    if len(shape) != 3 or shape[0] not in (1, 2) or shape[2] != w or shape[1] < h:
+        return False
+    return shape[1] == h if t == 1 else (shape[1] - h) % (t - 1) == 0
 
 
 def parse_fields(
@@ -101,9 +123,14 @@ def parse_fields(
     return tuple(n for n in KNOWN_FIELDS if n in names or n in DEFAULT_FIELDS)
 
 
-def sample_schema(video_shape: Iterable[int], fields: Iterable[str] = DEFAULT_FIELDS) -> dict[str, Any]:
+def sample_schema(
+    video_shape: Iterable[int],
+    fields: Iterable[str] = DEFAULT_FIELDS,
+    shapes: Mapping[str, list[int]] | None = None,
+) -> dict[str, Any]:
     """The manifest's `sample` entry: video (dtype, shape, layout), each array field, and the field list
-    (omitted for video alone, so stores without extra fields keep their records and digests)."""
+    (omitted for video alone, so stores without extra fields keep their records and digests). `shapes`:
+    the shapes of fields that the clip alone does not fix (`sensed`)."""
     shape = [int(d) for d in video_shape]
     schema: dict[str, Any] = {
         "video": {"dtype": "uint8", "shape": shape, "layout": "THWC"},
@@ -115,7 +142,9 @@ def sample_schema(video_shape: Iterable[int], fields: Iterable[str] = DEFAULT_FI
         for name in fields:
             if name in ARRAY_FIELDS:
                 dtype, layout = ARRAY_FIELDS[name]
-                schema[name] = {"dtype": dtype, "shape": field_shape(name, shape), "layout": layout}
+                own = (shapes or {}).get(name)
+                field = [int(d) for d in own] if own is not None else field_shape(name, shape)
+                schema[name] = {"dtype": dtype, "shape": field, "layout": layout}
     return schema
 
 
@@ -258,6 +287,15 @@ def _check_fields(c: _Checker, sample: Mapping[str, Any], shape: list[int]) -> N
             raise c.fail(f + ".dtype", f"must be {dtype!r}, got {entry['dtype']!r:.40}")
         if c.get(entry, "layout", f + ".layout") != layout:
             raise c.fail(f + ".layout", f"must be {layout!r}, got {entry['layout']!r:.40}")
+        if name == "sensed":
+            got = c.get(entry, "shape", f + ".shape")
+            if not (
+                isinstance(got, list) and all(_is_int(d) for d in got) and field_shape_ok(name, got, shape)
+            ):
+                raise c.fail(
+                    f + ".shape", f"{got!r:.80} is not (V, H + (T - 1) * shear, W) for clips of {shape}"
+                )
+            continue
         expected = field_shape(name, shape)
         if c.get(entry, "shape", f + ".shape") != expected or min(expected) < 1:
             raise c.fail(f + ".shape", f"must be {expected} for clips of {shape}, got {entry['shape']!r:.80}")

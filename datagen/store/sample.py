@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from datagen.store.format import ARRAY_FIELDS, KEY_WIDTH, field_shape, sample_key
+from datagen.store.format import ARRAY_FIELDS, KEY_WIDTH, field_shape_ok, sample_key
 
 __all__ = ["KEY_WIDTH", "Sample", "sample_key"]
 
@@ -35,8 +35,8 @@ class Sample:
                     f"sample {self.key}: {name!r} is not an array field ({', '.join(ARRAY_FIELDS)})"
                 )
             dtype = ARRAY_FIELDS[name][0]
-            shape = tuple(field_shape(name, self.video.shape))
-            if array.dtype != np.dtype(dtype) or array.shape != shape:
+            if array.dtype != np.dtype(dtype) or not field_shape_ok(name, array.shape, self.video.shape):
                 raise ValueError(
-                    f"sample {self.key}: {name} must be {dtype} {shape}, got {array.dtype} {array.shape}"
+                    f"sample {self.key}: {name} must be {dtype} of a shape that clips of {self.video.shape} "
+                    f"allow, got {array.dtype} {array.shape}"
                 )

@@ -1,0 +1,101 @@
+"""`datagen sense cup`: a sensing store from any store, byte-identical for any workers, read as pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datagen.api import load_manifest, make_store
+from datagen.cli import main
+from datagen.errors import DatagenError
+from datagen.jobs import run_store_job
+from datagen.sense.cup import CupOperator, CupParams, make_mask, sample_rng, sense
+from datagen.sense.job import cup_job, unpack_mask
+from datagen.store.readers import iter_samples
+
+PARAMS = {"shear": 2, "complementary": True, "bits": 10, "photons": 60.0}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("src") / "balls"
+    make_store(out, "balls", {"frames": 6, "size": 12, "n_balls": 2}, n=12, seed=3, shard_size=5)
+    return out
+
+
+def _sensed(out: Path, source: Path, workers: int, formats=("wds", "hdf5")) -> dict:
+    return run_store_job(cup_job(out, source, PARAMS, seed=7, formats=formats), workers=workers)
+
+
+def test_round_trip(source: Path, tmp_path: Path) -> None:
+    manifest = _sensed(tmp_path / "cup", source, workers=0)
+    src = load_manifest(source)
+    assert manifest["params"]["source"]["digest"] == src["digest"]
+    assert manifest["sample"]["sensed"] == {"dtype": "uint16", "layout": "VHW", "shape": [2, 12 + 5 * 2, 12]}
+    p = CupParams(**{k: v for k, v in manifest["params"].items() if k not in ("mask_sha256", "source")})
+    mask = unpack_mask(manifest["sensing"])
+    assert np.array_equal(mask, make_mask(12, 12, p.fill, p.mask_seed))
+    op = CupOperator(mask, 6, p.shear, p.complementary)
+    scenes = {s.key: s for s in iter_samples(source / "balls-000001.tar", "wds")}
+    for fmt, name in (("wds", "cup-000001.tar"), ("hdf5", "cup-000001.h5")):
+        got = list(iter_samples(tmp_path / "cup" / name, fmt))
+        assert [s.key for s in got] == sorted(scenes)
+        for s in got:
+            assert np.array_equal(s.video, scenes[s.key].video) and s.meta == scenes[s.key].meta
+            assert np.array_equal(s.fields["sensed"], sense(s.video, op, p, sample_rng(7, int(s.key))))
+    assert main(["verify", str(tmp_path / "cup")]) == 0
+
+
+def test_one_or_two_workers_same_bytes(source: Path, tmp_path: Path) -> None:
+    a = _sensed(tmp_path / "a", source, workers=1, formats=("wds",))
+    b = _sensed(tmp_path / "b", source, workers=2, formats=("wds",))
+    assert a == b
+    for s in a["shards"]:
+        assert (tmp_path / "a" / s["path"]).read_bytes() == (tmp_path / "b" / s["path"]).read_bytes()
+
+
+def test_pairs_through_pipelines(source: Path, tmp_path: Path) -> None:
+    from pipelines import VideoDataset
+    from pipelines.errors import PipelineError
+
+    _sensed(tmp_path / "cup", source, workers=0, formats=("wds",))
+    items = list(VideoDataset(tmp_path / "cup", fields=("sensed", "video"), shuffle=False))
+    assert len(items) == 12 and items[0]["sensed"].shape == (2, 22, 12)
+    assert items[0]["video"].shape == (1, 6, 12, 12)
+    with pytest.raises(PipelineError, match="whole clips"):
+        VideoDataset(tmp_path / "cup", fields=("sensed", "video"), frames=3)
+
+
+def test_refuses_a_damaged_source(source: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "src"
+    copy.mkdir()
+    for f in source.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    tar = copy / "balls-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[1000] ^= 1
+    tar.write_bytes(bytes(data))
+    with pytest.raises(DatagenError, match="balls-000000.tar"):
+        _sensed(tmp_path / "cup", copy, workers=0)
+
+
+@pytest.mark.parametrize(
+    "flags,word",
+    [(["--bits", "0"], "--bits"), (["--fill", "1.5"], "--fill"), (["--shear", "40"], "--shear")],
+)
+def test_cli_refuses_bad_params_in_one_line(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], word: str
+) -> None:
+    code = main(["sense", "cup", str(source), "--out", str(tmp_path / "o"), "-q", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and word in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
+def test_cli_writes_the_store(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert main(["sense", "cup", str(source), "--out", str(out), "-q", "-w", "0", "--shear", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["shear"] == 1 and manifest["sample"]["sensed"]["shape"] == [1, 17, 12]
