@@ -20,8 +20,16 @@ from typing import Any
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Cluster, Task, open_cluster, run_tasks
-from datagen.store.atomic import format_bytes, remove_stale_temps, write_error, write_json_atomic
+from datagen.store.atomic import (
+    format_bytes,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_error,
+    write_json_atomic,
+)
+from datagen.store.card import dataset_card
 from datagen.store.format import (
+    CARD,
     DEFAULT_FIELDS,
     FORMATS,
     JOB_FILE,
@@ -99,6 +107,7 @@ def run_store_job(
     ordered = [results[t.id] for t in job.tasks]
     extra = job.summarize(ordered) if job.summarize else None
     manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
+    write_bytes_atomic(out / CARD, dataset_card(manifest).encode())  # before the manifest, which comes last
     write_manifest(out, manifest)
     remove_run_files(out)
     return manifest

@@ -12,7 +12,7 @@ import pytest
 from datagen.cli import main
 from datagen.errors import DatagenError
 from datagen.jobs import JOB_FILE, JOURNAL, generation_job, run_store_job
-from datagen.store.format import MANIFEST, ManifestError, load_manifest, validate_manifest
+from datagen.store.format import CARD, MANIFEST, ManifestError, load_manifest, validate_manifest
 from datagen.store.ownership import refuse_protected, remove_store
 
 PARAMS = {"frames": 3, "size": 6}
@@ -41,7 +41,8 @@ def test_overwrite_replaces_a_store(tmp_path, pattern):
     make(out, pattern)
     again = make(out, pattern, seed=8, overwrite=True)
     assert again["seed"] == 8 and load_manifest(out)["seed"] == 8
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [s["path"] for s in again["shards"]])
+    files = [MANIFEST, CARD] + [s["path"] for s in again["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
 
 
 @pytest.mark.parametrize(

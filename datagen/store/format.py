@@ -489,6 +489,17 @@ VIDEOGAN_VIDEO_RE = re.compile(r"[0-9]{6,12}")
 VIDEOGAN_STRIP_RE = re.compile(r"[0-9]{4,9}\.jpg")
 VIDEOGAN_LIST = "list.txt"
 
+# The dataset card (`README.md`, Hugging Face card format) written beside the manifest. A README.md is ours
+# only when it carries this line: a user's own README in an output folder makes the folder not ours.
+CARD = "README.md"
+CARD_MARK = "<!-- datagen dataset card: made with this store and remade with it; edits are lost -->"
+CARD_MAX_BYTES = 1 << 20
+
+
+def is_card_text(text: bytes) -> bool:
+    """Bytes of a card datagen wrote (it carries :data:`CARD_MARK` in its first lines)."""
+    return CARD_MARK.encode() in text[:8192]
+
 
 def is_temp_of(name: str, finals: set[str] | None = None) -> bool:
     """`name` is a temporary file of ours (`.<final>.<id>.tmp`), for one of `finals` when given."""

@@ -18,6 +18,8 @@ from typing import Any
 
 from datagen.errors import DatagenError
 from datagen.store.format import (
+    CARD,
+    CARD_MAX_BYTES,
     EXTENSIONS,
     JOB_FILE,
     JOURNAL,
@@ -29,6 +31,7 @@ from datagen.store.format import (
     VIDEOGAN_STRIP_RE,
     VIDEOGAN_VIDEO_RE,
     ManifestError,
+    is_card_text,
     load_manifest,
     validate_record,
 )
@@ -94,6 +97,17 @@ def _videogan_files(root: Path) -> list[Path]:
     return files
 
 
+def _is_our_card(path: Path) -> bool:
+    """README.md is ours only when datagen wrote it as a card (a user's README makes the folder not ours)."""
+    if not _is_regular(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return is_card_text(f.read(CARD_MAX_BYTES))
+    except OSError:
+        return False
+
+
 def _temp_final(name: str) -> str | None:
     m = TEMP_RE.fullmatch(name)
     return m["final"] if m else None
@@ -133,6 +147,9 @@ def owned_files(out: Path) -> tuple[list[Path], list[Path]]:
             folders += sorted({f.parent for f in strips if f.parent != p}) + [p]
             continue
         final = _temp_final(name)
+        if CARD in (name, final) and _is_our_card(p):
+            files.append(p)
+            continue
         mine = (
             name in control or is_shard(name) or (final is not None and (final in control or is_shard(final)))
         )
