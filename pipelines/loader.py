@@ -224,7 +224,15 @@ class VideoLoader:
             checks.append(("world_size", self.dataset.world.world_size))
         for key, mine in checks:
             if int(state.get(key, 1)) != mine:
-                raise PipelineError(f"loader state has {key}={state.get(key, 1)} but this loader uses {mine}")
+                hint = ""
+                if key in ("block_size", "interleave"):  # e.g. saved before interleaving was the default
+                    hint = (
+                        f": make the VideoDataset with block_size={state.get('block_size')}, "
+                        f"interleave={state.get('interleave', 1)} to resume it"
+                    )
+                raise PipelineError(
+                    f"loader state has {key}={state.get(key, 1)} but this loader uses {mine}{hint}"
+                )
         epoch, position = int(state["epoch"]), int(state["sample_in_epoch"])
         history = tuple((int(w), int(s)) for w, s in state.get("history", ()))
         if int(state["world_size"]) != self.dataset.world.world_size:

@@ -142,3 +142,20 @@ def test_a_state_of_another_interleave_is_refused(many):
     legacy = {k: v for k, v in old.state_dict().items() if k not in ("interleave", "history")}
     with pytest.raises(PipelineError, match="interleave=1"):  # states from before interleaving: block-local
         new.load_state_dict(legacy)
+
+
+def test_a_state_from_before_interleaving_says_how_to_resume_it(many):
+    """A state saved by the block-local default (no 'interleave' key, 256-clip blocks) names the settings that
+    resume it, and a dataset made with them does resume it exactly."""
+    from pipelines.errors import PipelineError
+
+    ref = make_loader(VideoDataset(many, seed=2, world=World(), block_size=256, interleave=1), 8, 0)
+    it = iter(ref)
+    first = [next(it)["key"] for _ in range(5)]
+    legacy = {k: v for k, v in ref.state_dict().items() if k not in ("interleave", "history")}
+    rest = [b["key"] for b in it]
+    with pytest.raises(PipelineError, match="make the VideoDataset with block_size=256, interleave=1"):
+        make_loader(VideoDataset(many, seed=2, world=World()), 8, 0).load_state_dict(legacy)
+    again = make_loader(VideoDataset(many, seed=2, world=World(), block_size=256, interleave=1), 8, 0)
+    again.load_state_dict(legacy)
+    assert [b["key"] for b in again] == rest and first
