@@ -69,8 +69,10 @@ def build_loader(
     shuffle: bool = True,
     drop_last: bool = True,
     with_meta: bool = False,
+    fields: tuple[str, ...] = ("video",),
 ) -> Any:
-    """A resumable loader of dict batches {"key", "video" float32 in [-1, 1] on run.device}.
+    """A resumable loader of dict batches {"key", "video" float32 in [-1, 1] on run.device}, plus the
+    store's extra arrays named in `fields` (e.g. "sensed", as stored).
 
     `drop_last` defaults to True: a ragged last batch (size 1 in the worst case) breaks BatchNorm in training.
     """
@@ -85,6 +87,8 @@ def build_loader(
         shuffle=shuffle,
         seed=cfg.seed,
         with_meta=with_meta,
+        fields=fields,
+        interleave=cfg.interleave,
     )
     return make_loader(
         dataset,

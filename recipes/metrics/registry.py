@@ -240,6 +240,23 @@ def reconstruction(opts: MetricOptions, clips: int, frames: int) -> dict[str, An
 
 
 @register_metric
+def psnr_ssim(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
+    """PSNR (dB) and SSIM per frame of ``fake`` clip i against ``real`` clip i, averaged over frames and
+    clips (``recipes.metrics.psnr_ssim``): how close reconstructions (CUP) are to their scenes."""
+    from recipes.metrics.psnr_ssim import psnr_frames, ssim_frames
+
+    real, fake, _, _ = _paired(opts, clips, frames)
+    results = {
+        "fake/psnr": psnr_frames(fake, real).mean().item(),
+        "fake/ssim": ssim_frames(fake, real).mean().item(),
+    }
+    return {
+        "results": results,
+        "protocol": _protocol(opts, clips, frames, pairs="fake clip i vs real clip i"),
+    }
+
+
+@register_metric
 def ball_positions(opts: MetricOptions, clips: int, frames: int) -> dict[str, Any]:
     """Detected balls of ``real`` and ``fake`` against the true centres of the real clips
     (``recipes.metrics.ball_positions``): ``extra["ball_truth"]`` is a ``(N, T, n_balls, 2)`` array (or its
