@@ -19,7 +19,14 @@ from typing import Any
 
 from datagen.errors import DatagenError
 from datagen.generators import get_generator
-from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, Cluster, Task, open_cluster, run_tasks
+from datagen.parallel import (
+    DEFAULT_RETRIES,
+    DEFAULT_SCHEDULER_TIMEOUT,
+    Cluster,
+    Task,
+    open_cluster,
+    run_tasks,
+)
 from datagen.store.atomic import (
     format_bytes,
     remove_stale_temps,
@@ -42,6 +49,7 @@ from datagen.store.format import (
     sample_schema,
     validate_record,
 )
+from datagen.store.location import is_url, normalize, write_remote_shard
 from datagen.store.manifest import (
     build_manifest,
     check_shard,
@@ -64,7 +72,7 @@ class StoreJob:
     the manifest keeps. `min_bytes` is a lower bound on what the whole store takes on disk (0 = unknown).
     """
 
-    out: Path
+    out: Path | str  # a local folder, or a store URL (`datagen.store.location`)
     record: dict[str, Any]
     tasks: Sequence[Task]
     summarize: Callable[[list[dict]], dict] | None = None
@@ -87,33 +95,49 @@ def run_store_job(
     scheduler: str | None = None,
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
     on_progress: ProgressFn | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> dict:
     """Run `job` into `job.out` and return the manifest written there.
 
     Running into a folder that already holds this exact store checks every shard (size and sha256) and
-    returns its manifest; damaged shards are made again when `resume` is given.
+    returns its manifest; damaged shards are made again when `resume` is given. A URL `out` runs the same
+    steps on an object store (`datagen.jobs_remote`). `retries`: times Dask reruns a task whose worker died.
     """
-    out = Path(job.out)
-    if not (out.is_dir() and any(out.iterdir())):
+    remote = is_url(job.out)
+    out = Path(job.out) if not remote else None
+    if out is not None and not (out.is_dir() and any(out.iterdir())):
         check_free_space(out, job, done=0)  # before anything is written
     # the scheduler is checked and connected before anything is written to out
     with open_cluster(scheduler=scheduler, workers=workers, timeout=scheduler_timeout) as cluster:
+        if out is None:
+            from datagen.jobs_remote import run_remote_store_job
+
+            return run_remote_store_job(
+                job, cluster, resume=resume, overwrite=overwrite, on_progress=on_progress, retries=retries
+            )
         existing = prepare_output(out, job, resume=resume, overwrite=overwrite)
         if existing is not None:
             if on_progress:
                 on_progress(len(job.tasks), len(job.tasks))
             return existing
-        results = _run_remaining(job, cluster, on_progress)
-    ordered = [results[t.id] for t in job.tasks]
-    extra = job.summarize(ordered) if job.summarize else None
-    manifest = build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
+        results = _run_remaining(job, cluster, on_progress, retries)
+    manifest = finish_manifest(job, results)
     write_bytes_atomic(out / CARD, dataset_card(manifest).encode())  # before the manifest, which comes last
     write_manifest(out, manifest)
     remove_run_files(out)
     return manifest
 
 
-def _run_remaining(job: StoreJob, cluster: Cluster, on_progress: ProgressFn | None) -> dict[str, dict]:
+def finish_manifest(job: StoreJob, results: dict[str, dict]) -> dict:
+    """The manifest of a finished job from its results by task id (in task order: any worker count)."""
+    ordered = [results[t.id] for t in job.tasks]
+    extra = job.summarize(ordered) if job.summarize else None
+    return build_manifest(job.record, [s for r in ordered for s in r["shards"]], extra)
+
+
+def _run_remaining(
+    job: StoreJob, cluster: Cluster, on_progress: ProgressFn | None, retries: int = DEFAULT_RETRIES
+) -> dict[str, dict]:
     """Run the tasks the journal does not hold (or whose shards no longer check out); results by task id."""
     out = Path(job.out)
     done = read_journal(out)
@@ -132,7 +156,7 @@ def _run_remaining(job: StoreJob, cluster: Cluster, on_progress: ProgressFn | No
         def record_result(task: Task, result: dict) -> None:
             results[task.id] = result
             try:
-                journal.write(json.dumps({"task": task.id, "result": result}, sort_keys=True) + "\n")
+                journal.write(journal_line(task.id, result))
                 journal.flush()
                 os.fsync(journal.fileno())
             except OSError as e:  # a full disk: one line; the torn last line is ignored on --resume
@@ -149,7 +173,7 @@ def _run_remaining(job: StoreJob, cluster: Cluster, on_progress: ProgressFn | No
         try:
             if remaining and not cluster.in_process:
                 cluster.client(remaining)  # a local cluster starts here, no bigger than the job
-            run_tasks(todo, cluster=cluster, on_result=record_result)
+            run_tasks(todo, cluster=cluster, on_result=record_result, retries=retries)
         except BaseException:
             remove_stale_temps(out)  # of tasks stopped mid-shard (their workers closed with the cluster)
             raise
@@ -269,7 +293,7 @@ def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
     with open(out / JOURNAL, "w") as journal:
         for task_id, result in results.items():
             if all(s["path"] not in bad for s in result["shards"]):
-                journal.write(json.dumps({"task": task_id, "result": result}, sort_keys=True) + "\n")
+                journal.write(journal_line(task_id, result))
         journal.flush()
         os.fsync(journal.fileno())
     (out / MANIFEST).unlink()
@@ -278,16 +302,24 @@ def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
 
 def read_journal(out: Path) -> dict[str, dict]:
     """Finished tasks by id; a torn last line (killed mid-write) is ignored."""
-    done: dict[str, dict] = {}
     path = out / JOURNAL
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                done[entry["task"]] = entry["result"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    return parse_journal(path.read_text()) if path.exists() else {}
+
+
+def parse_journal(text: str) -> dict[str, dict]:
+    """Journal lines -> finished results by task id; a torn or foreign line is skipped."""
+    done: dict[str, dict] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            done[entry["task"]] = entry["result"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     return done
+
+
+def journal_line(task_id: str, result: dict) -> str:
+    return json.dumps({"task": task_id, "result": result}, sort_keys=True) + "\n"
 
 
 def _record_only(record: dict) -> dict:
@@ -342,11 +374,8 @@ def write_generated_shard(
     gen = get_generator(generator)
     samples = list(gen.generate(params, seed, start, stop))
     attrs = {"generator": gen.name, "generator_version": gen.version, "params": params, "seed": seed}
-    return {
-        "shards": [
-            write_shard(Path(out), shard_name(prefix, shard, fmt), fmt, samples, attrs) for fmt in formats
-        ]
-    }
+    write = write_remote_shard if is_url(out) else write_shard
+    return {"shards": [write(out, shard_name(prefix, shard, fmt), fmt, samples, attrs) for fmt in formats]}
 
 
 @dataclass(frozen=True)
@@ -423,7 +452,7 @@ def split_fields(gen: Any, params: dict[str, Any]) -> tuple[dict[str, Any], tupl
 
 
 def generation_job(
-    out: Path,
+    out: Path | str,
     generator: str,
     params: dict[str, Any],
     *,
@@ -433,7 +462,9 @@ def generation_job(
     formats: Sequence[str],
     prefix: str | None = None,
 ) -> StoreJob:
-    """Validate the request and plan it: shard i holds global indices [i*shard_size, (i+1)*shard_size)."""
+    """Validate the request and plan it: shard i holds global indices [i*shard_size, (i+1)*shard_size).
+    `out`: a folder, or a store URL (`s3://bucket/prefix`, `gs://...`, `memory://...`, `file://...`)."""
+    out = normalize(out)
     gen = get_generator(generator)
     params, fields = split_fields(gen, params)
     n, shard_size = _count(n, "--n"), _count(shard_size, "--shard-size")
@@ -460,7 +491,7 @@ def generation_job(
             pass
 
     return StoreJob(
-        out=Path(out),
+        out=out,
         record=record,
         tasks=tasks,
         prepare=warm_up,

@@ -40,6 +40,11 @@ MIN_IN_FLIGHT = 64
 """Floor on tasks in flight (a scheduler whose workers are still joining reports no threads). Each costs
 the client a few kB; too few slow short tasks: 1000 no-op tasks on 2 local workers took 24 s with 8 in
 flight, 14 s with 64, 12 s unbounded (a loaded 2-core machine)."""
+DEFAULT_RETRIES = 3
+"""Times Dask reruns a task that raised (a dropped connection to the object store, a transient I/O error)
+before the job fails; tasks are pure functions of their arguments writing whole shards, so a rerun makes the
+same bytes. Tasks on workers that died are rescheduled by Dask itself, up to its
+`distributed.scheduler.allowed-failures` (default 3)."""
 LIMIT_REFRESH_S = 5.0
 """How often to ask a scheduler how many threads it has now (an adaptive cluster grows)."""
 _SCHEMES_OVER_TCP = ("tcp", "tls")
@@ -294,6 +299,7 @@ def run_tasks(
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
     max_in_flight: int | None = None,
     n_tasks: int | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> None:
     """Run every task and call `on_result(task, result)` in this process as each one finishes.
 
@@ -302,8 +308,10 @@ def run_tasks(
     `cluster`, one is opened for this call from `scheduler` / `workers`; `workers=0` runs in this process
     without Dask (for debugging and profiling). `n_tasks` (or `len(tasks)` when it has one) sizes a
     local cluster: no idle worker processes for a small job. A task's exception is raised here once the
-    tasks in flight are cancelled.
+    tasks in flight are cancelled. `retries`: reruns of a failed task on Dask (not in-process).
     """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DatagenError(f"--retries must be a whole number >= 0, got {retries!r}")
     if cluster is None:
         if workers == 0 and not scheduler:  # no cluster to open, nor a scheduler to check
             cluster = Cluster(scheduler=None, workers=0, timeout=DEFAULT_SCHEDULER_TIMEOUT)
@@ -314,17 +322,23 @@ def run_tasks(
             with open_cluster(scheduler=scheduler, workers=workers, timeout=scheduler_timeout) as opened:
                 if n is not None:
                     opened.client(n)  # sized to the job
-                run_tasks(tasks, on_result=on_result, cluster=opened, max_in_flight=max_in_flight)
+                run_tasks(
+                    tasks, on_result=on_result, cluster=opened, max_in_flight=max_in_flight, retries=retries
+                )
             return
     if cluster.in_process:
         for t in tasks:
             on_result(t, t.fn(*t.args))
         return
-    _run_on_dask(iter(tasks), cluster, on_result, max_in_flight)
+    _run_on_dask(iter(tasks), cluster, on_result, max_in_flight, retries)
 
 
 def _run_on_dask(
-    tasks: Iterator[Task], cluster: Cluster, on_result: Callable[[Task, Any], None], max_in_flight: int | None
+    tasks: Iterator[Task],
+    cluster: Cluster,
+    on_result: Callable[[Task, Any], None],
+    max_in_flight: int | None,
+    retries: int = DEFAULT_RETRIES,
 ) -> None:
     first = next(tasks, None)
     if first is None:
@@ -341,7 +355,7 @@ def _run_on_dask(
         key = f"datagen-{run}-{t.id}"
         if key in in_flight:
             raise ValueError(f"task id {t.id!r} is given twice")
-        future = client.submit(t.fn, *t.args, key=key, pure=False, retries=1)
+        future = client.submit(t.fn, *t.args, key=key, pure=False, retries=retries)
         in_flight[key], futures[key] = t, future
         completed.add(future)
 
@@ -376,5 +390,6 @@ def _result(future: Any, task: Task) -> Any:
         return future.result()
     except KilledWorker:
         raise DatagenError(
-            f"task {task.id}: the worker running it died twice (out of memory, or a crash in native code)"
+            f"task {task.id}: the workers running it died repeatedly (out of memory, or a crash in native "
+            "code); Dask's distributed.scheduler.allowed-failures sets how many deaths a task survives"
         ) from None

@@ -23,7 +23,8 @@ from rich.progress import (
 
 from datagen.errors import DatagenError, Interrupted
 from datagen.jobs import JOB_FILE, StoreJob, generation_job, run_store_job, stored_record
-from datagen.parallel import DEFAULT_SCHEDULER_TIMEOUT, default_workers
+from datagen.parallel import DEFAULT_RETRIES, DEFAULT_SCHEDULER_TIMEOUT, default_workers
+from datagen.store.location import is_url, normalize
 from datagen.store.manifest import MANIFEST
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -34,6 +35,19 @@ Frames = Annotated[int, typer.Option("--frames", "-t", help="Frames per video.")
 Size = Annotated[int, typer.Option("--size", "-s", help="Frame height and width in pixels.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Root seed; drawn and recorded when omitted.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Store folder [default: data/<dataset name>].")]
+StoreOut = Annotated[
+    str | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Store folder, or a URL: s3://bucket/prefix, gs://..., file://... (credentials from the usual "
+        "fsspec/boto configuration) [default: data/<dataset name>].",
+    ),
+]
+Retries = Annotated[
+    int,
+    typer.Option("--retries", help="Times Dask reruns a failed task (a dropped connection, a lost node)."),
+]
 Format = Annotated[str, typer.Option("--format", "-f", help="Store format: wds, hdf5 or both.")]
 ShardSize = Annotated[int, typer.Option("--shard-size", help="Videos per shard.")]
 Workers = Annotated[
@@ -69,7 +83,7 @@ def with_fields(params: dict[str, Any], fields: str) -> dict[str, Any]:
 class RunOptions:
     """The options every generating command takes, after parsing."""
 
-    out: Path | None
+    out: Path | str | None  # a folder, or a store URL (generation commands)
     seed: int | None
     format: str
     shard_size: int
@@ -79,6 +93,7 @@ class RunOptions:
     overwrite: bool
     quiet: bool
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
+    retries: int = DEFAULT_RETRIES
 
 
 def formats_of(fmt: str) -> list[str]:
@@ -88,11 +103,17 @@ def formats_of(fmt: str) -> list[str]:
     return choices[fmt]
 
 
-def resolve_seed(opts: RunOptions, out: Path) -> int:
+def resolve_seed(opts: RunOptions, out: Path | str) -> int:
     """An explicit seed wins; --resume reuses the recorded (validated) one; otherwise draw and record one."""
     if opts.seed is not None:
         return opts.seed
-    if opts.resume and ((out / JOB_FILE).exists() or (out / MANIFEST).exists()):
+    if opts.resume and is_url(out):
+        from datagen.jobs_remote import stored_seed
+
+        seed = stored_seed(str(out))
+        if seed is not None:
+            return seed
+    elif opts.resume and ((out / JOB_FILE).exists() or (out / MANIFEST).exists()):
         return stored_record(out)["seed"]
     return secrets.randbelow(2**32)
 
@@ -133,6 +154,7 @@ def run_job(job: StoreJob, opts: RunOptions, *, unit: str = "videos") -> dict:
                 scheduler=opts.scheduler,
                 scheduler_timeout=opts.scheduler_timeout,
                 on_progress=on_progress,
+                retries=opts.retries,
             )
     except KeyboardInterrupt:
         raise Interrupted(INTERRUPTED) from None
@@ -150,7 +172,7 @@ def run_generation(
     generator: str, params: dict[str, Any], *, n: int, opts: RunOptions, default_name: str
 ) -> dict:
     """Plan and run a generator over global indices [0, n) into the store at --out."""
-    out = opts.out or Path("data") / default_name
+    out = normalize(opts.out) if opts.out else Path("data") / default_name
     seed = resolve_seed(opts, out)
     job = generation_job(
         out, generator, params, seed=seed, n=n, shard_size=opts.shard_size, formats=formats_of(opts.format)

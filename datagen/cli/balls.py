@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
@@ -61,7 +62,7 @@ def balls_cli(
         ),
     ] = None,
     seed: c.Seed = None,
-    out: c.Out = None,
+    out: c.StoreOut = None,
     format: c.Format = "wds",
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
@@ -70,6 +71,7 @@ def balls_cli(
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    retries: c.Retries = c.DEFAULT_RETRIES,
     fields: c.Fields = "video",
 ) -> None:
     """Bouncing balls: videos plus per-frame ball positions and velocities (pixels) as ground truth.
@@ -80,6 +82,7 @@ def balls_cli(
     opts = c.RunOptions(
         out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
     )
+    opts = dataclasses.replace(opts, retries=retries)
     lo_balls, n_balls = parse_range(balls, "--balls", int)
     lo_radius, hi_radius = parse_range(radius, "--radius", float)
     params = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -83,7 +84,7 @@ def mnist_cli(
         ),
     ] = None,
     seed: c.Seed = None,
-    out: c.Out = None,
+    out: c.StoreOut = None,
     format: c.Format = "wds",
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
@@ -92,6 +93,7 @@ def mnist_cli(
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    retries: c.Retries = c.DEFAULT_RETRIES,
     fields: c.Fields = "video",
 ) -> None:
     """Moving MNIST (Srivastava et al.): videos plus digit labels, ids, per-frame positions and velocities.
@@ -105,6 +107,7 @@ def mnist_cli(
     opts = c.RunOptions(
         out, seed, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
     )
+    opts = dataclasses.replace(opts, retries=retries)
     params = {
         "frames": frames,
         "size": size,
@@ -125,7 +128,7 @@ def mnist_cli(
 @convert_app.command("mnist-test-seq")
 def mnist_test_seq_cli(
     file: Annotated[Path, typer.Argument(help="mnist_test_seq.npy: uint8 (20, N, 64, 64), time first.")],
-    out: c.Out = None,
+    out: c.StoreOut = None,
     format: c.Format = "wds",
     shard_size: c.ShardSize = 1000,
     workers: c.Workers = None,
@@ -134,11 +137,13 @@ def mnist_test_seq_cli(
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    retries: c.Retries = c.DEFAULT_RETRIES,
 ) -> None:
     """The fixed Moving MNIST test sequences as a store: sample i is sequence i, as (20, 64, 64, 1)."""
     opts = c.RunOptions(
         out, 0, format, shard_size, workers, scheduler, resume, overwrite, quiet, scheduler_timeout
     )
+    opts = dataclasses.replace(opts, retries=retries)
     params = MNIST_TEST_SEQ.validate({"path": str(file)})
     c.run_generation(
         "mnist_test_seq", params, n=params["n_sequences"], opts=opts, default_name="mnist_test_seq"

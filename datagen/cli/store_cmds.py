@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -14,10 +16,20 @@ from datagen.errors import DatagenError
 from datagen.generators import get_generator
 from datagen.jobs import generation_job, remove_leftovers
 from datagen.store.format import JOB_FILE, load_spec, schema_fields
-from datagen.store.manifest import load_manifest, verify_store
+from datagen.store.location import (
+    fetch_for_preview,
+    is_url,
+    load_store_manifest,
+    normalize,
+    store_url,
+    verify_remote_store,
+)
+from datagen.store.manifest import verify_store
 from datagen.store.preview import preview_masks, write_preview
 
-StoreDir = Annotated[Path, typer.Argument(help="Store folder (holding manifest.json).")]
+StoreDir = Annotated[
+    str, typer.Argument(help="Store folder (holding manifest.json), or its URL (s3://bucket/prefix, ...).")
+]
 
 
 @app.command("verify")
@@ -28,10 +40,13 @@ def verify_cli(
     ] = False,
 ) -> None:
     """Recompute every shard's hash and sample count against the manifest; exit 1 naming each bad shard."""
-    manifest = load_manifest(store)
-    if remove_leftovers(Path(store), manifest):
-        c.err.print(f"removed the finished run's leftover {JOB_FILE} and journal")
-    problems = verify_store(store, count_samples=not quick, manifest=manifest)
+    manifest = load_store_manifest(store)
+    if is_url(store):
+        problems = verify_remote_store(store, count_samples=not quick, manifest=manifest)
+    else:
+        if remove_leftovers(Path(store), manifest):
+            c.err.print(f"removed the finished run's leftover {JOB_FILE} and journal")
+        problems = verify_store(store, count_samples=not quick, manifest=manifest)
     if problems:
         for p in problems:
             c.err.print(f"BAD {p}")
@@ -46,12 +61,12 @@ def info_cli(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest minus the shard list.")] = False,
 ) -> None:
     """Summarise a store: generator, parameters, seed, sample shape, shards and sizes."""
-    m = load_manifest(store)
+    m = load_store_manifest(store)
     if as_json:
         typer.echo(json.dumps({k: v for k, v in m.items() if k != "shards"}, indent=2, sort_keys=True))
         return
     gen, layout, video = m["generator"], m["layout"], m["sample"]["video"]
-    typer.echo(f"store      {Path(store).resolve()}")
+    typer.echo(f"store      {store_url(store) if is_url(store) else Path(store).resolve()}")
     typer.echo(f"generator  {gen['name']} v{gen['version']}")
     typer.echo("params     " + ", ".join(f"{k}={v}" for k, v in sorted(m["params"].items())))
     typer.echo(f"seed       {m['seed']}")
@@ -102,20 +117,23 @@ def preview_cli(
 
     A preview that would need over 1 GiB of memory (or a GIF over 65535 px a side) is refused up front.
     """
-    path = write_preview(store, out, count=count, scale=scale, masks=preview_masks(fields))
+    with tempfile.TemporaryDirectory(prefix="datagen-preview-") as tmp:
+        local = fetch_for_preview(store, Path(tmp), count) if is_url(store) else Path(store)
+        path = write_preview(local, out, count=count, scale=scale, masks=preview_masks(fields))
     c.err.print(f"wrote {path}")
 
 
 @app.command("build")
 def build_cli(
     spec: Annotated[Path, typer.Argument(help="Dataset spec, e.g. data_manifests/balls-3.json.")],
-    out: c.Out = None,
+    out: c.StoreOut = None,
     workers: c.Workers = None,
     scheduler: c.Scheduler = None,
     scheduler_timeout: c.SchedulerTimeout = c.DEFAULT_SCHEDULER_TIMEOUT,
     resume: c.Resume = False,
     overwrite: c.Overwrite = False,
     quiet: c.Quiet = False,
+    retries: c.Retries = c.DEFAULT_RETRIES,
 ) -> None:
     """Regenerate a canonical dataset from its checked-in spec and check its digest (exit 1 on mismatch)."""
     s = load_spec(spec)
@@ -124,10 +142,20 @@ def build_cli(
         raise DatagenError(
             f"{spec} was made with {s['generator']} v{s['generator_version']}, this install has v{installed}"
         )
+    target = normalize(out) if out else Path("data") / s["name"]
     opts = c.RunOptions(
-        out, s["seed"], "", s["shard_size"], workers, scheduler, resume, overwrite, quiet, scheduler_timeout
+        target,
+        s["seed"],
+        "",
+        s["shard_size"],
+        workers,
+        scheduler,
+        resume,
+        overwrite,
+        quiet,
+        scheduler_timeout,
     )
-    target = out or Path("data") / s["name"]
+    opts = dataclasses.replace(opts, retries=retries)
     job = generation_job(
         target,
         s["generator"],

@@ -10,7 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from datagen.errors import DatagenError
 from datagen.store.format import TEMP_RE, TMP_SUFFIX
@@ -46,6 +46,8 @@ def write_error(exc: OSError, path: Path, needed: int | None = None) -> WriteErr
     full disk the space that file needs and what is free."""
     if isinstance(exc, WriteError):
         return exc
+    if not isinstance(path, str | os.PathLike):  # an fsspec file object: its path in the bucket
+        path = str(getattr(path, "path", "shard"))
     folder, name = Path(path).parent, final_name(path)
     if exc.errno not in NO_SPACE:
         return WriteError(f"cannot write {name} in {folder}: {exc.strerror or exc}; rerun with --resume")
@@ -117,9 +119,14 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         raise write_error(e, final, len(data)) from None
 
 
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, fixed indent: identical content gives identical bytes (manifests, job files)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(final: Path, obj: Any) -> None:
     """Canonical JSON (sorted keys, fixed indent) so identical content gives identical bytes."""
-    write_bytes_atomic(final, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(final, canonical_json(obj))
 
 
 WRITE_BUFFER = 1 << 20
@@ -129,13 +136,19 @@ WRITE_BUFFER = 1 << 20
 class HashingWriter:
     """A new file written front to back through Python's buffered I/O, its sha256 taken on the way (no
     re-read). `close()` returns the digest; completing the file (fsync, rename) is `atomic_path`'s job.
+    Given an open binary file instead (an fsspec upload), it writes there, and `close()` closes it (commits
+    the upload); leaving with an exception leaves that file open for its owner to discard.
 
     Use as a context manager: leaving it with an exception closes the file and leaves it to the caller (an
     atomic temporary) to delete.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self._file = open(path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 (closed by close/__exit__)
+    def __init__(self, path: Path | str | BinaryIO) -> None:
+        self._own = isinstance(path, str | os.PathLike)
+        if self._own:
+            self._file = open(path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 (closed by close/__exit__)
+        else:
+            self._file = path
         self._sha = hashlib.sha256()
         self.size = 0
         """Bytes written so far."""
@@ -155,6 +168,8 @@ class HashingWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._own:
+            return  # closing a failed upload would commit it: its owner discards it
         try:
             self._file.close()  # closes the file also when flushing what is left fails
         except OSError:

@@ -112,7 +112,7 @@ def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None)
             out.write(image)
             sha256 = out.close()
     except OSError as e:
-        raise write_error(e, Path(path), len(image)) from None
+        raise write_error(e, path, len(image)) from None
     return [s.key for s in samples], sha256
 
 

@@ -37,13 +37,18 @@ def write_shard(folder: Path, name: str, fmt: str, samples: list[Sample], attrs:
             keys, sha256 = write_wds(tmp, samples)
         else:
             keys, sha256 = write_hdf5(tmp, samples, attrs)
+    return shard_entry(name, fmt, keys, final.stat().st_size, sha256)
+
+
+def shard_entry(name: str, fmt: str, keys: list[str], size: int, sha256: str) -> dict:
+    """A shard's manifest entry."""
     return {
         "path": name,
         "format": fmt,
         "n_samples": len(keys),
         "first_key": keys[0] if keys else None,
         "last_key": keys[-1] if keys else None,
-        "bytes": final.stat().st_size,
+        "bytes": size,
         "sha256": sha256,
     }
 

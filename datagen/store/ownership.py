@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ from datagen.store.format import (
     ManifestError,
     is_card_text,
     load_manifest,
+    read_manifest_text,
     validate_record,
 )
+from datagen.store.location import RemoteStore
 
 
 def refuse_protected(out: Path) -> None:
@@ -113,6 +116,21 @@ def _temp_final(name: str) -> str | None:
     return m["final"] if m else None
 
 
+def _shard_rule(record: dict[str, Any], listed: set[str]) -> Callable[[str], bool]:
+    """Is a name one of this store's shards: listed in its manifest, or (unfinished run, no manifest yet)
+    named like a shard of its prefix and formats."""
+    layout = record["layout"]
+    extensions = {EXTENSIONS[f] for f in layout["formats"]}
+
+    def is_shard(name: str) -> bool:
+        if listed:
+            return name in listed
+        m = SHARD_RE.fullmatch(name)
+        return m is not None and m["prefix"] == layout["prefix"] and m["ext"] in extensions
+
+    return is_shard
+
+
 def owned_files(out: Path) -> tuple[list[Path], list[Path]]:
     """(files, folders) of the store in `out`, all ours; DatagenError naming the first entry that is not."""
     out = Path(out)
@@ -129,14 +147,7 @@ def owned_files(out: Path) -> tuple[list[Path], list[Path]]:
     else:
         raise DatagenError(f"{out} holds no {MANIFEST} or {JOB_FILE}: it is not a datagen store")
     layout = record["layout"]
-    extensions = {EXTENSIONS[f] for f in layout["formats"]}
-
-    def is_shard(name: str) -> bool:
-        if listed:
-            return name in listed
-        m = SHARD_RE.fullmatch(name)
-        return m is not None and m["prefix"] == layout["prefix"] and m["ext"] in extensions
-
+    is_shard = _shard_rule(record, listed)
     control = {MANIFEST, JOB_FILE, JOURNAL}
     files, folders = [], []
     for name in names:
@@ -175,3 +186,40 @@ def remove_store(out: Path) -> None:
         p.unlink(missing_ok=True)
     for d in folders:
         d.rmdir()
+
+
+def remote_owned(store: RemoteStore) -> list[str]:
+    """Names of the store at a URL, all ours (the rules of :func:`owned_files`: manifest or job file that
+    validate, their shards, journal, our card); DatagenError naming the first object that is not."""
+    entries = store.entries()
+    if MANIFEST in entries:
+        try:
+            manifest = read_manifest_text(store.read(MANIFEST) or b"", store.where(MANIFEST))
+        except ManifestError as e:
+            raise DatagenError(f"{store.where(MANIFEST)} is not a datagen manifest ({e})") from None
+        record: dict[str, Any] = manifest
+        listed = {s["path"] for s in manifest["shards"]}
+    elif JOB_FILE in entries:
+        try:
+            record = validate_record(json.loads(store.read(JOB_FILE) or b""), store.where(JOB_FILE))
+        except (ValueError, RecursionError) as e:
+            raise ManifestError(f"{store.where(JOB_FILE)}: unreadable job file ({e})") from None
+        listed = set()
+    else:
+        raise DatagenError(f"{store.url} holds no {MANIFEST} or {JOB_FILE}: it is not a datagen store")
+    is_shard = _shard_rule(record, listed)
+    for name, kind in sorted(entries.items()):
+        card = name == CARD and is_card_text(store.read(CARD)[:CARD_MAX_BYTES] if kind == "file" else b"")
+        if kind != "file" or not (card or name in (MANIFEST, JOB_FILE, JOURNAL) or is_shard(name)):
+            raise DatagenError(f"{store.where(name)} is not part of the datagen store in {store.url}")
+    return sorted(entries)
+
+
+def remove_remote_store(store: RemoteStore) -> None:
+    """Remove the store at a URL (its objects only; the manifest first), or refuse touching nothing."""
+    try:
+        names = remote_owned(store)
+    except DatagenError as e:
+        raise DatagenError(f"refusing to overwrite {store.url}: {e}") from None
+    for name in sorted(names, key=lambda n: n != MANIFEST):
+        store.remove(name)

@@ -127,7 +127,7 @@ def write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
         return _write_wds(path, samples)
     except OSError as e:
         needed = tar_size(samples) if isinstance(samples, Sequence) else None
-        raise write_error(e, Path(path), needed) from None
+        raise write_error(e, path, needed) from None
 
 
 def _write_wds(path: Path, samples: Iterable[Sample]) -> tuple[list[str], str]:
