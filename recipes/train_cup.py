@@ -43,6 +43,7 @@ from recipes.common.runtime import make_scaler
 from recipes.common.samples import save_image_grid
 
 SMOKE_SENSING: dict[str, Any] = {"shear": 1, "complementary": True}
+FIELDS = ("video", "sensed")
 
 
 @dataclasses.dataclass
@@ -50,6 +51,7 @@ class CupConfig(TrainConfig):
     lr: float = 2e-4  # Adam, betas (0.9, 0.999)
     width: int = 32  # U-Net channels at full resolution (x2 per level)
     eval_clips: int = 64  # clips (the store's first, in order) for PSNR/SSIM at the end
+    eval_data: str = ""  # held-out sensing store for the evaluation ("" = the training store)
 
 
 PRESETS: dict[str, dict[str, Any]] = {}
@@ -170,7 +172,12 @@ def evaluate(cfg: CupConfig, run: Run, net: nn.Module) -> dict[str, Any]:
     from recipes.metrics.registry import MetricOptions, calc_metric
     from recipes.metrics.sources import ArrayVideos
 
-    loader = build_loader(cfg, run, mode="clip", shuffle=False, drop_last=False, fields=("video", "sensed"))
+    data = cfg.eval_data or cfg.data
+    if sensing_of(load_manifest(data))[0] != sensing_of(load_manifest(cfg.data))[0]:
+        raise ValueError("--eval-data was sensed with other parameters than --data")
+    loader = build_loader(
+        dataclasses.replace(cfg, data=data), run, mode="clip", shuffle=False, drop_last=False, fields=FIELDS
+    )
     real, fake, naive, seconds = [], [], [], 0.0
     net.eval()
     for batch in loader:
@@ -209,7 +216,7 @@ def main(cfg: CupConfig) -> dict[str, Any]:
         net = CupNet(p, mask, frames, cfg.width).to(run.device)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         scaler = make_scaler(run.device, cfg.precision)
-        loader = build_loader(cfg, run, mode="clip", fields=("video", "sensed"))
+        loader = build_loader(cfg, run, mode="clip", fields=FIELDS)
         models, optimizers = {"net": net}, {"net": opt}
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         train_net = wrap_ddp(net, run.world, run.device)
