@@ -24,6 +24,7 @@ from datagen.parallel import (
     DEFAULT_SCHEDULER_TIMEOUT,
     Cluster,
     Task,
+    check_retries,
     open_cluster,
     run_tasks,
 )
@@ -103,6 +104,7 @@ def run_store_job(
     returns its manifest; damaged shards are made again when `resume` is given. A URL `out` runs the same
     steps on an object store (`datagen.jobs_remote`). `retries`: times Dask reruns a task whose worker died.
     """
+    check_retries(retries)  # before anything is written
     remote = is_url(job.out)
     out = Path(job.out) if not remote else None
     if out is not None and not (out.is_dir() and any(out.iterdir())):

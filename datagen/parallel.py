@@ -289,6 +289,12 @@ def open_cluster(
 # --- running tasks --------------------------------------------------------------------------------------
 
 
+def check_retries(retries: int) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DatagenError(f"--retries must be a whole number >= 0, got {retries!r}")
+    return retries
+
+
 def run_tasks(
     tasks: Iterable[Task],
     *,
@@ -310,8 +316,7 @@ def run_tasks(
     local cluster: no idle worker processes for a small job. A task's exception is raised here once the
     tasks in flight are cancelled. `retries`: reruns of a failed task on Dask (not in-process).
     """
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise DatagenError(f"--retries must be a whole number >= 0, got {retries!r}")
+    check_retries(retries)
     if cluster is None:
         if workers == 0 and not scheduler:  # no cluster to open, nor a scheduler to check
             cluster = Cluster(scheduler=None, workers=0, timeout=DEFAULT_SCHEDULER_TIMEOUT)
