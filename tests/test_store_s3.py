@@ -50,3 +50,52 @@ def test_dask_workers_write_to_s3_byte_identical_and_resume(s3, tmp_path, patter
     assert verify_remote_store(url) == []
     assert main(["verify", url]) == 0 and "ok: 10 shards" in capsys.readouterr().err
     assert main(["info", url]) == 0 and reference["digest"] in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_large_shards_go_up_in_parts_and_hash_the_same(s3, tmp_path, pattern, monkeypatch):
+    """A 12 MB shard with a 5 MiB block size (fsspec config, as users set it) is a 3-part multipart upload."""
+    import fsspec
+    import s3fs
+
+    options = {**fsspec.config.conf.get("s3", {}), "default_block_size": 5 << 20}
+    monkeypatch.setitem(fsspec.config.conf, "s3", options)
+    s3fs.S3FileSystem.clear_instance_cache()
+    params = {"frames": 20, "size": 64}
+
+    def big(out):
+        return generation_job(out, pattern, params, seed=3, n=150, shard_size=150, formats=["wds"])
+
+    reference = run_store_job(big(tmp_path / "local"), workers=0)
+    url = s3.url("big")
+    assert run_store_job(big(url), workers=0) == reference
+    etag = s3.filesystem().info(s3.url("big", "pattern-000000.tar"))["ETag"]
+    assert etag.strip('"').endswith("-3")  # S3's ETag of a multipart object: md5 of the part md5s, "-parts"
+    assert verify_remote_store(url) == []
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.integration
+def test_a_failed_upload_is_aborted_leaving_nothing(s3, monkeypatch):
+    import fsspec
+    import s3fs
+
+    import datagen.store.wds as wds
+    from datagen.store.location import write_remote_shard
+
+    monkeypatch.setitem(
+        fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "default_block_size": 5 << 20}
+    )
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    def torn(f, samples):
+        f.write(b"\0" * (11 << 20))  # two parts uploaded
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wds, "write_wds", torn)
+    with pytest.raises(OSError, match="No space left"):
+        write_remote_shard(s3.url("torn"), "pattern-000000.tar", "wds", [])
+    fs = s3.filesystem()
+    assert not fs.exists(s3.url("torn", "pattern-000000.tar"))
+    assert fs.call_s3("list_multipart_uploads", Bucket=s3.bucket).get("Uploads", []) == []
+    s3fs.S3FileSystem.clear_instance_cache()
