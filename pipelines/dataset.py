@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipelines.cache import ShardCache, is_remote
 from pipelines.errors import PipelineError, ShardError
 from pipelines.fields import FieldBlock, check_fields, to_model_layout
 from pipelines.handlers import Handler, resolve_handler
@@ -50,6 +52,7 @@ DEFAULT_BLOCK_BYTES = 16 << 20
 MAX_BLOCK = 256
 MAX_INTERLEAVED_BLOCK = 1024  # a read per piece: longer pieces keep interleaving cheap (same 16 MiB cap)
 FALLBACK_BLOCK = 64
+PREFETCH_BLOCKS = 4  # blocks whose remote shards are fetched ahead of the one being read (with a cache)
 
 
 def _draw_windows(
@@ -118,6 +121,11 @@ class VideoDataset(IterableDataset):
             you do not control (downloaded, shared folders): a shard of the right size may hold other bytes.
         count_scan: for exact epochs over a URL pattern without manifest, count each shard's samples first.
         h5_locking: passed to ``h5py.File(locking=...)``; False for NFS/Lustre (None keeps HDF5's default).
+        cache_dir, cache_limit: remote shards (``s3://``, ``gs://``, ``http(s)://``, any fsspec URL) are
+            fetched whole into this folder, shared by every worker and rank on the node, verified (size, and
+            sha256 with ``verify="sha256"``), evicted least-recently-used past ``cache_limit`` ("20GB",
+            "512MiB" or bytes) and prefetched ahead of the order (:mod:`pipelines.cache`). Without it,
+            remote shards are streamed.
 
     Items: ``{"key": str, "video": uint8 tensor, "meta": dict}`` (``meta`` only with ``with_meta``).
 
@@ -155,6 +163,8 @@ class VideoDataset(IterableDataset):
         verify: str = "size",
         fields: Sequence[str] = ("video",),
         interleave: int = DEFAULT_INTERLEAVE,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: str | int = "20GB",
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -183,6 +193,9 @@ class VideoDataset(IterableDataset):
         self.verify = verify
         info, self.skipped = drop_bad_shards(info, self.handler, verify)
         self.shards = info.shards
+        self.cache: ShardCache | None = None
+        if cache_dir is not None:
+            self.cache = ShardCache(cache_dir, cache_limit, verify=verify)
         self.format = self.shards[0].fmt
         self.sample_shape = info.sample_shape
         sizes: list[int | None] = [shard.n_samples for shard in self.shards]
@@ -254,6 +267,10 @@ class VideoDataset(IterableDataset):
 
     def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
         """This rank's blocks of the epoch from sample ``start`` on (a pure function of the settings)."""
+        return self._prefetching(self._blocks(start, epoch))
+
+    def _blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
+        """:meth:`blocks` without prefetching."""
         epoch = self.epoch if epoch is None else epoch
         if self.epoch_mode == "exact":
             yield from exact_blocks(
@@ -281,6 +298,22 @@ class VideoDataset(IterableDataset):
                 return
             yield block
 
+    def _prefetching(self, blocks: Iterator[Block]) -> Iterator[Block]:
+        """``blocks``, with the remote shards of the next ``PREFETCH_BLOCKS`` queued for download."""
+        if self.cache is None:
+            yield from blocks
+            return
+        ahead: deque[Block] = deque()
+        for block in blocks:
+            ahead.append(block)
+            self.cache.prefetch(self._remote_shards(block))
+            if len(ahead) > PREFETCH_BLOCKS:
+                yield ahead.popleft()
+        yield from ahead
+
+    def _remote_shards(self, block: Block) -> list[ShardRef]:
+        return [self.shards[seg.shard] for seg in block.segments if is_remote(self.shards[seg.shard])]
+
     def item_shape(self) -> tuple[int, ...] | None:
         """Shape ``(T', H, W, C)`` of one output sample as read (frame mode: T' = 1); None if unknown."""
         if self.sample_shape is None:
@@ -292,7 +325,10 @@ class VideoDataset(IterableDataset):
 
     # ------------------------------------------------------------ reading
     def _checked(self, shard: ShardRef) -> ShardRef:
-        """The shard, once its digest is known good in this process (``verify="sha256"``)."""
+        """The shard to read, once its digest is known good in this process (``verify="sha256"``): a remote
+        shard's cached copy when caching (pinned until the block is read)."""
+        if self.cache is not None and is_remote(shard):
+            shard = self.cache.acquire(shard)
         if self.verify == "sha256":
             check_digest(shard)
         return shard
@@ -316,6 +352,14 @@ class VideoDataset(IterableDataset):
         }
 
     def read_block(self, block: Block, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
+        """:meth:`_read_block`, then the block's cached shards unpinned."""
+        try:
+            return self._read_block(block, start, alloc)
+        finally:
+            if self.cache is not None:
+                self.cache.release_all()
+
+    def _read_block(self, block: Block, start: int = 0, alloc: Allocator | None = None) -> dict[str, Any]:
         """One block, shuffled and windowed: ``{"block", "key", "video" (n, T, H, W, C), "meta", "skipped"}``.
 
         Samples before rank position ``start`` are dropped (resumption), as are those past ``epoch_length``.
@@ -351,8 +395,9 @@ class VideoDataset(IterableDataset):
             if not (place.rows >= 0).any():
                 continue
             try:
+                shard = self._checked(self.shards[seg.shard])
                 run_keys, run_meta = fill_run(
-                    self._checked(self.shards[seg.shard]),
+                    shard,
                     seg.start,
                     seg.stop,  # type: ignore[arg-type]
                     out,
@@ -361,7 +406,7 @@ class VideoDataset(IterableDataset):
                     h5_locking=self.h5_locking,
                 )
                 if extra is not None:
-                    extra.add(self.shards[seg.shard], seg.start, seg.stop, place, self.h5_locking)  # type: ignore[arg-type]
+                    extra.add(shard, seg.start, seg.stop, place, self.h5_locking)  # type: ignore[arg-type]
             except ShardError as exn:
                 if self.handler(exn):
                     skipped += int((place.rows >= 0).sum())

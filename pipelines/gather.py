@@ -33,6 +33,13 @@ def fd_for(path: str) -> int:
     return fd
 
 
+def close_fd(path: str) -> None:
+    """Close this process's cached descriptor of ``path`` (a shard cache is about to let the file go)."""
+    fd = _FDS.pop(path, None) if os.getpid() == _FD_OWNER else None
+    if fd is not None:
+        os.close(fd)
+
+
 class Gather:
     """Reads ``(offset, buffer)`` pieces of one file with few ``preadv`` calls (one copy from the page cache).
 

@@ -148,7 +148,8 @@ def _from_urls(urls: Sequence[str], fmt: str) -> SourceInfo:
 
 
 def resolve_source(source: str | os.PathLike | Sequence[str], *, fmt: str = "auto") -> SourceInfo:
-    """Shards (of one format) and sample shape for a store folder, a manifest.json or a shard URL pattern."""
+    """Shards (of one format) and sample shape for a store folder (path or URL: ``s3://bucket/store``), a
+    manifest.json (path or URL) or a shard URL pattern."""
     if isinstance(source, (list, tuple)):
         return _from_urls([str(url) for url in source], fmt)
     text = os.fspath(source)  # type: ignore[arg-type]
@@ -172,4 +173,6 @@ def resolve_source(source: str | os.PathLike | Sequence[str], *, fmt: str = "aut
         return _from_manifest(str(location), fmt)
     if text.endswith(MANIFEST):
         return _from_manifest(str(Path(text).resolve()) if scheme == "" else text, fmt)
+    if scheme and _format_of_url(text) is None and not any(c in text for c in "{}*?["):
+        return _from_manifest(f"{text.rstrip('/')}/{MANIFEST}", fmt)  # a store folder URL
     return _from_urls(expand_urls(text), fmt)

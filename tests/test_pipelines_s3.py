@@ -1,0 +1,314 @@
+"""Reading stores from a real S3 server (moto in server mode, through s3fs) with the bounded shard cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from s3_server import s3_fixture, s3_session_fixture, upload_store  # noqa: F401  (fixtures s3, s3_session)
+from test_pipelines import make_store
+from test_pipelines_dist import free_port
+
+from pipelines import cache as cache_module
+from pipelines.cache import MARKER, ShardCache, entry_name, parse_size
+from pipelines.dataset import VideoDataset
+from pipelines.errors import PipelineError, ShardError
+from pipelines.loader import make_loader
+from pipelines.world import World
+
+SHAPE = (4, 16, 16, 3)  # 3 KiB a clip: shards of 5 clips are ~18 KB
+N_SHARDS = 8
+
+
+def read_all(ds: VideoDataset, epochs=(0, 1), num_workers: int = 0) -> list[tuple[list[str], np.ndarray]]:
+    """Keys and videos of each epoch, through make_loader."""
+    out = []
+    loader = make_loader(ds, batch_size=4, num_workers=num_workers, dtype=torch.uint8)
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        keys, videos = [], []
+        for batch in loader:
+            keys += batch["key"]
+            videos.append(batch["video"].numpy())
+        out.append((keys, np.concatenate(videos)))
+    return out
+
+
+def assert_same(a, b) -> None:
+    assert len(a) == len(b)
+    for (keys_a, video_a), (keys_b, video_b) in zip(a, b, strict=True):
+        assert keys_a == keys_b
+        np.testing.assert_array_equal(video_a, video_b)
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("s3src"), n_shards=N_SHARDS, formats=("wds",), shape=SHAPE)
+
+
+@pytest.fixture
+def remote(s3, local_store) -> str:
+    return upload_store(local_store, s3.url("store"))
+
+
+def shard_bytes(store: Path) -> int:
+    return max(p.stat().st_size for p in store.glob("*.tar"))
+
+
+def entries(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir() if p.is_file() and p.name != MARKER)
+
+
+# ---------------------------------------------------------------- units
+def test_parse_size_is_strict():
+    assert parse_size("20GB") == 20 * 10**9
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("1.5 kb") == 1500
+    assert parse_size(4096) == 4096
+    for bad in ("20", "20 GiBs", "-1GB", "GB", "0B", "1e9B", "", True, 0):
+        with pytest.raises(PipelineError, match="cache_limit"):
+            parse_size(bad)
+
+
+def test_cache_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "mine.txt").write_text("not the cache's")
+    with pytest.raises(PipelineError, match="did not make"):
+        ShardCache(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "not the cache's"
+
+
+def test_eviction_spares_parts_pins_and_foreign_files(tmp_path):
+    cache = ShardCache(tmp_path, cache_limit=100)
+    names = [entry_name(f"s3://b/s/test-{i:06d}.tar") for i in range(3)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x" * 60)
+        cache._lock_path(name).touch()
+    part = tmp_path / f"{names[0]}.part-1-abcd"
+    part.write_bytes(b"y" * 10)
+    (tmp_path / "other-file.tar").write_bytes(b"z" * 500)
+    held = cache._open_lock(names[2])  # in use elsewhere
+    import fcntl
+
+    fcntl.flock(held, fcntl.LOCK_SH)
+    assert cache.usage()[0] == 3 * 60 + 10  # the part counts; the foreign file does not
+    cache._make_room(20)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert part.name in left and "other-file.tar" in left and names[2] in left
+    assert names[0] not in left and names[1] not in left
+    cache._close_lock(held)
+
+
+# ---------------------------------------------------------------- against the server
+def test_store_url_reads_back_exactly_and_cache_is_reused(remote, local_store, tmp_path):
+    expected = read_all(VideoDataset(local_store, seed=3))
+    cached = VideoDataset(remote, seed=3, cache_dir=tmp_path / "cache")
+    assert cached.shards[0].url.startswith("s3://")
+    assert_same(read_all(cached), expected)
+    assert len([n for n in entries(tmp_path / "cache") if ".part-" not in n]) == N_SHARDS
+    assert cached.cache.downloads == N_SHARDS  # once per shard over two epochs
+    # a new run (a new process's view) reuses the files: no download; manifest URL works too
+    again = VideoDataset(remote + "/manifest.json", seed=3, cache_dir=tmp_path / "cache", verify="sha256")
+    assert_same(read_all(again), expected)
+    assert again.cache.downloads == 0
+
+
+def test_cache_smaller_than_store_evicts_and_stays_exact(remote, local_store, tmp_path):
+    limit = 3 * shard_bytes(local_store)
+    expected = read_all(VideoDataset(local_store, seed=5, interleave=1, block_size=5), epochs=(0, 1, 2))
+    ds = VideoDataset(remote, seed=5, interleave=1, block_size=5, cache_dir=tmp_path / "c", cache_limit=limit)
+    assert_same(read_all(ds, epochs=(0, 1, 2)), expected)
+    assert ds.cache.downloads > N_SHARDS  # evicted and fetched again
+    ds.cache.close()
+    total, _ = ds.cache.usage()
+    assert total <= limit
+
+
+def test_foreign_files_are_never_evicted_and_bad_copies_refetched(remote, local_store, tmp_path):
+    root = tmp_path / "c"
+    ds = VideoDataset(remote, seed=1, cache_dir=root, cache_limit=2 * shard_bytes(local_store))
+    (root / "notes.txt").write_bytes(b"x" * 100_000)  # added by a user after the cache made the folder
+    expected = read_all(VideoDataset(local_store, seed=1))
+    assert_same(read_all(ds), expected)
+    assert (root / "notes.txt").stat().st_size == 100_000
+    # a cached copy cut short (a disk fault, a user) is not used: refetched
+    ds.cache.close()
+    victim = next(p for p in root.iterdir() if p.name.endswith(".tar"))
+    victim.write_bytes(victim.read_bytes()[:1000])
+    big = VideoDataset(remote, seed=1, cache_dir=root)
+    assert_same(read_all(big), expected)
+    assert big.cache.downloads >= 1
+
+
+class _FaultyStream:
+    """A server body that resets after ``cut`` bytes."""
+
+    def __init__(self, stream, cut: int) -> None:
+        self.stream, self.cut, self.sent = stream, cut, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.sent >= self.cut:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        chunk = self.stream.read(min(n, self.cut - self.sent) if n > 0 else self.cut - self.sent)
+        self.sent += len(chunk)
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+
+def test_server_fault_midway_is_retried_and_epochs_stay_exact(remote, local_store, tmp_path, monkeypatch):
+    real_open, faults = cache_module.open_location, []
+
+    def faulty_open(url, max_bytes=None):
+        stream = real_open(url, max_bytes)
+        if url not in faults:  # every shard's first download breaks halfway
+            faults.append(url)
+            return _FaultyStream(stream, 5000)
+        return stream
+
+    monkeypatch.setattr(cache_module, "open_location", faulty_open)
+    monkeypatch.setattr(cache_module.time, "sleep", lambda s: None)
+    expected = read_all(VideoDataset(local_store, seed=2))
+    ds = VideoDataset(remote, seed=2, cache_dir=tmp_path / "c", verify="sha256")
+    assert_same(read_all(ds), expected)
+    assert len(faults) == N_SHARDS
+    assert not [n for n in entries(tmp_path / "c") if ".part-" in n]
+
+
+def test_wrong_bytes_on_the_server_are_refused_not_cached(s3, local_store, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in local_store.iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    shard = sorted(bad.glob("*.tar"))[2]
+    data = bytearray(shard.read_bytes())
+    data[-2000] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    url = upload_store(bad, s3.url("bad"))
+    ds = VideoDataset(url, seed=0, cache_dir=tmp_path / "c", verify="sha256", on_error="skip")
+    with pytest.warns(RuntimeWarning, match="sha256"):
+        keys = [k for keys, _ in read_all(ds, epochs=(0,)) for k in keys]
+    assert len(keys) == (N_SHARDS - 1) * 5
+    assert entry_name(ds.shards[2].url) not in entries(tmp_path / "c")
+    with pytest.raises(ShardError, match="sha256"):
+        read_all(VideoDataset(url, seed=0, cache_dir=tmp_path / "c", verify="sha256"), epochs=(0,))
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pipelines import cache
+    from pipelines.dataset import VideoDataset
+
+    real = cache.open_location
+
+    class Dying:
+        def __init__(self, stream):
+            self.stream, self.sent = stream, 0
+        def read(self, n=-1):
+            if self.sent:
+                os.kill(os.getpid(), signal.SIGKILL)  # killed halfway through the download
+            data = self.stream.read(4096)
+            self.sent += len(data)
+            return data
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            pass
+
+    cache.open_location = lambda url, max_bytes=None: Dying(real(url, max_bytes))
+    ds = VideoDataset(sys.argv[1], cache_dir=sys.argv[2])
+    ds.cache.acquire(ds.shards[0])
+    """
+)
+
+
+@pytest.mark.integration
+def test_killed_download_leaves_nothing_used_and_next_run_is_exact(remote, local_store, tmp_path):
+    root = tmp_path / "c"
+    proc = subprocess.run([sys.executable, "-c", KILLER, remote, str(root)], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    parts = [n for n in entries(root) if ".part-" in n]
+    assert len(parts) == 1 and (root / parts[0]).stat().st_size < shard_bytes(local_store)  # never renamed
+    assert not [n for n in entries(root) if n.endswith(".tar")]
+    ds = VideoDataset(remote, seed=4, cache_dir=root)
+    assert_same(read_all(ds), read_all(VideoDataset(local_store, seed=4)))
+    assert not [n for n in entries(root) if ".part-" in n]  # removed under the shard's lock
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    from pipelines.dataset import VideoDataset
+
+    ds = VideoDataset(sys.argv[1], cache_dir=sys.argv[2])
+    ready = Path(sys.argv[3])
+    (ready / str(os.getpid())).touch()
+    while len(list(ready.iterdir())) < int(sys.argv[4]):  # start together
+        time.sleep(0.002)
+    for shard in ds.shards:
+        local = ds.cache.acquire(shard)
+        assert open(local.url, "rb").read(512)
+    print(json.dumps({"downloads": ds.cache.downloads}))
+    """
+)
+
+
+@pytest.mark.integration
+def test_processes_starting_at_once_download_each_shard_once(remote, tmp_path):
+    (tmp_path / "ready").mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, remote, str(tmp_path / "c"), str(tmp_path / "ready"), "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    downloads = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        downloads.append(json.loads(out)["downloads"])
+    assert sum(downloads) == N_SHARDS
+
+
+def _rank_main(rank: int, world: int, port: int, url: str, cache_dir: str, limit: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds = VideoDataset(url, seed=7, interleave=1, block_size=5, cache_dir=cache_dir, cache_limit=limit)
+        result = [keys for keys, _ in read_all(ds, epochs=(0, 1, 2), num_workers=1)]
+        digests = [float(video.astype(np.float64).sum()) for _, video in read_all(ds, epochs=(3,))]
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"keys": result, "sum3": digests}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_two_gloo_ranks_share_a_cache_smaller_than_the_store(remote, local_store, tmp_path):
+    limit = 4 * shard_bytes(local_store)
+    args = (2, free_port(), remote, str(tmp_path / "c"), limit, str(tmp_path))
+    mp.spawn(_rank_main, args=args, nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        local = VideoDataset(local_store, seed=7, interleave=1, block_size=5, world=World(rank, 2))
+        expected = read_all(local, epochs=(0, 1, 2, 3))
+        assert got["keys"] == [keys for keys, _ in expected[:3]]
+        assert got["sum3"] == [float(expected[3][1].astype(np.float64).sum())]
+    # every shard was read, yet the cache holds at most 4 of 8 once released: evictions happened
+    total = sum(p.stat().st_size for p in (tmp_path / "c").iterdir() if p.name.endswith(".tar"))
+    assert total <= limit
+    assert os.path.isdir(tmp_path / "c" / "locks")
