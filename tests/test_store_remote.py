@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import datagen.jobs as jobs
 from datagen.cli import main
 from datagen.errors import DatagenError
 from datagen.jobs import JOB_FILE, JOURNAL, generation_job, run_store_job
+from datagen.store.card import regeneration_spec
 from datagen.store.format import CARD, MANIFEST
 from datagen.store.location import RemoteStore, load_store_manifest, normalize, verify_remote_store
 
@@ -124,6 +126,33 @@ def test_cli_verify_info_preview_and_generation_at_a_url(url, tmp_path, capsys):
     RemoteStore(url).write("balls-000001.tar", b"\0" * 10)
     assert main(["verify", url]) == 1
     assert "BAD balls-000001.tar: size 10" in capsys.readouterr().err
+
+
+def test_card_spec_rebuilds_the_url_store_and_resume_reuses_its_seed(url, tmp_path, capsys):
+    """The card's spec, run by `datagen build --out URL`, reaches the same digest; --resume without --seed
+    at a URL takes the recorded seed."""
+    args = [
+        "balls",
+        "--n",
+        "5",
+        "--frames",
+        "3",
+        "--size",
+        "8",
+        "--shard-size",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
+    assert main([*args, "--seed", "11", "--out", url]) == 0
+    manifest = load_store_manifest(url)
+    assert main([*args, "--resume", "--out", url]) == 0 and load_store_manifest(url) == manifest
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(regeneration_spec(manifest)))
+    assert main(["build", str(spec), "--workers", "0", "--quiet", "--out", url + "-rebuilt"]) == 0
+    assert f"matches its spec digest {manifest['digest']}" in capsys.readouterr().err
+    assert objects(url + "-rebuilt") == objects(url)
 
 
 def test_file_urls_are_local_folders(tmp_path):
