@@ -160,3 +160,12 @@ def test_file_urls_are_local_folders(tmp_path):
     assert normalize("s3://bucket/prefix/") == "s3://bucket/prefix"
     with pytest.raises(DatagenError, match="names no bucket"):
         normalize("s3://")
+
+
+def test_local_only_commands_refuse_a_url(tmp_path, capsys):
+    """stabilize writes local folders only: `s3://b/x` must not become a folder named 's3:'."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    assert main(["stabilize", str(video), "--out", "s3://b/x"]) == 2
+    assert "looks like a URL" in capsys.readouterr().err
+    assert not Path("s3:").exists()

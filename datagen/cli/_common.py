@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,20 @@ N = Annotated[int, typer.Option("--n", "-n", help="Number of videos.")]
 Frames = Annotated[int, typer.Option("--frames", "-t", help="Frames per video.")]
 Size = Annotated[int, typer.Option("--size", "-s", help="Frame height and width in pixels.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Root seed; drawn and recorded when omitted.")]
-Out = Annotated[Path | None, typer.Option("--out", "-o", help="Store folder [default: data/<dataset name>].")]
+
+
+def local_out(value: Path | None) -> Path | None:
+    """--out of the commands that write local folders only: a URL would become a folder named 's3:'."""
+    if value is not None and URL_LIKE.match(str(value)):
+        raise typer.BadParameter(f"{value} looks like a URL; this command writes a local folder only")
+    return value
+
+
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # what Path() leaves of `s3://...` (not `C:/`)
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Store folder [default: data/<dataset name>].", callback=local_out),
+]
 StoreOut = Annotated[
     str | None,
     typer.Option(
