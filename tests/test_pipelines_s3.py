@@ -107,6 +107,37 @@ def test_eviction_spares_parts_pins_and_foreign_files(tmp_path):
     cache._close_lock(held)
 
 
+def test_forked_worker_drops_the_parents_locks(tmp_path):
+    """A forked DataLoader worker inherits the parent's lock descriptors; kept, they would pin the parent's
+    shards (and block their downloads) for the worker's whole life."""
+    cache = ShardCache(tmp_path, cache_limit=100)
+    name = entry_name("s3://b/s/test-000000.tar")
+    (tmp_path / name).write_bytes(b"x" * 60)
+    fd = cache._open_lock(name)
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the parent uses the shard
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: touches the cache, then lives on
+        try:
+            cache.release_all()
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        cache._close_lock(fd)  # the parent is done with it
+        assert cache._evict(name)  # the live worker holds nothing
+    finally:
+        os.write(done_w, b"1")
+        os.waitpid(pid, 0)
+        for end in (ready_r, ready_w, done_r, done_w):
+            os.close(end)
+
+
 # ---------------------------------------------------------------- against the server
 def test_store_url_reads_back_exactly_and_cache_is_reused(remote, local_store, tmp_path):
     expected = read_all(VideoDataset(local_store, seed=3))
