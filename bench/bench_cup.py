@@ -6,7 +6,8 @@
    shard, sense, write WebDataset shards, fsync, sha256, manifest), clips per CPU second;
 3. baseline: LS + TV by ADMM (`datagen.sense.recon.reconstruct_tv`, 300 iterations, 10 CG steps) per clip,
    and its PSNR against the scene (single view and complementary view).
-Learned reconstructions (recipes/train_cup.py) are timed by that recipe's own evaluation.
+4. learned: `recipes.train_cup.CupNet` (width 32; timing needs no training) per clip, batch 1 and 16, with
+   torch on one thread.
 
     python bench/bench_cup.py            # ~1 minute
     python bench/bench_cup.py --quick    # a few seconds
@@ -77,6 +78,22 @@ def bench_baseline(t: int, size: int, clips: int, iters: int) -> list[tuple[str,
     return rows
 
 
+def bench_learned(t: int, size: int, complementary: bool, batch: int, rounds: int) -> float:
+    """Seconds per clip of the U-Net reconstruction (forward only, no grad), one CPU thread."""
+    import torch
+
+    from recipes.train_cup import CupNet
+
+    torch.set_num_threads(1)
+    p = CupParams(complementary=complementary)
+    net = CupNet(p, make_mask(size, size, p.fill, p.mask_seed), t, width=32).eval()
+    y = torch.rand(batch, p.views, size + (t - 1) * p.shear, size) * p.scale
+    with torch.no_grad():
+        net(y)
+        seconds = cpu(lambda: [net(y) for _ in range(rounds)])
+    return seconds / (rounds * batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -97,6 +114,12 @@ def main() -> None:
     print(f"baseline LS+TV ADMM ({iters} it, 10 CG) on balls 16 frames 32x32, noiseless, {clips} clips:")
     for views, seconds, tv, naive in bench_baseline(16, 32, clips, iters):
         print(f"  {views}: {seconds:.2f} s/clip, PSNR {tv:.1f} dB (best-scaled adjoint {naive:.1f} dB)")
+    rounds = 2 if args.quick else 10
+    print("learned U-Net (width 32) on 16 frames 32x32, one thread, forward only:")
+    for complementary in (False, True):
+        one, many = (bench_learned(16, 32, complementary, b, rounds) for b in (1, 16))
+        views = "2 views" if complementary else "1 view"
+        print(f"  {views}: {one * 1e3:.1f} ms/clip at batch 1, {many * 1e3:.1f} ms/clip at batch 16")
 
 
 if __name__ == "__main__":
