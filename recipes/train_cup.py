@@ -13,8 +13,9 @@ view without the sum over views (y_v(h + t s, w) * M_v(h, w): V * T channels of 
 (frames as channels; Ronneberger et al. 2015, two downsamplings) maps that to the T frames of the grey
 scene in [-1, 1]. The mask and sensing parameters come from the store's manifest (`sensing`, `params`).
 Evaluation (``eval.json``): PSNR and SSIM per frame against the scene (metric registry ``psnr_ssim``) of
-the network and of the best-scaled adjoint, and the time per reconstruction. Not here yet (issue #19): the
-adversarial term, the FrameGAN-prior variant, the classical baseline in the same table.
+the network, of the best-scaled adjoint and of the classical LS + TV baseline (``datagen.sense.recon``, on the
+first ``tv_clips``), and the time per reconstruction. Not here yet (issue #19): the adversarial term and the
+FrameGAN-prior variant.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class CupConfig(TrainConfig):
     width: int = 32  # U-Net channels at full resolution (x2 per level)
     eval_clips: int = 64  # clips (the store's first, in order) for PSNR/SSIM at the end
     eval_data: str = ""  # held-out sensing store for the evaluation ("" = the training store)
+    tv_clips: int = (
+        8  # of those, clips also reconstructed by the LS + TV baseline (~1 CPU-s each at 32x32x16)
+    )
+    tv_iters: int = 300  # ADMM iterations of the baseline
 
 
 PRESETS: dict[str, dict[str, Any]] = {}
@@ -67,6 +72,8 @@ SMOKE: dict[str, Any] = {
     "sample_every": 0,
     "ckpt_every": 0,
     "eval_clips": 16,
+    "tv_clips": 2,
+    "tv_iters": 30,
 }
 
 
@@ -166,19 +173,43 @@ def train_step(
     return {"mse": loss.item()}
 
 
-@torch.no_grad()
-def evaluate(cfg: CupConfig, run: Run, net: nn.Module) -> dict[str, Any]:
-    """PSNR/SSIM of the network and of the best-scaled adjoint on the store's first clips; time per clip."""
+def _scores(real: torch.Tensor, videos: torch.Tensor) -> dict[str, float]:
+    """Registry ``psnr_ssim`` of ``videos`` against ``real`` (both (N, 1, T, H, W) in [-1, 1])."""
     from recipes.metrics.registry import MetricOptions, calc_metric
     from recipes.metrics.sources import ArrayVideos
 
+    n, _, t = real.shape[:3]
+    opts = MetricOptions(sources={"real": ArrayVideos(real), "fake": ArrayVideos(videos)})
+    res = calc_metric(f"psnr_ssim{n}_{t}f", opts)["results"]
+    return {"psnr": res["fake/psnr"], "ssim": res["fake/ssim"]}
+
+
+def tv_baseline(
+    sensed: torch.Tensor, p: CupParams, mask: np.ndarray, frames: int, iters: int
+) -> tuple[torch.Tensor, float]:
+    """The classical LS + TV reconstructions (N, 1, T, H, W) in [-1, 1] of sensed images; seconds per clip."""
+    from datagen.sense.cup import CupOperator
+    from datagen.sense.recon import TVConfig, measurement, reconstruct_tv
+
+    op = CupOperator(mask, frames, p.shear, p.complementary)
+    cfg = TVConfig(lam=0.01, rho=0.1, iters=iters, cg_iters=10)
+    start = time.perf_counter()
+    out = [reconstruct_tv(measurement(y.numpy(), p.scale), op, cfg) for y in sensed]
+    seconds = (time.perf_counter() - start) / max(len(out), 1)
+    return torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None] * 2 - 1, seconds
+
+
+@torch.no_grad()
+def evaluate(cfg: CupConfig, run: Run, net: CupNet, p: CupParams, mask: np.ndarray) -> dict[str, Any]:
+    """PSNR/SSIM per frame of the network, the best-scaled adjoint and (on the first ``tv_clips``) the LS + TV
+    baseline against the scenes of the store's first clips, and the seconds per reconstruction."""
     data = cfg.eval_data or cfg.data
-    if sensing_of(load_manifest(data))[0] != sensing_of(load_manifest(cfg.data))[0]:
+    if sensing_of(load_manifest(data))[0] != p:
         raise ValueError("--eval-data was sensed with other parameters than --data")
     loader = build_loader(
         dataclasses.replace(cfg, data=data), run, mode="clip", shuffle=False, drop_last=False, fields=FIELDS
     )
-    real, fake, naive, seconds = [], [], [], 0.0
+    real, fake, naive, sensed, seconds = [], [], [], [], 0.0
     net.eval()
     for batch in loader:
         target = grey_scene(batch["video"])
@@ -186,23 +217,28 @@ def evaluate(cfg: CupConfig, run: Run, net: nn.Module) -> dict[str, Any]:
         out = net(batch["sensed"]).clamp(-1, 1)
         seconds += time.perf_counter() - start
         back = net.back(batch["sensed"].float()).unflatten(1, (-1, target.shape[1])).sum(1)  # A^T y
-        scene = (target + 1) / 2
-        scale = (back * scene).sum() / back.square().sum().clamp_min(1e-12)  # the adjoint's best scale
-        real.append(target.cpu()), fake.append(out.cpu()), naive.append((scale * back * 2 - 1).clamp(-1, 1))
+        scale = (back * (target + 1) / 2).sum() / back.square().sum().clamp_min(1e-12)  # its best scale
+        naive.append((scale * back * 2 - 1).clamp(-1, 1).cpu())
+        real.append(target.cpu()), fake.append(out.cpu()), sensed.append(batch["sensed"].cpu())
         if sum(len(r) for r in real) >= cfg.eval_clips:
             break
     net.train()
     real_t, fake_t, naive_t = (torch.cat(v)[: cfg.eval_clips, None] for v in (real, fake, naive))
-    n, _, t = real_t.shape[:3]
-    out: dict[str, Any] = {"clips": n, "seconds_per_clip": seconds / n}
-    for name, videos in (("net", fake_t), ("adjoint", naive_t)):
-        opts = MetricOptions(sources={"real": ArrayVideos(real_t), "fake": ArrayVideos(videos.cpu())})
-        res = calc_metric(f"psnr_ssim{n}_{t}f", opts)["results"]
-        out[name] = {"psnr": res["fake/psnr"], "ssim": res["fake/ssim"]}
+    n, t = len(real_t), real_t.shape[2]
+    result: dict[str, Any] = {
+        "clips": n,
+        "net": {**_scores(real_t, fake_t), "seconds_per_clip": seconds / n},
+        "adjoint": _scores(real_t, naive_t),
+    }
+    k = min(cfg.tv_clips, n)
+    if k > 0:
+        tv, tv_seconds = tv_baseline(torch.cat(sensed)[:k], p, mask, t, cfg.tv_iters)
+        result["tv"] = {**_scores(real_t[:k], tv), "seconds_per_clip": tv_seconds, "clips": k}
+        result["net_on_tv_clips"] = _scores(real_t[:k], fake_t[:k])
     grid = torch.cat([real_t[:4, 0, :8], fake_t[:4, 0, :8]]).reshape(-1, 1, *real_t.shape[-2:])
     save_image_grid(grid, run.run_dir / "samples" / "eval.png", nrow=min(8, t))
-    (run.run_dir / "eval.json").write_text(json.dumps(out, indent=1))
-    return out
+    (run.run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def main(cfg: CupConfig) -> dict[str, Any]:
@@ -243,7 +279,7 @@ def main(cfg: CupConfig) -> dict[str, Any]:
             "checkpoint": str(ckpt.checkpoint_path(run.run_dir, step)),
         }
         if cfg.eval_clips > 0 and run.is_main:
-            result["eval"] = evaluate(cfg, run, net)
+            result["eval"] = evaluate(cfg, run, net, p, mask)
         return result
     finally:
         run.close()
