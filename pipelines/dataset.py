@@ -328,7 +328,7 @@ class VideoDataset(IterableDataset):
         """The shard to read, once its digest is known good in this process (``verify="sha256"``): a remote
         shard's cached copy when caching (pinned until the block is read)."""
         if self.cache is not None and is_remote(shard):
-            shard = self.cache.acquire(shard)
+            return self.cache.acquire(shard)  # checked by the cache (size; sha256 with verify="sha256")
         if self.verify == "sha256":
             check_digest(shard)
         return shard

@@ -177,6 +177,15 @@ def test_foreign_files_are_never_evicted_and_bad_copies_refetched(remote, local_
     big = VideoDataset(remote, seed=1, cache_dir=root)
     assert_same(read_all(big), expected)
     assert big.cache.downloads >= 1
+    # same size, other bytes: only the sha256 check sees it, and refetches
+    big.cache.close()
+    victim = next(p for p in root.iterdir() if p.name.endswith(".tar"))
+    data = bytearray(victim.read_bytes())
+    data[-3000] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    checked = VideoDataset(remote, seed=1, cache_dir=root, verify="sha256")
+    assert_same(read_all(checked), expected)
+    assert checked.cache.downloads == 1
 
 
 class _FaultyStream:
