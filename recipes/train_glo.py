@@ -225,7 +225,8 @@ def make_dataset(cfg: GLOConfig, *, shuffle: bool, whole_store: bool = False, wi
 
     world = World() if whole_store else None
     return VideoDataset(data_source(cfg), mode="clip", frames=cfg.frames, offset=cfg.window_offset,
-                        shuffle=shuffle, seed=cfg.seed, world=world, with_meta=with_meta)  # fmt: skip
+                        shuffle=shuffle, seed=cfg.seed, world=world, with_meta=with_meta,
+                        interleave=cfg.interleave)  # fmt: skip
 
 
 def store_channels(dataset: Any, cfg: GLOConfig) -> int:

@@ -232,3 +232,17 @@ def test_config_yaml_is_plain(tmp_path: Path) -> None:
     save_config(ToyConfig(), tmp_path / "c.yaml")
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert data["betas"] == [0.5, 0.999] and list(data)[0] == "out_dir"
+
+
+def test_recipes_pass_the_data_order_to_the_loader(tmp_path: Path) -> None:
+    """`--interleave 1` gives the block-local order, which resumes checkpoints saved before interleaving."""
+    from types import SimpleNamespace
+
+    from recipes.common.data import build_loader, smoke_store
+
+    store = smoke_store(tmp_path / "s", params={"n_balls": 1, "size": 16, "frames": 4}, n=16)
+    run = SimpleNamespace(device=torch.device("cpu"))
+    for interleave in (12, 1):
+        cfg = dataclasses.replace(resolve([]), data=str(store), batch_size=4, interleave=interleave)
+        assert build_loader(cfg, run, mode="clip").dataset.interleave == interleave
+    assert resolve(["--interleave", "1"]).interleave == 1

@@ -48,6 +48,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     batch_size: int = 64  # per rank
     num_workers: int = 0
+    interleave: int = 12  # data order: pieces per loader block (pipelines' default); 1 = the block-local
+    # order, which resumes checkpoints saved before interleaving was the default
     log_every: int = 50  # steps between CSV/TensorBoard rows
     sample_every: int = 500  # steps between sample grids / GIFs (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
