@@ -84,7 +84,7 @@ def sensing_of(manifest: dict) -> tuple[CupParams, np.ndarray]:
     if manifest["generator"]["name"] != "cup" or "sensing" not in manifest:
         raise ValueError("--data must be a store made by `datagen sense cup` (it has no sensed field)")
     params = {k: v for k, v in manifest["params"].items() if k not in ("mask_sha256", "source")}
-    return check_params(params), unpack_mask(manifest["sensing"])
+    return check_params(params), unpack_mask(manifest)
 
 
 class Backproject(nn.Module):

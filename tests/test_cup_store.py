@@ -36,7 +36,7 @@ def test_round_trip(source: Path, tmp_path: Path) -> None:
     assert manifest["params"]["source"]["digest"] == src["digest"]
     assert manifest["sample"]["sensed"] == {"dtype": "uint16", "layout": "VHW", "shape": [2, 12 + 5 * 2, 12]}
     p = CupParams(**{k: v for k, v in manifest["params"].items() if k not in ("mask_sha256", "source")})
-    mask = unpack_mask(manifest["sensing"])
+    mask = unpack_mask(manifest)
     assert np.array_equal(mask, make_mask(12, 12, p.fill, p.mask_seed))
     op = CupOperator(mask, 6, p.shear, p.complementary)
     scenes = {s.key: s for s in iter_samples(source / "balls-000001.tar", "wds")}
@@ -47,6 +47,13 @@ def test_round_trip(source: Path, tmp_path: Path) -> None:
             assert np.array_equal(s.video, scenes[s.key].video) and s.meta == scenes[s.key].meta
             assert np.array_equal(s.fields["sensed"], sense(s.video, op, p, sample_rng(7, int(s.key))))
     assert main(["verify", str(tmp_path / "cup")]) == 0
+    bad = {**manifest, "sensing": {**manifest["sensing"], "mask": {**manifest["sensing"]["mask"]}}}
+    bad["sensing"]["mask"]["shape"] = [1 << 20, 1 << 20]  # a stranger's manifest chooses no allocation
+    with pytest.raises(DatagenError, match="not the clips"):
+        unpack_mask(bad)
+    bad["sensing"]["mask"] = {**manifest["sensing"]["mask"], "packbits_base64": "AAAA" * 5}
+    with pytest.raises(DatagenError, match="mask"):
+        unpack_mask(bad)
 
 
 def test_one_or_two_workers_same_bytes(source: Path, tmp_path: Path) -> None:

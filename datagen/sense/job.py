@@ -38,13 +38,25 @@ def source_format(manifest: dict) -> str:
     return "wds" if "wds" in manifest["layout"]["formats"] else "hdf5"
 
 
-def unpack_mask(sensing: dict) -> np.ndarray:
-    """The mask a sensing store's manifest holds, checked against its sha256 (for reconstructions)."""
-    h, w = sensing["mask"]["shape"]
-    bits = np.frombuffer(base64.b64decode(sensing["mask"]["packbits_base64"], validate=True), np.uint8)
+def unpack_mask(manifest: dict) -> np.ndarray:
+    """The mask a (validated) sensing store's manifest holds, checked against the clip size and its sha256.
+
+    The `sensing` entry lies outside the digest and the validator, so it is checked here: its shape must be
+    the clips' (H, W) (never an allocation a stranger's manifest chooses) and its bits must hash to the
+    recorded `params.mask_sha256`, which the digest covers."""
+    h, w = manifest["sample"]["video"]["shape"][1:3]
+    try:
+        entry = manifest["sensing"]["mask"]
+        if entry["shape"] != [h, w]:
+            raise DatagenError(f"the manifest's mask is {entry['shape']!r:.40}, not the clips' [{h}, {w}]")
+        bits = np.frombuffer(base64.b64decode(entry["packbits_base64"], validate=True), np.uint8)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatagenError(f"the manifest has no readable sensing mask ({e!s:.80})") from None
+    if len(bits) != -(-h * w // 8):
+        raise DatagenError(f"the manifest's mask has {len(bits)} bytes, not {-(-h * w // 8)}")
     mask = np.unpackbits(bits, count=h * w).reshape(h, w)
-    if mask_sha256(mask) != sensing["mask"]["sha256"]:
-        raise DatagenError("the manifest's mask does not match its sha256")
+    if mask_sha256(mask) != manifest["params"].get("mask_sha256"):
+        raise DatagenError("the manifest's mask does not match params.mask_sha256")
     return mask
 
 
