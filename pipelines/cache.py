@@ -404,7 +404,10 @@ class _Refused(str):
 
 
 def _close_cached_fd(path: str) -> None:
-    """Readers keep descriptors per path; an unpinned file may be evicted, so its descriptor goes."""
-    from pipelines import gather
+    """Readers keep descriptors (tar) and h5py handles per path; an unpinned file may be evicted (a kept
+    descriptor would hold its disk space), so they go."""
+    from pipelines import gather, hdf5_files
 
     gather.close_fd(path)
+    if path.endswith((".h5", ".hdf5")):
+        hdf5_files.close_h5_file(path)

@@ -58,6 +58,15 @@ def h5_file(shard: ShardRef, locking: bool | None):
     return handle
 
 
+def close_h5_file(path: str) -> None:
+    """Close this process's handles of one local file (a shard cache is about to let it go)."""
+    if os.getpid() == _H5_OWNER:
+        for locking in (None, True, False):
+            handle = _H5_FILES.pop((path, locking), None)
+            if handle is not None:
+                handle.close()
+
+
 def close_h5_files() -> None:
     """Close the HDF5 files this process opened (call before forking workers you start yourself)."""
     if os.getpid() == _H5_OWNER:

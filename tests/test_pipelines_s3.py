@@ -68,6 +68,17 @@ def entries(cache_dir: Path) -> list[str]:
     return sorted(p.name for p in cache_dir.iterdir() if p.is_file() and p.name != MARKER)
 
 
+def deleted_open_files(root: Path) -> list[str]:
+    """Files under ``root`` this process still holds open after they were deleted (evicted)."""
+    links = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue
+    return [link for link in links if link.startswith(str(root)) and link.endswith("(deleted)")]
+
+
 # ---------------------------------------------------------------- units
 def test_parse_size_is_strict():
     assert parse_size("20GB") == 20 * 10**9
@@ -158,6 +169,7 @@ def test_cache_smaller_than_store_evicts_and_stays_exact(remote, local_store, tm
     ds = VideoDataset(remote, seed=5, interleave=1, block_size=5, cache_dir=tmp_path / "c", cache_limit=limit)
     assert_same(read_all(ds, epochs=(0, 1, 2)), expected)
     assert ds.cache.downloads > N_SHARDS  # evicted and fetched again
+    assert deleted_open_files(tmp_path / "c") == []  # no evicted file kept alive by a reader's descriptor
     ds.cache.close()
     total, _ = ds.cache.usage()
     assert total <= limit
@@ -367,7 +379,18 @@ def test_store_written_by_datagen_to_s3_reads_back_exactly(s3, tmp_path, pattern
     run_store_job(job(tmp_path / "local"), workers=0)
     url = s3.url("written")
     run_store_job(job(url), workers=0)
-    expected = read_all(VideoDataset(tmp_path / "local", seed=6, format=fmt))
-    got = VideoDataset(url, seed=6, format=fmt, cache_dir=tmp_path / "c", verify="sha256")
+    expected = read_all(VideoDataset(tmp_path / "local", seed=6, format=fmt, interleave=1, block_size=5))
+    limit = 2 * max(p.stat().st_size for p in (tmp_path / "local").glob("*.h5" if fmt == "hdf5" else "*.tar"))
+    got = VideoDataset(
+        url,
+        seed=6,
+        format=fmt,
+        cache_dir=tmp_path / "c",
+        verify="sha256",
+        interleave=1,
+        block_size=5,
+        cache_limit=limit,
+    )
     assert_same(read_all(got), expected)
-    assert got.cache.downloads == 5
+    assert got.cache.downloads > 5  # evictions
+    assert deleted_open_files(tmp_path / "c") == []
