@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from datagen.api import make_store
 from datagen.cli import main
 from datagen.errors import DatagenError
 from datagen.sim import _balls_variants as kv
@@ -398,3 +399,14 @@ def test_variant_samples_are_the_same_in_any_batch():
     for a, b in zip(whole[3:9], part, strict=True):
         assert np.array_equal(a.video, b.video) and meta_bytes(a.meta) == meta_bytes(b.meta)
         assert all(np.array_equal(a.fields[k], b.fields[k]) for k in ("mask", "flow"))
+
+
+def test_variant_store_bytes_do_not_depend_on_workers(tmp_path):
+    """A store with every variant option on, masks and flow, is the same bytes with 1 and 2 Dask workers
+    (per-sample streams and the shard writers, not the process layout, decide every byte)."""
+    p = {**EVERYTHING, "frames": 8, "size": 20, "fields": "video,mask,flow,events,visibility"}
+    a = make_store(tmp_path / "a", "balls", p, n=24, seed=5, shard_size=8, workers=1)
+    b = make_store(tmp_path / "b", "balls", p, n=24, seed=5, shard_size=8, workers=2)
+    assert a["params"]["occluder"] == [0.7, 0.8] and a["sample"]["video"]["shape"] == [8, 20, 20, 3]
+    assert a["sample"]["fields"] == ALL and len(a["shards"]) == 3
+    assert a["digest"] == b["digest"] and a["shards"] == b["shards"]
