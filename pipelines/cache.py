@@ -13,7 +13,7 @@ Remote shards are fetched whole into ``cache_dir`` and read there like local one
 - **bounded**: before a download, least-recently-used entries (by their lock file's mtime, touched on every
   use) are evicted until the new shard fits under ``cache_limit``; a shard in use anywhere on the node (its
   lock held) is never evicted, so the folder exceeds the limit when the working set (ranks x workers x
-  shards per block, plus prefetch) does not fit;
+  shards per block, plus prefetch) does not fit, and is trimmed again once those shards are released;
 - **its own files only**: a new folder gets a marker file; a non-empty folder without it is refused. Only
   names the cache makes (``<16 hex>-<shard name>``, their ``.part-`` files, ``locks/``) are counted, evicted
   or removed; anything else in the folder is left alone;
@@ -150,6 +150,7 @@ class ShardCache:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future] = {}
         self._pending_bytes = 0
+        self._over = False  # the last eviction pass could not get under the limit
         self.downloads = 0  # downloads this process made (tests, benches)
 
     def _check_process(self) -> None:
@@ -223,6 +224,8 @@ class ShardCache:
         for pin in pins:
             _close_cached_fd(pin.path)
             self._close_lock(pin.fd)
+        if self._over:  # a download went past the limit while shards were in use: trim now
+            self._make_room(0)
 
     def _open_lock(self, entry: str) -> int:
         fd = os.open(self._lock_path(entry), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -340,9 +343,10 @@ class ShardCache:
         total, entries = self.usage()
         for _, name, size in sorted(entries):
             if total + incoming <= self.limit:
-                return
+                break
             if self._evict(name):
                 total -= size
+        self._over = total + incoming > self.limit
 
     def _evict(self, name: str) -> bool:
         fd = self._open_lock(name)

@@ -175,6 +175,14 @@ def test_cache_smaller_than_store_evicts_and_stays_exact(remote, local_store, tm
     assert total <= limit
 
 
+def test_cache_below_the_working_set_is_trimmed_once_shards_are_released(remote, local_store, tmp_path):
+    limit = shard_bytes(local_store)  # one shard; a block of the default order reads pieces of all eight
+    ds = VideoDataset(remote, seed=8, cache_dir=tmp_path / "c", cache_limit=limit)
+    assert_same(read_all(ds, epochs=(0,)), read_all(VideoDataset(local_store, seed=8), epochs=(0,)))
+    ds.cache.close()
+    assert ds.cache.usage()[0] <= limit
+
+
 def test_foreign_files_are_never_evicted_and_bad_copies_refetched(remote, local_store, tmp_path):
     root = tmp_path / "c"
     ds = VideoDataset(remote, seed=1, cache_dir=root, cache_limit=2 * shard_bytes(local_store))
@@ -300,42 +308,39 @@ def test_killed_download_leaves_nothing_used_and_next_run_is_exact(remote, local
     assert not [n for n in entries(root) if ".part-" in n]  # removed under the shard's lock
 
 
-CONCURRENT = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from pathlib import Path
-    from pipelines.dataset import VideoDataset
-
-    ds = VideoDataset(sys.argv[1], cache_dir=sys.argv[2])
-    ready = Path(sys.argv[3])
-    (ready / str(os.getpid())).touch()
-    while len(list(ready.iterdir())) < int(sys.argv[4]):  # start together
-        time.sleep(0.002)
-    for shard in ds.shards:
-        local = ds.cache.acquire(shard)
-        assert open(local.url, "rb").read(512)
-    print(json.dumps({"downloads": ds.cache.downloads}))
-    """
-)
+def _download_all(shards, root: Path, go: int, report: int) -> None:
+    """A forked process (a rank on the node): waits for the start signal, then takes every shard."""
+    code = 1
+    try:
+        cache = ShardCache(root)
+        os.read(go, 1)
+        for shard in shards:
+            local = cache.acquire(shard)
+            assert Path(local.url).stat().st_size == shard.nbytes
+        os.write(report, bytes([cache.downloads]))
+        code = 0
+    finally:
+        os._exit(code)
 
 
 @pytest.mark.integration
-def test_processes_starting_at_once_download_each_shard_once(remote, tmp_path):
-    (tmp_path / "ready").mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CONCURRENT, remote, str(tmp_path / "c"), str(tmp_path / "ready"), "4"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(4)
-    ]
-    downloads = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        downloads.append(json.loads(out)["downloads"])
-    assert sum(downloads) == N_SHARDS
+def test_eight_processes_starting_at_once_download_each_shard_once(remote, tmp_path):
+    shards = VideoDataset(remote).shards
+    go_r, go_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pids = []
+    for _ in range(8):  # forked, not spawned: no interpreter start, so they really start together
+        pid = os.fork()
+        if pid == 0:
+            _download_all(shards, tmp_path / "c", go_r, report_w)
+        pids.append(pid)
+    os.write(go_w, b"x" * 8)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    downloads = list(os.read(report_r, 64))
+    for end in (go_r, go_w, report_r, report_w):
+        os.close(end)
+    assert codes == [0] * 8
+    assert len(downloads) == 8 and sum(downloads) == N_SHARDS
 
 
 def _rank_main(rank: int, world: int, port: int, url: str, cache_dir: str, limit: int, out: str) -> None:
