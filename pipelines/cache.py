@@ -119,7 +119,6 @@ class ShardCache:
         self.limit = parse_size(cache_limit)
         self.verify, self.retries, self.prefetch_threads = verify, int(retries), int(prefetch_threads)
         self._claim_folder()
-        self._local = threading.local()
         self._reset_process_state()
 
     # ------------------------------------------------------------ setup
@@ -159,13 +158,12 @@ class ShardCache:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_local", "_mutex", "_pins", "_pool", "_pending", "_fds"):
+        for key in ("_mutex", "_pins", "_pool", "_pending", "_fds"):
             state.pop(key)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
         self._reset_process_state()
 
     # ------------------------------------------------------------ names
