@@ -251,6 +251,29 @@ def acceptance_rate(n_balls: int, radius: float, box: float) -> float:
     return accepted / tries
 
 
+def attach_ground_truth(
+    meta: dict[str, Any],
+    wanted: Any,
+    k: int,
+    masks: np.ndarray | None,
+    flows: np.ndarray | None,
+    events: list[Any] | None,
+    fractions: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Sample k's array fields (mask, flow); its events and visible fractions (this sample's, (T, n)) go into
+    `meta`, each only when asked."""
+    fields: dict[str, np.ndarray] = {}
+    if "mask" in wanted:
+        fields["mask"] = masks[k]
+    if flows is not None:
+        fields["flow"] = flows[k]
+    if events is not None:
+        meta["events"] = events[k]
+    if "visibility" in wanted:
+        meta["visibility"] = np.round(fractions, META_DECIMALS)
+    return fields
+
+
 class BallsGenerator:
     """The `balls` generator: params {n_balls, frames, size (pixels), radius and box (world units)}, and the
     variants {min_balls, min_radius, masses, gravity, damping, restitution, colors, occluder}
@@ -329,15 +352,7 @@ class BallsGenerator:
             metas = ground_truth(params, traj, indices)
             events = event_lists(table, params, indices) if "events" in wanted else None
             for k, (i, meta) in enumerate(zip(indices, metas, strict=True)):
-                fields = {}
-                if "mask" in wanted:
-                    fields["mask"] = masks[k]
-                if flows is not None:
-                    fields["flow"] = flows[k]
-                if events is not None:
-                    meta["events"] = events[k]
-                if "visibility" in wanted:
-                    meta["visibility"] = np.round(fractions[k], META_DECIMALS)
+                fields = attach_ground_truth(meta, wanted, k, masks, flows, events, fractions[k])
                 yield Sample(sample_key(i), videos[k][..., None], meta, fields)
 
 

@@ -314,7 +314,7 @@ def generate_variant(
     params: Mapping[str, Any], seed: int, indices: range, wanted: frozenset[str]
 ) -> list[Sample]:
     """The samples of `indices` with the variant options of `params` and the requested fields."""
-    from datagen.sim.balls import META_DECIMALS, event_lists
+    from datagen.sim.balls import META_DECIMALS, attach_ground_truth, event_lists
 
     b = simulate_batch(params, seed, indices, events="events" in wanted)
     video = render_batch(b, params)
@@ -342,14 +342,7 @@ def generate_variant(
             meta["masses"] = np.round(b.masses[k, :n], META_DECIMALS)
         if b.colors is not None:
             meta["colors"] = b.colors[k, :n].astype(np.int64)
-        fields = {}
-        if "mask" in wanted:
-            fields["mask"] = masks[k]
-        if flows is not None:
-            fields["flow"] = flows[k]
-        if events is not None:
-            meta["events"] = events[k]
-        if "visibility" in wanted:
-            meta["visibility"] = np.round(fractions[k, :, :n], META_DECIMALS)
+        visible = fractions[k, :, :n] if fractions is not None else None
+        fields = attach_ground_truth(meta, wanted, k, masks, flows, events, visible)
         out.append(Sample(sample_key(i), video[k], meta, fields))
     return out
