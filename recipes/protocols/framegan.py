@@ -37,8 +37,8 @@ stage from its last checkpoint (the recipes resume bitwise), so a longer run can
 Three balls (``STAGE1_STEPS``): the 3-ball stage 1 drew exactly three balls in 0.49 of frames at 1,000 steps,
 then 0.62, 0.73, 0.77, 0.86, 0.895 at 2,500, 3,500, 4,500, 5,500, 6,500 (centre spread 0.97, entropy 0.98 of
 real's, never collapsed; 400-450 CPU-s per 1,000 steps), hence 6,500 in ``--quick``. Stage 2 (7,500 steps)
-through that G_F: link rate 0.906, adjacent MSE 1.03 of real's, independent baseline 5.6x, three balls in 92% of
-frames, not collapsed: every --quick target holds.
+through that G_F: link rate 0.906, adjacent MSE 1.03 of real's, independent baseline 5.6x, three balls in 92%
+of frames, not collapsed: every --quick target holds.
 """
 
 from __future__ import annotations
