@@ -255,6 +255,34 @@ def prepare_output(out: Path, job: StoreJob, *, resume: bool, overwrite: bool) -
     return None
 
 
+def check_same_job(where: str, previous: Any, job: StoreJob, finished: bool, resume: bool) -> bool:
+    """A non-empty store holding `previous` (its recorded job): True if it is this job's finished store (to
+    be checked shard by shard), False for an unfinished run of it that --resume continues; DatagenError
+    otherwise. Local folders and object stores decide alike."""
+    if previous != _record_only(job.record):
+        flag = "--resume" if resume else "--overwrite to replace it"
+        raise DatagenError(
+            f"{where} holds a different datagen job ({_diff(previous, job.record)})"
+            + ("" if resume else f"; pass {flag}")
+        )
+    if not finished and not resume:
+        raise DatagenError(
+            f"{where} holds an unfinished run of this job; pass --resume to continue it "
+            "or --overwrite to start again"
+        )
+    return finished
+
+
+def check_repairable(where: str, bad: list[str], job: StoreJob, resume: bool) -> None:
+    """A finished store with damaged or missing shards `bad`: fine under --resume when the job can rebuild
+    its journal from the manifest; DatagenError naming the shards otherwise."""
+    if resume and job.results_from_manifest is not None:
+        return
+    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    how = "pass --resume to make them again" if job.results_from_manifest else "pass --overwrite to remake it"
+    raise DatagenError(f"{where} has {len(bad)} damaged or missing shards ({names}); {how}")
+
+
 def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
     """For a non-empty `out` without --overwrite: the manifest if it holds this job's store, checked shard by
     shard; None to (re)start the run in it; DatagenError when it holds anything else."""
@@ -262,33 +290,14 @@ def _finished_store(out: Path, job: StoreJob, *, resume: bool) -> dict | None:
     if not is_store:
         hint = "" if resume else "; choose another --out (or --overwrite a datagen store)"
         raise DatagenError(f"output folder {out} is not empty and is not a datagen store{hint}")
-    previous = stored_record(out)
-    if previous != _record_only(job.record):
-        flag = "--resume" if resume else "--overwrite to replace it"
-        raise DatagenError(
-            f"output folder {out} holds a different datagen job ({_diff(previous, job.record)})"
-            + ("" if resume else f"; pass {flag}")
-        )
-    if not (out / MANIFEST).exists():
-        if not resume:
-            raise DatagenError(
-                f"output folder {out} holds an unfinished run of this job; pass --resume to continue it "
-                "or --overwrite to start again"
-            )
+    if not check_same_job(f"output folder {out}", stored_record(out), job, (out / MANIFEST).exists(), resume):
         return None
     manifest = load_manifest(out)
     remove_leftovers(out, manifest)
     bad = [s["path"] for s in manifest["shards"] if check_shard(out, s) is not None]
     if not bad:
         return manifest
-    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    if not resume or job.results_from_manifest is None:
-        how = (
-            "pass --resume to make them again"
-            if job.results_from_manifest
-            else "pass --overwrite to remake it"
-        )
-        raise DatagenError(f"the store in {out} has {len(bad)} damaged or missing shards ({names}); {how}")
+    check_repairable(f"the store in {out}", bad, job, resume)
     # back to an unfinished run: the good shards journaled, the manifest gone, the damaged shards to make
     results = job.results_from_manifest(manifest)
     write_json_atomic(out / JOB_FILE, _record_only(job.record))

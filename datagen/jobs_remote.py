@@ -22,8 +22,9 @@ from datagen.errors import DatagenError
 from datagen.jobs import (
     ProgressFn,
     StoreJob,
-    _diff,
     _record_only,
+    check_repairable,
+    check_same_job,
     finish_manifest,
     journal_line,
     parse_journal,
@@ -119,18 +120,7 @@ def _finished(store: RemoteStore, job: StoreJob, *, resume: bool) -> dict | None
         hint = "" if resume else "; choose another --out (or --overwrite a datagen store)"
         raise DatagenError(f"{store.url} is not empty and is not a datagen store{hint}")
     previous, manifest = _stored_record(store, names)
-    if previous != _record_only(job.record):
-        flag = "--resume" if resume else "--overwrite to replace it"
-        raise DatagenError(
-            f"{store.url} holds a different datagen job ({_diff(previous, job.record)})"
-            + ("" if resume else f"; pass {flag}")
-        )
-    if manifest is None:
-        if not resume:
-            raise DatagenError(
-                f"{store.url} holds an unfinished run of this job; pass --resume to continue it "
-                "or --overwrite to start again"
-            )
+    if not check_same_job(store.url, previous, job, manifest is not None, resume):
         return None
     if JOB_FILE in names:  # killed between the manifest and the cleanup
         store.remove(JOURNAL)
@@ -139,16 +129,7 @@ def _finished(store: RemoteStore, job: StoreJob, *, resume: bool) -> dict | None
     bad = [s["path"] for s in manifest["shards"] if check_remote_shard(store, s, sizes) is not None]
     if not bad:
         return manifest
-    names_ = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    if not resume or job.results_from_manifest is None:
-        how = (
-            "pass --resume to make them again"
-            if job.results_from_manifest
-            else "pass --overwrite to remake it"
-        )
-        raise DatagenError(
-            f"the store at {store.url} has {len(bad)} damaged or missing shards ({names_}); {how}"
-        )
+    check_repairable(f"the store at {store.url}", bad, job, resume)
     results = job.results_from_manifest(manifest)
     store.write(JOB_FILE, canonical_json(_record_only(job.record)))
     good = [journal_line(t, r) for t, r in results.items() if all(s["path"] not in bad for s in r["shards"])]
