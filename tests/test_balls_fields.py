@@ -161,6 +161,15 @@ def test_events_do_not_change_the_physics():
     assert np.array_equal(plain.positions, traj.positions) and len(table) > 0
 
 
+def test_events_alone_are_the_events_of_all_fields(three):
+    """`--fields video,events` skips the labelling pass: the same clips and events, no other field."""
+    p = BALLS.validate({"n_balls": 3})
+    alone = list(BALLS.generate({**p, "fields": ["video", "events"]}, 7, 0, 60))
+    for a, b in zip(alone, three, strict=True):
+        assert a.fields == {} and "visibility" not in a.meta
+        assert np.array_equal(a.video, b.video) and a.meta["events"] == b.meta["events"]
+
+
 def test_store_bytes_do_not_depend_on_workers(tmp_path):
     params = {"n_balls": 3, "frames": 8, "size": 20, "fields": "video,mask,flow,events,visibility"}
     a = make_store(

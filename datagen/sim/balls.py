@@ -251,6 +251,10 @@ def acceptance_rate(n_balls: int, radius: float, box: float) -> float:
     return accepted / tries
 
 
+LABELLED_FIELDS = frozenset({"mask", "flow", "visibility"})
+"""Fields that need the per-pixel labelling pass (`label`)."""
+
+
 def attach_ground_truth(
     meta: dict[str, Any],
     wanted: Any,
@@ -348,11 +352,14 @@ class BallsGenerator:
             x0, v0 = initial_states(n, r, box, seed, indices)
             traj, table = simulate_with_events(x0, v0, frames, r, box, events="events" in wanted)
             videos = render(traj.positions, params["size"], r, box)
-            masks, flows, fractions = label(traj.positions, videos, params, flow="flow" in wanted)
+            masks = flows = fractions = None
+            if wanted & LABELLED_FIELDS:  # events alone need no labelling
+                masks, flows, fractions = label(traj.positions, videos, params, flow="flow" in wanted)
             metas = ground_truth(params, traj, indices)
             events = event_lists(table, params, indices) if "events" in wanted else None
             for k, (i, meta) in enumerate(zip(indices, metas, strict=True)):
-                fields = attach_ground_truth(meta, wanted, k, masks, flows, events, fractions[k])
+                visible = fractions[k] if fractions is not None else None
+                fields = attach_ground_truth(meta, wanted, k, masks, flows, events, visible)
                 yield Sample(sample_key(i), videos[k][..., None], meta, fields)
 
 

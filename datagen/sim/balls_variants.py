@@ -314,11 +314,11 @@ def generate_variant(
     params: Mapping[str, Any], seed: int, indices: range, wanted: frozenset[str]
 ) -> list[Sample]:
     """The samples of `indices` with the variant options of `params` and the requested fields."""
-    from datagen.sim.balls import META_DECIMALS, attach_ground_truth, event_lists
+    from datagen.sim.balls import LABELLED_FIELDS, META_DECIMALS, attach_ground_truth, event_lists
 
     b = simulate_batch(params, seed, indices, events="events" in wanted)
     video = render_batch(b, params)
-    labelled = len(wanted & {"mask", "flow", "visibility"}) > 0
+    labelled = bool(wanted & LABELLED_FIELDS)
     masks, flows, fractions = (
         label_batch(b, video, params, flow="flow" in wanted) if labelled else (None,) * 3
     )
