@@ -46,7 +46,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_loader import process_cpu  # noqa: E402
 from s3_server import s3_server, upload_store  # noqa: E402
 
 from datagen.store.manifest import build_manifest, shard_name, write_manifest, write_shard  # noqa: E402
@@ -80,16 +82,6 @@ def write_store(root: Path, n_clips: int, shard_size: int) -> Path:
     }
     write_manifest(root, build_manifest(record, entries))
     return root
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 where ``/proc`` cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 SERVER_PID = 0  # the moto server is a child too: its CPU is reported apart
