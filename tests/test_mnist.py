@@ -10,12 +10,7 @@ from datagen.sim import mnist as sim
 from datagen.sources import mnist as src
 from datagen.store.wds import meta_bytes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VIDEOGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import datagen.cli.mnist  # noqa: F401  (registers the command)
 from datagen.cli import main
 from datagen.sim import mnist as sim
 from datagen.sim import mnist_variants as var
-from datagen.sources import mnist as src
 from datagen.store.manifest import load_manifest
 from datagen.store.readers import iter_samples
 from datagen.store.wds import meta_bytes
@@ -19,16 +18,7 @@ from datagen.store.wds import meta_bytes
 ALL = ["video", "mask", "flow", "events", "visibility"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VIDEOGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return src.load_digits(sim.MNIST.validate({})["source"])
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def with_fields(changes: dict, fields=ALL) -> dict:

@@ -13,22 +13,11 @@ from datagen.cli import main
 from datagen.errors import DatagenError
 from datagen.sim import mnist as sim
 from datagen.sim import mnist_variants as var
-from datagen.sources import mnist as src
 from datagen.store.manifest import load_manifest
 from datagen.store.readers import iter_samples
 from datagen.store.wds import meta_bytes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VIDEOGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return src.load_digits(sim.MNIST.validate({})["source"])
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_options_at_their_off_values_leave_the_params_as_they_were():
