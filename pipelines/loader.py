@@ -474,8 +474,7 @@ def _prediction_split(dataset: Any, context: int | None, target: int | None) -> 
     for name, value in (("context", context), ("target", target)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PipelineError(f"{name} must be an integer >= 1, got {value!r}")
-    first = dataset.sources[0] if hasattr(dataset, "sources") else dataset  # a mix reads its sources alike
-    if first.mode != "clip":
+    if dataset.mode != "clip":
         raise PipelineError("context/target split the clips of mode='clip'; this dataset yields frames")
     shape = dataset.item_shape()
     if shape is None or shape[0] != context + target:

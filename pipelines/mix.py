@@ -129,7 +129,7 @@ class MixedDataset:
         first = sources[0]
         self.sources = list(sources)
         self.world: World = first.world
-        self.with_meta = first.with_meta
+        self.with_meta, self.mode = first.with_meta, first.mode  # the sources read alike
         self.fields = (*first.fields, SOURCE_FIELD)
         self.seed, self.shuffle, self.epoch = int(seed), shuffle, 0
         self.interleave = first.interleave

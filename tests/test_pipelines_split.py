@@ -53,3 +53,18 @@ def test_bad_splits_are_one_line_errors(store: Path, kwargs, frames, mode, messa
     with pytest.raises(PipelineError, match=message) as err:
         make_loader(ds, 8, 0, **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_a_mix_is_split_like_a_single_store(store: Path, tmp_path: Path) -> None:
+    from pipelines import mix
+
+    other = tmp_path / "other"
+    make_store(other, "mnist", {"digits": 1, "frames": 20, "size": 32}, n=16, seed=4, workers=0)
+    mixed = mix([VideoDataset(store, frames=20, seed=0), VideoDataset(other, frames=20, seed=1)], [1, 1])
+    for batch in make_loader(mixed, 8, 0, context=10, target=10):
+        assert batch["context"].shape == (8, 1, 10, 32, 32)
+        assert torch.equal(torch.cat([batch["context"], batch["target"]], dim=2), batch["video"])
+    sources = [VideoDataset(store, mode="frame", seed=0), VideoDataset(other, mode="frame", seed=1)]
+    frames = mix(sources, [1, 1])
+    with pytest.raises(PipelineError, match="mode='clip'"):
+        make_loader(frames, 8, 0, context=1, target=1)
