@@ -272,3 +272,32 @@ def test_full_disk_writing_videogan_strips_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match="list.txt"):
         write_list(tmp_path)
     assert [p.name for p in tmp_path.rglob("*")] == [path.parent.name]  # the folder, no file
+
+
+def test_hdf5_bytes_do_not_depend_on_when_python_releases_datasets(monkeypatch):
+    """h5py may close a released dataset late (it did in Dask workers), and a dataset's close used to be
+    where its chunks got their place in the file: 1 and 2 workers then wrote other bytes for the same
+    clips. Keeping every dataset alive to the end of the image must not change a byte."""
+    rng = np.random.default_rng(5)
+    ss = [
+        Sample(
+            f"{i:09d}",
+            rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8),
+            {"i": i},
+            {
+                "mask": rng.integers(0, 4, (4, 8, 8), dtype=np.uint8),
+                "flow": rng.normal(size=(3, 8, 8, 2)).astype(np.float16),
+            },
+        )
+        for i in range(6)
+    ]
+    released_at_once = hdf5_image(ss)
+    kept = []
+    create = h5py.Group.create_dataset
+
+    def create_and_keep(self, *args, **kwargs):
+        kept.append(create(self, *args, **kwargs))
+        return kept[-1]
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_and_keep)
+    assert hdf5_image(ss) == released_at_once and len(kept) == 5

@@ -85,6 +85,11 @@ def _write_fields(f: h5py.File, samples: Sequence[Sample]) -> None:
     for s in samples:
         if sorted(s.fields) != sorted(names):
             raise ValueError(f"sample {s.key}: fields {sorted(s.fields)} differ from {names}")
+    # Where HDF5 places a dataset's chunks depends on when its chunk cache is flushed. That used to be
+    # whenever Python released the dataset object, which h5py may defer (it did in Dask workers: the same
+    # samples gave other bytes on 1 and 2 workers). The flushes are explicit now, at the points where an
+    # immediate release made them, so files keep the bytes every earlier store was written with.
+    previous = None
     for name in names:
         first = samples[0].fields[name]
         data = f.create_dataset(
@@ -94,9 +99,14 @@ def _write_fields(f: h5py.File, samples: Sequence[Sample]) -> None:
             chunks=(1, *first.shape),
             track_times=False,
         )
+        if previous is not None:
+            previous.flush()
         step = max(1, IMAGE_STEP // max(1, first.nbytes))
         for i in range(0, len(samples), step):
             data[i : i + step] = np.stack([s.fields[name] for s in samples[i : i + step]])
+        previous = data
+    if previous is not None:
+        previous.flush()
 
 
 def write_hdf5(path: Path, samples: Iterable[Sample], attrs: dict | None = None) -> tuple[list[str], str]:
