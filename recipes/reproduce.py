@@ -35,7 +35,12 @@ from typing import Any
 from datagen.errors import DatagenError
 from datagen.store.atomic import write_json_atomic
 
-PROTOCOL_MODULES = ("recipes.protocols.framegan", "recipes.protocols.tgan", "recipes.protocols.glo")
+PROTOCOL_MODULES = (
+    "recipes.protocols.framegan",
+    "recipes.protocols.tgan",
+    "recipes.protocols.glo",
+    "recipes.protocols.cup",
+)
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,

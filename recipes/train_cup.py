@@ -25,6 +25,8 @@ import fcntl
 import hashlib
 import json
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,8 @@ from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler
 from recipes.common.samples import save_image_grid
+from recipes.losses.multi_d import discriminator_losses, generator_losses
+from recipes.models.cup import Backproject, CupForward, CupNet, PatchDiscriminator, PriorNet
 
 SMOKE_SENSING: dict[str, Any] = {"shear": 1, "complementary": True}
 FIELDS = ("video", "sensed")
@@ -57,6 +61,17 @@ class CupConfig(TrainConfig):
         8  # of those, clips also reconstructed by the LS + TV baseline (~1 CPU-s each at 32x32x16)
     )
     tv_iters: int = 300  # ADMM iterations of the baseline
+    balls: int = 0  # ball count of a balls source: physics metrics of the reconstructions (0 = not balls)
+    # the slides' adversarial term: MSE + adv_weight * the non-saturating GAN loss of a DCGAN-style D
+    adv_weight: float = 0.0  # 0 = plain MSE
+    d_width: int = 32  # discriminator channels after its first conv (x2, x4)
+    d_lr: float = 2e-4  # discriminator Adam, betas (0.5, 0.999) (DCGAN)
+    # the FrameGAN-prior variant: an encoder to the latent of a frozen trained FrameGAN generator
+    prior_gf: str = ""  # FrameGAN stage 1 checkpoint (G_F); "" = the U-Net
+    prior_gv: str = ""  # FrameGAN stage 2 checkpoint (G_V): encode G_V's z instead of per-frame G_F codes
+    latent_steps: int = 0  # evaluation: per-sample latent optimisation steps from the encoder's latent
+    latent_lr: float = 0.05  # its Adam learning rate
+    latent_l2: float = 1e-3  # its weight of ||z||^2 / dim
 
 
 PRESETS: dict[str, dict[str, Any]] = {}
@@ -87,57 +102,6 @@ def sensing_of(manifest: dict) -> tuple[CupParams, np.ndarray]:
     return check_params(params), unpack_mask(manifest)
 
 
-class Backproject(nn.Module):
-    """The fixed per-view adjoint: (B, V, H + (T - 1) s, W) -> (B, V * T, H, W)."""
-
-    def __init__(self, mask: np.ndarray, frames: int, shear: int, complementary: bool) -> None:
-        super().__init__()
-        m = torch.as_tensor(mask, dtype=torch.float32)
-        masks = torch.stack([m, 1 - m]) if complementary else m[None]
-        self.register_buffer("masks", masks[:, None])  # (V, 1, H, W)
-        rows = torch.arange(frames)[:, None] * shear + torch.arange(m.shape[0])[None]
-        self.register_buffer("rows", rows, persistent=False)  # (T, H)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return (y[:, :, self.rows, :] * self.masks).flatten(1, 2)
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1),
-        nn.GroupNorm(min(8, cout), cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1),
-        nn.GroupNorm(min(8, cout), cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class CupNet(nn.Module):
-    """Back-projection, then a two-level U-Net with skips: sensed (B, V, H', W) -> scene (B, T, H, W)."""
-
-    def __init__(self, p: CupParams, mask: np.ndarray, frames: int, width: int = 32) -> None:
-        super().__init__()
-        self.frames, self.norm = frames, 1.0 / (p.scale * frames * p.fill)
-        self.back = Backproject(mask, frames, p.shear, p.complementary)
-        cin, w = p.views * frames, width
-        self.enc1, self.enc2, self.mid = _block(cin, w), _block(w, 2 * w), _block(2 * w, 4 * w)
-        self.up2, self.dec2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2), _block(4 * w, 2 * w)
-        self.up1, self.dec1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2), _block(2 * w, w)
-        self.out = nn.Conv2d(w, frames, 1)
-
-    def forward(self, sensed: torch.Tensor) -> torch.Tensor:
-        x = self.back(sensed.float() * self.norm)
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 4, 0, -h % 4))  # two halvings need sides divisible by 4
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        m = self.mid(F.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
-        return self.out(d1)[..., :h, :w]
-
-
 def grey_scene(video: torch.Tensor) -> torch.Tensor:
     """A batch (B, C, T, H, W) in [-1, 1] -> the sensed scene (B, T, H, W): the channel mean."""
     return video.mean(dim=1)
@@ -160,27 +124,117 @@ def smoke_data() -> str:
     return str(out)
 
 
+def build_model(cfg: CupConfig, p: CupParams, mask: np.ndarray, frames: int) -> nn.Module:
+    """The U-Net, or with ``prior_gf`` the FrameGAN-prior encoder through the frozen generator(s)."""
+    if not cfg.prior_gf:
+        return CupNet(p, mask, frames, cfg.width)
+    from recipes.train_framegan import load_frame_generator, load_video_generator
+
+    gf, gf_cfg = load_frame_generator(cfg.prior_gf)
+    if gf_cfg.size != mask.shape[-1] or mask.shape[0] != mask.shape[1]:
+        raise ValueError(f"--prior-gf draws {gf_cfg.size}x{gf_cfg.size} frames, the scenes are {mask.shape}")
+    gv = None
+    if cfg.prior_gv:
+        gv, gv_cfg = load_video_generator(cfg.prior_gv)
+        if gv_cfg.frames != frames:
+            raise ValueError(f"--prior-gv makes {gv_cfg.frames}-frame videos, the scenes have {frames}")
+    return PriorNet(p, mask, frames, gf, gv, width=cfg.width)
+
+
+def load_model(path: str) -> tuple[nn.Module, CupConfig]:
+    """A trained reconstruction network (and its config) from a checkpoint, on CPU; the sensing store it was
+    trained on (``cfg.data``) gives the operator."""
+
+    def build(cfg: CupConfig, _: Any) -> dict[str, nn.Module]:
+        manifest = load_manifest(cfg.data)
+        p, mask = sensing_of(manifest)
+        return {"net": build_model(cfg, p, mask, manifest["sample"]["video"]["shape"][0])}
+
+    models, cfg, _ = ckpt.load_trained(path, CupConfig(), build)
+    return models["net"].eval(), cfg
+
+
 def train_step(
-    net: nn.Module, opt: torch.optim.Optimizer, batch: dict, run: Run, scaler: torch.amp.GradScaler
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict,
+    run: Run,
+    scaler: torch.amp.GradScaler,
+    adv: tuple[nn.Module, torch.optim.Optimizer, float] | None = None,
 ) -> dict[str, float]:
+    """One step: MSE to the scene, plus ``weight`` x the non-saturating GAN loss of the DCGAN-style
+    discriminator (trained first on scene vs detached reconstruction, as one batch) when ``adv`` is given."""
     target = grey_scene(batch["video"])
     with run.autocast():
-        loss = F.mse_loss(net(batch["sensed"]).float(), target)
+        out = net(batch["sensed"]).float()
+        mse = F.mse_loss(out, target)
+    stats = {"mse": mse.item()}
+    loss = mse
+    if adv is not None:
+        disc, d_opt, weight = adv
+        with run.autocast():
+            logits = disc(torch.cat([target, out.detach()])).flatten(1)
+            real, fake = logits.chunk(2)
+            d_loss = discriminator_losses(real.reshape(-1, 1), fake.reshape(-1, 1)).sum()
+        d_opt.zero_grad(set_to_none=True)
+        scaler.scale(d_loss).backward()
+        scaler.step(d_opt)
+        with run.autocast():
+            g_adv = generator_losses(disc(out).reshape(-1, 1)).sum()
+        loss = mse + weight * g_adv
+        stats |= {"d_loss": d_loss.item(), "g_adv": g_adv.item()}
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    return {"mse": loss.item()}
+    return stats
+
+
+# --- evaluation: one table, every method on the same held-out clips ---
+
+
+def _registry(name: str, sources: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> dict:
+    from recipes.metrics.registry import MetricOptions, calc_metric
+    from recipes.metrics.sources import ArrayVideos
+
+    opts = MetricOptions(
+        sources={k: ArrayVideos(v, name=k) for k, v in sources.items()}, extra=dict(extra or {})
+    )
+    return calc_metric(name, opts)["results"]
+
+
+def table_row(scene: torch.Tensor, recon: torch.Tensor, seconds: float, balls: int = 0) -> dict[str, Any]:
+    """One method's row, all from the metric registry: PSNR / SSIM per frame (``psnr_ssim``), the
+    adjacent-frame MSE of the reconstructions and of the scenes (``adjacent_mse``), with ``balls`` > 0 the
+    balls physics of both (``physics_balls``: ball count, link rate, ballistic motion, collapse), and
+    seconds per clip.
+    ``scene`` and ``recon`` are (N, 1, T, H, W) in [-1, 1], clip i against clip i."""
+    n, _, t = scene.shape[:3]
+    tag = f"{n}_{t}f"
+    pair = {"real": scene, "fake": recon}
+    scores = _registry(f"psnr_ssim{tag}", pair)
+    adj = _registry(f"adjacent_mse{tag}", pair)
+    row: dict[str, Any] = {
+        "clips": n,
+        "psnr": scores["fake/psnr"],
+        "ssim": scores["fake/ssim"],
+        "adjacent_mse": adj["fake/mean"],
+        "adjacent_mse_scene": adj["real/mean"],
+        "adjacent_mse_ratio": adj["fake/mean"] / max(adj["real/mean"], 1e-12),
+        "seconds_per_clip": seconds,
+    }
+    if balls > 0:
+        geometry = {"balls": {"n_balls": balls, "size": scene.shape[-1]}}
+        physics = _registry(f"physics_balls{tag}", pair, geometry)
+        row["physics"] = {k.split("/", 1)[1]: v for k, v in physics.items() if k.startswith("fake/")}
+        row["physics_scene"] = {k.split("/", 1)[1]: v for k, v in physics.items() if k.startswith("real/")}
+    return row
 
 
 def _scores(real: torch.Tensor, videos: torch.Tensor) -> dict[str, float]:
     """Registry ``psnr_ssim`` of ``videos`` against ``real`` (both (N, 1, T, H, W) in [-1, 1])."""
-    from recipes.metrics.registry import MetricOptions, calc_metric
-    from recipes.metrics.sources import ArrayVideos
-
     n, _, t = real.shape[:3]
-    opts = MetricOptions(sources={"real": ArrayVideos(real), "fake": ArrayVideos(videos)})
-    res = calc_metric(f"psnr_ssim{n}_{t}f", opts)["results"]
+    res = _registry(f"psnr_ssim{n}_{t}f", {"real": real, "fake": videos})
     return {"psnr": res["fake/psnr"], "ssim": res["fake/ssim"]}
 
 
@@ -199,61 +253,132 @@ def tv_baseline(
     return torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None] * 2 - 1, seconds
 
 
-@torch.no_grad()
-def evaluate(cfg: CupConfig, run: Run, net: CupNet, p: CupParams, mask: np.ndarray) -> dict[str, Any]:
-    """PSNR/SSIM per frame of the network, the best-scaled adjoint and (on the first ``tv_clips``) the LS + TV
-    baseline against the scenes of the store's first clips, and the seconds per reconstruction."""
-    data = cfg.eval_data or cfg.data
-    if sensing_of(load_manifest(data))[0] != p:
-        raise ValueError("--eval-data was sensed with other parameters than --data")
-    loader = build_loader(
-        dataclasses.replace(cfg, data=data), run, mode="clip", shuffle=False, drop_last=False, fields=FIELDS
-    )
-    real, fake, naive, sensed, seconds = [], [], [], [], 0.0
+def adjoint_baseline(
+    sensed: torch.Tensor, scene: torch.Tensor, back: Backproject
+) -> tuple[torch.Tensor, float]:
+    """A^T y scaled by its best single factor against the scenes (an oracle scale: flatters the adjoint)."""
+    start = time.perf_counter()
+    x = back(sensed.float()).unflatten(1, (-1, scene.shape[2])).sum(1)
+    seconds = (time.perf_counter() - start) / len(sensed)
+    target = (scene[:, 0] + 1) / 2
+    scale = (x * target).sum() / x.square().sum().clamp_min(1e-12)
+    return (scale * x * 2 - 1).clamp(-1, 1)[:, None], seconds
+
+
+def optimise_latent(
+    net: PriorNet, sensed: torch.Tensor, p: CupParams, steps: int, lr: float, l2: float
+) -> torch.Tensor:
+    """Per-sample latent optimisation (Bora et al. 2017, "compressed sensing using generative models"): from
+    the encoder's latent, Adam on ||A G(z) - y / scale||^2 / ||y / scale||^2 + l2 ||z||^2 / dim, where
+    G renders through the frozen generator(s); returns the reconstructions (B, T, H, W)."""
+    forward = CupForward(net.back)
+    y = sensed.float() / p.scale
+    latent = net.encode(sensed).detach().requires_grad_(True)
+    opt = torch.optim.Adam([latent], lr=lr)
+    energy = y.square().flatten(1).sum(1).clamp_min(1e-12)
+    for _ in range(steps):
+        with torch.enable_grad():
+            x = (net.render(latent) + 1) / 2
+            misfit = (forward(x) - y).square().flatten(1).sum(1) / energy
+            loss = (misfit + l2 * latent.square().mean(1)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return net.render(latent)
+
+
+def reconstruct(
+    net: nn.Module, sensed: torch.Tensor, cfg: CupConfig, p: CupParams, batch_size: int = 16
+) -> tuple[torch.Tensor, float]:
+    """The network's reconstructions (N, 1, T, H, W) in [-1, 1] and seconds per clip (latent optimisation
+    included when ``latent_steps`` > 0 on the prior variant)."""
     net.eval()
+    out, start = [], time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(sensed), batch_size):
+            y = sensed[lo : lo + batch_size]
+            if isinstance(net, PriorNet) and cfg.latent_steps > 0:
+                out.append(optimise_latent(net, y, p, cfg.latent_steps, cfg.latent_lr, cfg.latent_l2))
+            else:
+                out.append(net(y))
+    seconds = (time.perf_counter() - start) / len(sensed)
+    return torch.cat(out).clamp(-1, 1)[:, None].cpu(), seconds
+
+
+def eval_clips(cfg: CupConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``eval_clips`` clips of the evaluation store, in order: scenes (N, 1, T, H, W) in [-1, 1]
+    and sensed images (N, V, H', W)."""
+    data = cfg.eval_data or cfg.data
+    loader = build_loader(
+        dataclasses.replace(cfg, data=data, num_workers=0),
+        SimpleNamespace(device=torch.device(device)),
+        mode="clip",
+        shuffle=False,
+        drop_last=False,
+        fields=FIELDS,
+    )
+    scene, sensed = [], []
     for batch in loader:
-        target = grey_scene(batch["video"])
-        start = time.perf_counter()
-        out = net(batch["sensed"]).clamp(-1, 1)
-        seconds += time.perf_counter() - start
-        back = net.back(batch["sensed"].float()).unflatten(1, (-1, target.shape[1])).sum(1)  # A^T y
-        scale = (back * (target + 1) / 2).sum() / back.square().sum().clamp_min(1e-12)  # its best scale
-        naive.append((scale * back * 2 - 1).clamp(-1, 1).cpu())
-        real.append(target.cpu()), fake.append(out.cpu()), sensed.append(batch["sensed"].cpu())
-        if sum(len(r) for r in real) >= cfg.eval_clips:
+        scene.append(grey_scene(batch["video"]).cpu()), sensed.append(batch["sensed"].float().cpu())
+        if sum(len(s) for s in scene) >= cfg.eval_clips:
             break
-    net.train()
-    real_t, fake_t, naive_t = (torch.cat(v)[: cfg.eval_clips, None] for v in (real, fake, naive))
-    n, t = len(real_t), real_t.shape[2]
-    result: dict[str, Any] = {
-        "clips": n,
-        "net": {**_scores(real_t, fake_t), "seconds_per_clip": seconds / n},
-        "adjoint": _scores(real_t, naive_t),
-    }
-    k = min(cfg.tv_clips, n)
+    return torch.cat(scene)[: cfg.eval_clips, None], torch.cat(sensed)[: cfg.eval_clips]
+
+
+def method_table(cfg: CupConfig, models: dict[str, nn.Module], out_dir: Path | None = None) -> dict[str, Any]:
+    """One table (``{"clips", "tv_clips", "rows": {method: row}}``): the best-scaled adjoint, the LS + TV
+    baseline (on the first ``tv_clips``; with fewer than ``eval_clips`` its row is on those clips only) and
+    every network in ``models``, all against the scenes of the first ``eval_clips`` held-out clips.
+    ``out_dir`` gets ``eval.png`` (scene, then each method, first clips' first frames) and ``eval.json``."""
+    manifest = load_manifest(cfg.eval_data or cfg.data)
+    p, mask = sensing_of(manifest)
+    if cfg.eval_data and sensing_of(load_manifest(cfg.data))[0] != p:
+        raise ValueError("--eval-data was sensed with other parameters than --data")
+    scene, sensed = eval_clips(cfg)
+    frames = scene.shape[2]
+    recons = {"adjoint": adjoint_baseline(sensed, scene, Backproject(mask, frames, p.shear, p.complementary))}
+    k = min(cfg.tv_clips, len(scene))
     if k > 0:
-        tv, tv_seconds = tv_baseline(torch.cat(sensed)[:k], p, mask, t, cfg.tv_iters)
-        result["tv"] = {**_scores(real_t[:k], tv), "seconds_per_clip": tv_seconds, "clips": k}
-        result["net_on_tv_clips"] = _scores(real_t[:k], fake_t[:k])
-    grid = torch.cat([real_t[:4, 0, :8], fake_t[:4, 0, :8]]).reshape(-1, 1, *real_t.shape[-2:])
-    save_image_grid(grid, run.run_dir / "samples" / "eval.png", nrow=min(8, t))
-    (run.run_dir / "eval.json").write_text(json.dumps(result, indent=1))
-    return result
+        recons["tv"] = tv_baseline(sensed[:k], p, mask, frames, cfg.tv_iters)
+    for name, net in models.items():
+        recons[name] = reconstruct(net.cpu(), sensed, cfg, p)
+    rows = {
+        name: table_row(scene[: len(videos)], videos, seconds, cfg.balls)
+        for name, (videos, seconds) in recons.items()
+    }
+    table = {"clips": len(scene), "tv_clips": k, "rows": rows}
+    if out_dir is not None:
+        n = min(4, k or 4, len(scene))
+        grid = torch.cat([scene[:n, 0, :8]] + [v[:n, 0, :8] for v, _ in recons.values()])
+        save_image_grid(
+            grid.reshape(-1, 1, *scene.shape[-2:]), Path(out_dir) / "eval.png", nrow=min(8, frames)
+        )
+        (Path(out_dir) / "eval.json").write_text(json.dumps(table, indent=1))
+    return table
 
 
 def main(cfg: CupConfig) -> dict[str, Any]:
     """Train the network on (sensed, video) pairs; returns the losses, the checkpoint and the evaluation."""
     if cfg.smoke and not cfg.data:
         cfg = dataclasses.replace(cfg, data=smoke_data())
+    if cfg.adv_weight < 0:
+        raise ValueError(f"--adv-weight must be >= 0, got {cfg.adv_weight}")
     p, mask = sensing_of(load_manifest(cfg.data))
     frames = load_manifest(cfg.data)["sample"]["video"]["shape"][0]
     run = start_run(cfg)
     try:
-        net = CupNet(p, mask, frames, cfg.width).to(run.device)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        net = build_model(cfg, p, mask, frames).to(run.device)
+        opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=cfg.lr)
         scaler = make_scaler(run.device, cfg.precision)
         loader = build_loader(cfg, run, mode="clip", fields=FIELDS)
         models, optimizers = {"net": net}, {"net": opt}
+        adv = None
+        if cfg.adv_weight > 0:
+            disc = PatchDiscriminator(frames, cfg.d_width).to(run.device)
+            d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+            models["d"], optimizers["d"] = disc, d_opt
+            adv = (wrap_ddp(disc, run.world, run.device), d_opt, cfg.adv_weight)
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         train_net = wrap_ddp(net, run.world, run.device)
         losses: list[float] = []
@@ -267,7 +392,7 @@ def main(cfg: CupConfig) -> dict[str, Any]:
         done = bool(cfg.max_steps) and step >= cfg.max_steps
         batches = iter(()) if done else epoch_batches(loader, start_epoch, cfg.epochs, resumed=bool(step))
         for epoch, batch in batches:
-            stats = train_step(train_net, opt, batch, run, scaler)
+            stats = train_step(train_net, opt, batch, run, scaler, adv)
             losses.append(stats["mse"])
             step += 1
             if run.after_step(step, stats, epoch=epoch, samples=lambda: None, checkpoint=checkpoint):
@@ -279,7 +404,9 @@ def main(cfg: CupConfig) -> dict[str, Any]:
             "checkpoint": str(ckpt.checkpoint_path(run.run_dir, step)),
         }
         if cfg.eval_clips > 0 and run.is_main:
-            result["eval"] = evaluate(cfg, run, net, p, mask)
+            table = method_table(cfg, {"net": net}, run.run_dir)
+            net.to(run.device).train()
+            result["eval"] = table
         return result
     finally:
         run.close()

@@ -14,6 +14,8 @@ from recipes.metrics.registry import MetricOptions, calc_metric
 from recipes.metrics.sources import ArrayVideos
 from recipes.train_cup import SMOKE, Backproject, CupConfig, CupNet, main
 
+ROW_KEYS = ("psnr", "ssim", "adjacent_mse", "adjacent_mse_scene", "adjacent_mse_ratio", "seconds_per_clip")
+
 
 def test_backprojection_summed_over_views_is_the_adjoint() -> None:
     mask = make_mask(10, 9, 0.5, 2)
@@ -60,9 +62,12 @@ def test_smoke_training_decreases_the_loss(tmp_path) -> None:
     result = main(cfg)
     losses = result["losses"]
     assert len(losses) == 40 and np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
-    report = result["eval"]
-    assert report["clips"] == 8 and report["tv"]["clips"] == 2
-    assert all(math.isfinite(report[k]["psnr"]) for k in ("net", "adjoint", "tv", "net_on_tv_clips"))
-    assert (tmp_path / "eval.json").is_file()
+    table = result["eval"]
+    assert table["clips"] == 8 and table["tv_clips"] == 2 and set(table["rows"]) == {"adjoint", "tv", "net"}
+    assert table["rows"]["tv"]["clips"] == 2 and table["rows"]["net"]["clips"] == 8
+    for row in table["rows"].values():
+        assert all(math.isfinite(row[k]) for k in ROW_KEYS), row
+        assert "physics" not in row  # balls = 0: no physics asked for
+    assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval.png").is_file()
     state = torch.load(result["checkpoint"], weights_only=True)
-    assert state["step"] == 40
+    assert state["step"] == 40 and set(state["models"]) == {"net"}
