@@ -1,4 +1,4 @@
-"""Learned CUP reconstruction: a U-Net from the sensed image to the T-frame scene, trained with MSE.
+"""Learned CUP reconstruction: a network from the sensed image to the T-frame scene, trained with MSE.
 
     # sense a store (datagen sense cup), then train on its (sensed, video) pairs
     datagen sense cup stores/balls --out stores/balls-cup --complementary
@@ -12,10 +12,23 @@ divided by the sensor's scale (gain * photons, so in units of A x) and by T * fi
 view without the sum over views (y_v(h + t s, w) * M_v(h, w): V * T channels of H x W), and a 2-D U-Net
 (frames as channels; Ronneberger et al. 2015, two downsamplings) maps that to the T frames of the grey
 scene in [-1, 1]. The mask and sensing parameters come from the store's manifest (`sensing`, `params`).
-Evaluation (``eval.json``): PSNR and SSIM per frame against the scene (metric registry ``psnr_ssim``) of
-the network, of the best-scaled adjoint and of the classical LS + TV baseline (``datagen.sense.recon``, on the
-first ``tv_clips``), and the time per reconstruction. Not here yet (issue #19): the adversarial term and the
-FrameGAN-prior variant.
+Variants (``recipes.models.cup``):
+
+- ``--adv-weight W`` (default 0 = plain MSE): the slides' adversarial term, MSE + W * the non-saturating GAN
+  loss of a DCGAN-style fully convolutional discriminator (a map of patch logits; BCE losses of
+  ``recipes.losses.multi_d`` with K = 1), trained on scene vs (detached) reconstruction, Adam (0.5, 0.999).
+- ``--prior-gf CKPT`` (a FrameGAN stage 1 checkpoint; ``--prior-gv`` a stage 2 one): the FrameGAN-prior
+  variant: an encoder from the back-projection to T per-frame G_F codes (or G_V's z), rendered through the
+  frozen generator, trained with MSE; ``--latent-steps N`` then refines each sample's latent at evaluation by
+  Adam on the measurement misfit ||A G(z) - y||^2 (Bora et al. 2017). Frames must be G_F's size (30 or 64).
+
+Evaluation (``eval.json`` and ``eval.png``, :func:`method_table`): one table of the best-scaled adjoint, the
+classical LS + TV baseline (``datagen.sense.recon``, on the first ``tv_clips``) and the network(s) against
+the scenes of the first ``eval_clips`` clips of ``--eval-data``, every figure through the metric registry:
+PSNR and SSIM per frame (``psnr_ssim``), the adjacent-frame MSE of the reconstructions and the scenes'
+(``adjacent_mse``), with ``--balls N`` the balls physics of both (``physics_balls``) and the seconds per
+reconstruction. ``python -m recipes.reproduce cup-balls`` puts the U-Net, U-Net + adversarial and
+FrameGAN-prior rows in one table (``recipes/protocols/cup.py``).
 """
 
 from __future__ import annotations
