@@ -203,3 +203,18 @@ def test_quick_protocol_passes(tmp_path) -> None:
     # 64 clips: FrameGAN's stage 1 batch (64 frames, one per clip an epoch) must fit in the store
     report = reproduce("cup-balls", tmp_path / "out", quick=True)
     assert report["all_passed"], report["passed"]
+
+
+def test_prior_through_a_video_generator_encodes_its_one_z() -> None:
+    from recipes.models.framegan import VideoGenerator
+
+    p, mask, frames = CupParams(), make_mask(30, 30, 0.5, 0), 4
+    gv = VideoGenerator(z_dim=6, code_dim=8, frames=frames, step_dim=4, hidden=(16,), lstm_hidden=8)
+    net = PriorNet(p, mask, frames, _LinearFrames(), gv, width=4).train()
+    assert net.latent_dim == 6 and not gv.training  # G_V stays in eval mode (BN statistics frozen)
+    sensed = torch.rand(2, 1, 30 + frames - 1, 30) * p.scale
+    out = net(sensed)
+    assert out.shape == (2, frames, 30, 30)
+    out.square().mean().backward()
+    assert net.head.weight.grad.abs().sum() > 0
+    assert all(q.grad is None for q in [*gv.parameters(), *net.gf.parameters()])
