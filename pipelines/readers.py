@@ -34,7 +34,7 @@ from pipelines.hdf5_files import h5_file, h5_layout
 from pipelines.npy import decode_npy, parse_npy_header
 from pipelines.remote import open_location
 from pipelines.sources import ShardRef
-from pipelines.tar_index import META_FIELD, VIDEO_FIELD, tar_index
+from pipelines.tar_index import META_FIELD, VIDEO_FIELD, TarIndex, tar_index
 
 
 @dataclass
@@ -328,17 +328,71 @@ def _header_scratch(n: int, header_len: int) -> tuple[NDArray[np.uint8], list[me
     return array[:n], views[:n]
 
 
+@dataclass(frozen=True)
+class _NpyRef:
+    """A shard's .npy video header, validated for clips of ``frame_shape``: every clip read must carry
+    exactly these bytes. Learned from a run that read and checked it the full way (:func:`_fill_tar_checked`),
+    so later runs skip the header's own read and parse."""
+
+    header: NDArray[np.uint8]  # (header_len,)
+    frames: int  # T of every clip
+    size: int  # bytes of each video member: header + clip
+    sizes_ok: bool  # every video member of the shard has ``size`` bytes
+
+
 def _fill_local_tar(
     shard: ShardRef, path: str, start: int, stop: int, out: NDArray, place: Placement
 ) -> list[str]:
     index = tar_index(path)
-    n = len(index.keys)
-    _check_count(shard, n, index.keys[0] if n else None, index.keys[-1] if n else None)
+    keys = index.keys
+    n = len(keys)
+    _check_count(shard, n, keys[0] if n else None, keys[-1] if n else None)
     if stop > n:
         raise ShardError(shard.url, f"holds {n} samples, asked for samples up to {stop}")
+    ref = index.notes.get(("npy", out.shape[2:]))
+    if ref is None or not len(place.rows) or not _fill_tar_known(shard, path, index, ref, start, out, place):
+        _fill_tar_checked(shard, path, index, start, out, place)
+    return keys[start:stop]
+
+
+def _fill_tar_known(
+    shard: ShardRef, path: str, index: TarIndex, ref: _NpyRef, start: int, out: NDArray, place: Placement
+) -> bool:
+    """The fast path of a run whose shard's header is known: read every needed clip with its header and
+    check each header equals ``ref``'s. False (nothing concluded) where anything differs: the caller then
+    reads the run the full way, which finds the same result or error as it always did."""
+    rows, firsts = place.rows, place.starts
+    if rows.min() >= 0:  # every sample of the run is kept (the usual case)
+        spans = index.video[start : start + len(rows)]
+    else:
+        needed = np.flatnonzero(rows >= 0)
+        if not len(needed):
+            return True
+        spans, rows, firsts = index.video[start + needed], rows[needed], firsts[needed]
+    if not ref.sizes_ok and (spans[:, 1] != ref.size).any():
+        return False
+    if int(firsts.max()) + (place.length - 1) * place.stride >= ref.frames:
+        return False
+    header_len = len(ref.header)
+    headers, header_views = _header_scratch(len(rows), header_len)
+    gather = Gather(shard, fd_for(path))
+    gather.add_windows(out, spans[:, 0] + header_len, rows, firsts, place.stride, headers=header_views)
+    try:
+        gather.flush()
+    except ShardError:
+        return False
+    return not (headers != ref.header).any()
+
+
+def _fill_tar_checked(
+    shard: ShardRef, path: str, index: TarIndex, start: int, out: NDArray, place: Placement
+) -> None:
+    """A run read the full way: the first needed clip's header read, parsed and checked, every needed clip's
+    size checked, then the clips read with their headers, each of which must equal the first. Notes the
+    checked header on the index for :func:`_fill_tar_known`."""
     needed = np.flatnonzero(place.rows >= 0)
     if not len(needed):
-        return index.keys[start:stop]
+        return
     fd = fd_for(path)
     frame_shape = out.shape[2:]
     first_offset = int(index.video[start + needed[0], 0])
@@ -364,15 +418,18 @@ def _fill_local_tar(
     _check_windows(shard, index.keys[start + int(needed[0])], shape[0], place.starts[needed], place)
     headers, header_views = _header_scratch(len(needed), header_len)
     gather = Gather(shard, fd)
-    bases = (spans[:, 0] + header_len).tolist()
-    rows, firsts = place.rows[needed].tolist(), place.starts[needed].tolist()
-    gather.add_windows(out, bases, rows, firsts, place.stride, headers=header_views)
+    bases = spans[:, 0] + header_len
+    gather.add_windows(
+        out, bases, place.rows[needed], place.starts[needed], place.stride, headers=header_views
+    )
     gather.flush()
-    bad = np.flatnonzero((headers != np.frombuffer(header[:header_len], dtype=np.uint8)).any(axis=1))
+    first = np.frombuffer(header[:header_len], dtype=np.uint8)
+    bad = np.flatnonzero((headers != first).any(axis=1))
     if len(bad):
         key = index.keys[start + int(needed[bad[0]])]
         raise ShardError(shard.url, f"sample {key}: .npy header differs from the shard's first (corrupt?)")
-    return index.keys[start:stop]
+    sizes_ok = bool((index.video[:, 1] == expected_size).all())
+    index.notes[("npy", frame_shape)] = _NpyRef(first.copy(), shape[0], expected_size, sizes_ok)
 
 
 def _fill_h5(
@@ -405,21 +462,26 @@ def _fill_h5(
             handle = h5_file(shard, locking)
             has_meta = "meta" in handle
             meta = [str(m) for m in handle["meta"].asstr()[start:stop]] if has_meta else ["{}"] * len(keys)
-    _check_count(
-        ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
-        0,
-        keys[0] if keys and start == 0 else None,
-        keys[-1] if keys and stop == n else None,
-    )
-    needed = np.flatnonzero(place.rows >= 0)
-    if len(needed):
-        _check_windows(shard, keys[int(needed[0])], t, place.starts[needed], place)
-        gather = Gather(shard, fd_for(shard.local_path))  # type: ignore[arg-type]
-        bases = offsets[start + needed].tolist()
-        gather.add_windows(
-            out, bases, place.rows[needed].tolist(), place.starts[needed].tolist(), place.stride
+    if keys and (start == 0 or stop == n):
+        _check_count(
+            ShardRef(shard.url, shard.fmt, None, shard.first_key, shard.last_key),
+            0,
+            keys[0] if start == 0 else None,
+            keys[-1] if stop == n else None,
         )
-        gather.flush()
+    rows, firsts = place.rows, place.starts
+    if len(rows) and rows.min() >= 0:  # every sample of the run is kept (the usual case)
+        first, bases = 0, offsets[start : start + len(rows)]
+    else:
+        needed = np.flatnonzero(rows >= 0)
+        if not len(needed):
+            return keys, meta
+        first, bases = int(needed[0]), offsets[start + needed]
+        rows, firsts = rows[needed], firsts[needed]
+    _check_windows(shard, keys[first], t, firsts, place)
+    gather = Gather(shard, fd_for(shard.local_path))  # type: ignore[arg-type]
+    gather.add_windows(out, bases, rows, firsts, place.stride)
+    gather.flush()
     return keys, meta
 
 
@@ -460,5 +522,9 @@ def fill_run(
         run = read_run(shard, start, stop, with_meta=with_meta, h5_locking=h5_locking)
         copy_rows(shard, run, out, place)
         return run.keys, run.meta
-    with _shard_errors(shard, _local_reason, _LOCAL_TAR_ERRORS):
+    try:  # what _shard_errors does, inline: a run is short, and the context manager cost a tenth of it
         return _fill_local_tar(shard, path, start, stop, out, place), None
+    except ShardError:
+        raise
+    except _LOCAL_TAR_ERRORS as exn:
+        raise ShardError(shard.url, _local_reason(exn)) from None

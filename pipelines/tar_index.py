@@ -28,6 +28,8 @@ class TarIndex:
     video: NDArray[np.int64]  # (n, 2)
     meta: NDArray[np.int64]  # (n, 2)
     fields: dict[str, NDArray[np.int64]] = field(default_factory=dict)  # extra arrays (mask, flow): (n, 2)
+    # What readers learned of this shard's bytes, kept as long as the index (e.g. its validated .npy header).
+    notes: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 _FIELD_MEMBERS = {field_member(name): name for name in ARRAY_FIELDS}
