@@ -196,9 +196,8 @@ def train_step(
         d_opt.zero_grad(set_to_none=True)
         scaler.scale(d_loss).backward()
         scaler.step(d_opt)
-        with (
-            run.autocast()
-        ):  # scene and reconstruction again as one batch: the BN statistics D was trained on
+        # scene and reconstruction again as one batch: the BN statistics D was trained on
+        with run.autocast():
             fake = disc(torch.cat([target, out])).flatten(1).chunk(2)[1]
             g_adv = generator_losses(fake.reshape(-1, 1)).sum()
         loss = mse + weight * g_adv
