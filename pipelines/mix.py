@@ -19,7 +19,10 @@ the same counts, so DDP ranks step in lock-step):
   a batch holds the sources in proportion too, from many shards.
 
 Everything is a pure function of (the mix's seed, the sources' seeds, epoch, rank, world): ``set_epoch`` is
-the only state, and the loader's ``state_dict`` resumes mid-epoch exactly (not on another world size).
+the only state, and the loader's ``state_dict`` resumes mid-epoch exactly, also on another world size: as for
+a single store (:func:`pipelines.order.elastic_split`), the samples every old rank had left of its mix epoch
+(its blocks, each keeping its shuffle and sources) are split evenly over the new ranks, and the next epochs
+are those of a mix made on the new world.
 Each batch gets ``"source"``: an int64 tensor of source indices (positions in the list given to
 :func:`mix`; -1 in a block that lost samples to ``on_error="skip"``). The sources must agree on how a
 sample is read (world, sample shape, mode, frames, stride, offset, with_meta, fields); errors, ``verify``
@@ -43,6 +46,8 @@ from pipelines.order import (
     Segment,
     block_order,
     block_rng,
+    elastic_count,
+    elastic_split,
     kept_range,
     piece_key,
     piece_order,
@@ -108,8 +113,7 @@ class MixedDataset:
     """Sources drawn in fixed proportions; see the module docstring for what an epoch is. Made by
     :func:`mix`; iterate it through :func:`pipelines.loader.make_loader`."""
 
-    epoch_mode = "mix"  # no elastic resumption: a state of another world size is refused
-    elastic = None
+    epoch_mode = "exact"  # every rank the same fixed number of samples per epoch; resumes elastically
 
     def __init__(
         self,
@@ -132,6 +136,10 @@ class MixedDataset:
         self.with_meta, self.mode = first.with_meta, first.mode  # the sources read alike
         self.fields = (*first.fields, SOURCE_FIELD)
         self.seed, self.shuffle, self.epoch = int(seed), shuffle, 0
+        self._settings = dict(seed=seed, epoch_size=epoch_size, block_size=block_size, shuffle=shuffle)
+        self._weights = list(weights)
+        # elastic resumption, set by the loader: (epoch, ((world_size, samples read per rank), ...))
+        self.elastic: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self.interleave = first.interleave
         self.lengths = [len(src) for src in sources]
         self.num_samples = int(sum(self.lengths) if epoch_size is None else epoch_size)
@@ -168,10 +176,20 @@ class MixedDataset:
         return self.num_samples
 
     def history(self, epoch: int) -> tuple[tuple[int, int], ...]:
-        return ()
+        return self.elastic[1] if self.elastic is not None and self.elastic[0] == epoch else ()
 
     def epoch_samples(self, epoch: int | None = None) -> int:
-        return self.num_samples
+        history = self.history(self.epoch if epoch is None else epoch)
+        if not history:
+            return self.num_samples
+        first = int(history[0][0])
+        total = first * len(self.on_world(World(0, first)))  # every old rank had the same count
+        return elastic_count(total, self.world.world_size, history)
+
+    def on_world(self, world: World) -> MixedDataset:
+        """The same mix as seen by rank ``world.rank`` of ``world`` (for the blocks old ranks had)."""
+        sources = [_on_world(src, world) for src in self.sources]
+        return MixedDataset(sources, self._weights, **self._settings)  # type: ignore[arg-type]
 
     def item_shape(self) -> tuple[int, ...] | None:
         return self.sources[0].item_shape()
@@ -196,6 +214,13 @@ class MixedDataset:
     def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
         """This rank's blocks of mix epoch ``epoch`` from sample ``start`` on."""
         epoch = self.epoch if epoch is None else epoch
+        history = self.history(epoch)
+        if history:
+            split = elastic_split(
+                lambda old: list(self.on_world(old).blocks(0, epoch)), world=self.world, history=history
+            )
+            yield from (b for b in split if b.position + b.kept(b.known_size) > start)  # type: ignore[arg-type]
+            return
         cache: dict = {}
         total, position = self.num_samples, 0
         for index, x in enumerate(range(0, total, self.step)):
@@ -229,6 +254,14 @@ class MixedDataset:
         order = block_order(block, len(read), shuffle=self.shuffle, rng=block_rng(block))
         lo, hi = kept_range(block, len(read), start)
         return read[order[lo:hi]].astype(np.int64)
+
+
+def _on_world(src: VideoDataset, world: World) -> VideoDataset:
+    """``src`` as rank ``world.rank`` of ``world`` reads it (an exact epoch's share), with no elastic plan."""
+    view = copy.copy(src)
+    view.world, view.elastic = world, None
+    _, view.num_samples, view.pad_count = rank_share(sum(src.shard_sizes), world)
+    return view
 
 
 def _check_alike(sources: Sequence[VideoDataset]) -> None:

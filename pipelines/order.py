@@ -37,7 +37,7 @@ Nothing here keeps state: iterating twice gives the same order; ``set_epoch`` is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,8 +283,20 @@ def elastic_blocks(
 ) -> list[Block]:
     """Rank ``world.rank``'s blocks of the rest of an epoch that ran on other worlds first (see step 5)."""
     sizes = np.asarray(shard_sizes, dtype=np.int64)
-    old_world, read = (int(v) for v in history[0])
-    ranks = [_plain_blocks(sizes, world=World(r, old_world), **settings) for r in range(old_world)]
+
+    def plain(old: World) -> list[Block]:
+        return _plain_blocks(sizes, world=old, **settings)
+
+    return elastic_split(plain, world=world, history=history)
+
+
+def elastic_split(
+    blocks_of: Callable[[World], Sequence[Block]], *, world: World, history: Sequence[tuple[int, int]]
+) -> list[Block]:
+    """Rank ``world.rank``'s share of what the ranks of ``history``'s first world had left, carried through
+    its steps (step 5); ``blocks_of(old_rank)`` gives an old rank's blocks of the epoch from its start."""
+    old_world = int(history[0][0])
+    ranks = [list(blocks_of(World(r, old_world))) for r in range(old_world)]
     for step, (size, read) in enumerate(history):
         size, read = int(size), int(read)
         if size != len(ranks):

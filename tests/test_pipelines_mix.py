@@ -106,9 +106,60 @@ def test_resume_mid_epoch_is_exact(stores):
     resumed = loader(1)
     resumed.load_state_dict(state)
     assert items(resumed) == expected[30:]
-    two = mixed(stores, World(0, 2))
-    with pytest.raises(PipelineError, match="world_size"):  # no elastic resumption of a mix
-        make_loader(two, 6, 0).load_state_dict(state)
+
+
+def _read_part(stores, world_size: int, batches: int, epoch: int = 3) -> tuple[list[list], dict]:
+    """Each rank of the old world reads ``batches`` batches of 6 of mix epoch ``epoch``; rank 0's state."""
+    parts, state = [], None
+    for rank in range(world_size):
+        loader = make_loader(
+            _at(mixed(stores, World(rank, world_size)), epoch), 6, rank % 2, dtype=torch.uint8
+        )
+        it = iter(loader)
+        got = []
+        for _ in range(batches):
+            batch = next(it)
+            got += [(int(s), k) for s, k in zip(batch["source"], batch["key"], strict=True)]
+        parts.append(got)
+        state = state or loader.state_dict()
+        del it
+        loader.close()
+    return parts, state
+
+
+def _at(ds, epoch: int):
+    ds.set_epoch(epoch)
+    return ds
+
+
+@pytest.mark.parametrize("old, new, batches", [(2, 3, 2), (3, 1, 1), (1, 2, 5)])
+def test_a_mix_resumes_on_another_world_size(stores, old, new, batches):
+    """What the old ranks had left of the mix epoch, each sample with its source, is split evenly over the
+    new ranks (padded by repeating the first of it) in any number of workers; the next epoch is that of a
+    mix made on the new world."""
+    full = [
+        [
+            (s, k)
+            for s, k, _ in items(make_loader(_at(mixed(stores, World(r, old)), 3), 6, 0, dtype=torch.uint8))
+        ]
+        for r in range(old)
+    ]
+    parts, state = _read_part(stores, old, batches)
+    assert parts == [rank[: 6 * batches] for rank in full]
+    left = [x for rank in full for x in rank[6 * batches :]]
+    resumed = []
+    for rank in range(new):
+        loader = make_loader(mixed(stores, World(rank, new)), 6, num_workers=rank % 2, dtype=torch.uint8)
+        loader.load_state_dict(state)
+        got = [(s, k) for s, k, _ in items(loader)]
+        assert state["history"] == [] and loader.state_dict()["history"] == [[old, 6 * batches]]
+        resumed.append(got)
+        loader.set_epoch(4)
+        fresh = make_loader(_at(mixed(stores, World(rank, new)), 4), 6, 0, dtype=torch.uint8)
+        assert items(loader) == items(fresh)
+    share = -(-len(left) // new)
+    assert [len(r) for r in resumed] == [share] * new
+    assert [x for r in resumed for x in r] == (left + left)[: share * new]
 
 
 def test_sources_must_agree(stores, tmp_path):
