@@ -26,7 +26,8 @@ are those of a mix made on the new world.
 Each batch gets ``"source"``: an int64 tensor of source indices (positions in the list given to
 :func:`mix`; -1 in a block that lost samples to ``on_error="skip"``). The sources must agree on how a
 sample is read (world, sample shape, mode, frames, stride, offset, with_meta, fields); errors, ``verify``
-and HDF5 locking follow the first source's settings.
+and HDF5 locking follow the first source's settings; each source's remote shards go through its own cache
+(``cache_dir``), or stream as that source alone would.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from numpy.typing import NDArray
 
 from pipelines.dataset import Allocator, VideoDataset
 from pipelines.errors import PipelineError
+from pipelines.integrity import check_digest
 from pipelines.order import (
     Block,
     Segment,
@@ -55,6 +57,7 @@ from pipelines.order import (
     segments_of_range,
     shard_order,
 )
+from pipelines.sources import ShardRef
 from pipelines.world import World
 
 SOURCE_FIELD = "source"
@@ -152,10 +155,13 @@ class MixedDataset:
         offsets = np.cumsum([0] + [len(src.shards) for src in sources])
         self._offsets = [int(o) for o in offsets[:-1]]
         self._source_of_shard = np.repeat(np.arange(len(sources)), np.diff(offsets))
-        # the reader: the first source's read settings over every source's shards
+        # the reader: the first source's read settings over every source's shards, each source's remote
+        # shards through that source's own cache (or streamed, as that source alone would)
         self._reader = copy.copy(first)
         self._reader.shards = [shard for src in sources for shard in src.shards]
         self._reader.shuffle = shuffle
+        if any(src.cache is not None for src in sources):
+            self._reader.cache = SourceCaches(sources)  # type: ignore[assignment]
         self.shards = self._reader.shards
 
     # ------------------------------------------------------------ the loader's dataset protocol
@@ -212,12 +218,16 @@ class MixedDataset:
         return out
 
     def blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
-        """This rank's blocks of mix epoch ``epoch`` from sample ``start`` on."""
+        """This rank's blocks of mix epoch ``epoch`` from sample ``start`` on (remote shards prefetched
+        into their sources' caches ahead of the order)."""
+        return self._reader._prefetching(self._blocks(start, epoch))
+
+    def _blocks(self, start: int = 0, epoch: int | None = None) -> Iterator[Block]:
         epoch = self.epoch if epoch is None else epoch
         history = self.history(epoch)
         if history:
             split = elastic_split(
-                lambda old: list(self.on_world(old).blocks(0, epoch)), world=self.world, history=history
+                lambda old: list(self.on_world(old)._blocks(0, epoch)), world=self.world, history=history
             )
             yield from (b for b in split if b.position + b.kept(b.known_size) > start)  # type: ignore[arg-type]
             return
@@ -254,6 +264,35 @@ class MixedDataset:
         order = block_order(block, len(read), shuffle=self.shuffle, rng=block_rng(block))
         lo, hi = kept_range(block, len(read), start)
         return read[order[lo:hi]].astype(np.int64)
+
+
+class SourceCaches:
+    """The shard cache interface over a mix's sources: each remote shard goes through its own source's
+    cache (prefetch, pin, release), or, for a source made without one, is read as that source would read
+    it alone (streamed; its sha256 checked first with that source's ``verify="sha256"``)."""
+
+    def __init__(self, sources: Sequence[VideoDataset]) -> None:
+        self._owner: dict[str, VideoDataset] = {}
+        for src in sources:
+            for shard in src.shards:
+                self._owner.setdefault(shard.url, src)
+        self._caches = list({id(src.cache): src.cache for src in sources if src.cache is not None}.values())
+
+    def acquire(self, shard: ShardRef) -> ShardRef:
+        src = self._owner[shard.url]
+        if src.cache is not None:
+            return src.cache.acquire(shard)
+        if src.verify == "sha256":
+            check_digest(shard)
+        return shard
+
+    def prefetch(self, shards: Sequence[ShardRef]) -> None:
+        for cache in self._caches:
+            cache.prefetch([shard for shard in shards if self._owner[shard.url].cache is cache])
+
+    def release_all(self) -> None:
+        for cache in self._caches:
+            cache.release_all()
 
 
 def _on_world(src: VideoDataset, world: World) -> VideoDataset:

@@ -399,3 +399,26 @@ def test_store_written_by_datagen_to_s3_reads_back_exactly(s3, tmp_path, pattern
     assert_same(read_all(got), expected)
     assert got.cache.downloads > 5  # evictions
     assert deleted_open_files(tmp_path / "c") == []
+
+
+def test_a_mix_reads_each_remote_source_through_its_own_cache(s3, local_store, tmp_path):
+    """Two S3 sources with their own caches and one streamed without a cache, mixed: the same batches as
+    the mix of the local copies, and each cache holds exactly its own source's shards."""
+    from pipelines import mix
+
+    urls = [upload_store(local_store, s3.url(name)) for name in ("one", "two", "three")]
+    caches = [tmp_path / "c1", tmp_path / "c2", None]
+
+    def mixed(paths, cache_dirs):
+        sources = [
+            VideoDataset(path, seed=3 + i, cache_dir=cache, block_size=8, verify="sha256")
+            for i, (path, cache) in enumerate(zip(paths, cache_dirs, strict=True))
+        ]
+        return mix(sources, [2, 1, 1], seed=9)
+
+    expected = read_all(mixed([local_store] * 3, [None] * 3))
+    remote = mixed(urls, caches)
+    assert_same(read_all(remote, num_workers=2), expected)
+    for url, cache in zip(urls[:2], caches[:2], strict=True):
+        names = {entry_name(f"{url}/{p.name}") for p in local_store.glob("*.tar")}
+        assert set(entries(cache)) == names
