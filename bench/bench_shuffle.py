@@ -19,21 +19,30 @@ block-local order's clips/s. Usage::
     nice python bench/bench_shuffle.py [--shards 48] [--shard-size 250] [--epochs 3] [--repeat 5]
         [--shape balls_30x30|mnist_64x64] [--format wds|hdf5] [--orders 1 12 ...] [--mix] [--json out.json]
 
-Measured 2026-12-06 on the 2-core machine shared with training jobs (load average 5), uint8 batches of 32, 2
-workers, two runs each (wall clips/s swings with the load; CPU-s per clip is the steadier figure):
+Measured 2026-12-06 on the 2-core machine shared with training jobs (load average 4-5), uint8 batches of 32, 2
+workers, 48 shards of 250 unless said; five runs per store (three at the defaults, taking turns with the code
+before commit 16b80c4, and two with ``--repeat 9 --epochs 6``; 24 x 200: three; mix: one). Wall clips/s
+swung both ways with the load (0.5-1.2 for the same code); CPU-s per clip (main process plus workers) is the
+comparable figure, and "by CPU" is clips per CPU-second against the block-local order's (the output's last
+column):
 
-=========================  ============  ==============  ==================  =================
-store                      shards/batch  (block-local)   clips/s vs local    CPU-s/10k (local)
-=========================  ============  ==============  ==================  =================
-balls wds, 48 x 250        11.9          1.9             1.03, 0.78          0.100, 0.104 (0.090, 0.086)
-balls wds, 24 x 1000       10.1          1.2             0.89                0.098 (0.081)
-balls hdf5, 48 x 250       11.9          1.9             0.97, 0.82          0.082, 0.089 (0.071, 0.076)
-MNIST wds, 24 x 200        10.6          2.1             0.73, 0.51          0.285, 0.280 (0.217, 0.217)
-mix 1:1 (balls wds)        13.8          -               0.76, 0.63          0.123, 0.128
-=========================  ============  ==============  ==================  =================
+===================  ============  =============  ================  =========================  =========
+store                shards/batch  (block-local)  clips/s vs local  CPU-s/10k (block-local)    by CPU
+===================  ============  =============  ================  =========================  =========
+balls wds            11.9          1.9            0.49-1.17         0.093-0.098 (0.087-0.098)  0.94-1.02
+balls hdf5           11.9          1.9            0.65-1.19         0.085-0.100 (0.083-0.096)  0.92-1.00
+MNIST wds            11.9          1.9            0.58-1.03         0.192-0.217 (0.162-0.182)  0.84-0.91
+MNIST hdf5           11.9          1.9            0.74-1.22         0.217-0.230 (0.183-0.196)  0.83-0.87
+MNIST wds, 24 x 200  10.6          2.1            0.99-1.05         0.223-0.236 (0.205-0.229)  0.92-0.99
+mix 1:1 (balls wds)  13.9          -              0.43 (one run)    0.138 (0.110)              0.80
+===================  ============  =============  ================  =========================  =========
 
-MNIST-size clips (82 KB) get blocks of 204 (the 16 MiB cap), so pieces of 17 clips, and the per-run cost
-of the read path weighs more; ``block_size=409`` (32 MiB blocks) gave 0.95 of the block-local clips/s.
+Before 16b80c4, in the same sessions: MNIST wds 0.72-0.76 by CPU (24 x 200: 0.75-0.80), MNIST hdf5
+0.81-0.85, balls wds 0.89-0.94, balls hdf5 0.91-0.99. MNIST-size clips (82 KB) get blocks of 204 (the
+16 MiB cap), so pieces of 17 clips: the interleaved order reads about 6x as many runs, and what a run costs
+besides its bytes decides the ratio. A one-clip run of an 82 KB clip took 56 us (tar) / 33 us (HDF5) of CPU
+before, 24 / 19 us after (``fill_run`` alone, worker-free). ``block_size=409`` (32 MiB blocks) also helps
+(0.95 before), at twice the ring memory.
 """
 
 from __future__ import annotations
@@ -129,16 +138,21 @@ def main(argv: list[str] | None = None) -> dict:
             }
         for loader in loaders.values():
             loader.loader.close()
-    base = results[next(iter(results))]["clips_per_s"]
+    base = results[next(iter(results))]
     print(
         f"\n{clips} clips of {SHAPES[args.shape]} uint8 in {args.shards} {args.format} shards of "
         f"{args.shard_size}, batch {args.batch_size}, {args.workers} workers"
     )
-    print(f"  {'order':<30}{'shards/batch':>13}{'p5':>5}{'clips/s':>10}{'vs local':>10}{'CPU-s/10k':>11}")
+    print(
+        f"  {'order':<30}{'shards/batch':>13}{'p5':>5}{'clips/s':>10}{'vs local':>10}{'CPU-s/10k':>11}"
+        f"{'by CPU':>8}"
+    )
     for label, row in results.items():
+        # "by CPU": throughput per CPU-second against the first order's (steadier than wall on a busy machine)
         print(
             f"  {label:<30}{row['distinct_shards_per_batch']:>13.2f}{row['distinct_shards_p5']:>5.0f}"
-            f"{row['clips_per_s']:>10.0f}{row['clips_per_s'] / base:>10.2f}{row['cpu_s_per_10k']:>11.3f}"
+            f"{row['clips_per_s']:>10.0f}{row['clips_per_s'] / base['clips_per_s']:>10.2f}"
+            f"{row['cpu_s_per_10k']:>11.3f}{base['cpu_s_per_10k'] / row['cpu_s_per_10k']:>8.2f}"
         )
     print(f"  bench total: {time.perf_counter() - wall0:.0f} s wall, {_cpu_all() - cpu0:.0f} CPU-s")
     if args.json:
