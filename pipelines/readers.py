@@ -441,8 +441,12 @@ def _fill_h5(
     with_meta: bool,
     locking: bool | None,
 ) -> tuple[list[str], list[str] | None]:
-    with _shard_errors(shard, _h5_reason):
+    try:  # _shard_errors inline, as in fill_run: a run is short
         layout = h5_layout(shard, locking)
+    except ShardError:
+        raise
+    except Exception as exn:
+        raise ShardError(shard.url, _h5_reason(exn)) from None
     offsets = layout.offsets
     if offsets is None:
         run = _read_h5(shard, start, stop, with_meta, locking)
