@@ -21,18 +21,18 @@ block-local order's clips/s. Usage::
 
 Measured 2026-12-06 on the 2-core machine shared with training jobs (load average 4-5), uint8 batches of 32, 2
 workers, 48 shards of 250 unless said; five runs per store (three at the defaults, taking turns with the code
-before commit 16b80c4, and two with ``--repeat 9 --epochs 6``; 24 x 200: three; mix: one). Wall clips/s
-swung both ways with the load (0.5-1.2 for the same code); CPU-s per clip (main process plus workers) is the
-comparable figure, and "by CPU" is clips per CPU-second against the block-local order's (the output's last
-column):
+before commit 16b80c4, two with ``--repeat 9 --epochs 6``; MNIST: one or two more at the end; 24 x 200: three;
+mix: one). Wall clips/s swung both ways with the load (0.5-1.2 for the same code); CPU-s per clip (main
+process plus workers) is the comparable figure, and "by CPU" is clips per CPU-second against the block-local
+order's (the output's last column):
 
 ===================  ============  =============  ================  =========================  =========
 store                shards/batch  (block-local)  clips/s vs local  CPU-s/10k (block-local)    by CPU
 ===================  ============  =============  ================  =========================  =========
 balls wds            11.9          1.9            0.49-1.17         0.093-0.098 (0.087-0.098)  0.94-1.02
 balls hdf5           11.9          1.9            0.65-1.19         0.085-0.100 (0.083-0.096)  0.92-1.00
-MNIST wds            11.9          1.9            0.58-1.03         0.192-0.217 (0.162-0.182)  0.84-0.91
-MNIST hdf5           11.9          1.9            0.74-1.22         0.217-0.230 (0.183-0.196)  0.83-0.87
+MNIST wds            11.9          1.9            0.58-1.05         0.192-0.239 (0.162-0.209)  0.84-0.91
+MNIST hdf5           11.9          1.9            0.74-1.22         0.216-0.230 (0.176-0.196)  0.82-0.87
 MNIST wds, 24 x 200  10.6          2.1            0.99-1.05         0.223-0.236 (0.205-0.229)  0.92-0.99
 mix 1:1 (balls wds)  13.9          -              0.43 (one run)    0.138 (0.110)              0.80
 ===================  ============  =============  ================  =========================  =========
@@ -41,8 +41,9 @@ Before 16b80c4, in the same sessions: MNIST wds 0.72-0.76 by CPU (24 x 200: 0.75
 0.81-0.85, balls wds 0.89-0.94, balls hdf5 0.91-0.99. MNIST-size clips (82 KB) get blocks of 204 (the
 16 MiB cap), so pieces of 17 clips: the interleaved order reads about 6x as many runs, and what a run costs
 besides its bytes decides the ratio. A one-clip run of an 82 KB clip took 56 us (tar) / 33 us (HDF5) of CPU
-before, 24 / 19 us after (``fill_run`` alone, worker-free). ``block_size=409`` (32 MiB blocks) also helps
-(0.95 before), at twice the ring memory.
+before, 24 / 18 us after (``fill_run`` alone, worker-free). ``block_size=409`` (32 MiB blocks) also helps
+(0.95 before), at twice the ring memory. Left per extra run, measured in the workers: 45-60 us of CPU
+(``pipelines.dataset``'s per-run loop is now about as large as ``fill_run``'s own fixed cost).
 """
 
 from __future__ import annotations
