@@ -49,6 +49,7 @@ from pipelines.sources import ShardRef
 
 MARKER = ".videogen-shard-cache"
 LOCKS = "locks"
+SPACE_LOCK = ".space"  # in LOCKS: held while a process makes room and reserves a download's bytes
 _CHUNK = 4 << 20
 _ENTRY = re.compile(r"^[0-9a-f]{16}-[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PART = re.compile(r"^(?P<entry>[0-9a-f]{16}-[A-Za-z0-9][A-Za-z0-9._-]*)\.part-\d+-[0-9a-f]+$")
@@ -278,8 +279,8 @@ class ShardCache:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(2.0, 0.2 * 2**attempt))
-            self._make_room(shard.nbytes or 0)
             part = self.root / f"{entry}.part-{os.getpid()}-{secrets.token_hex(4)}"
+            self._reserve(part, shard.nbytes or 0)
             try:
                 reason = self._fetch_to(shard, part)
             except OSError as exn:
@@ -297,7 +298,7 @@ class ShardCache:
         """Stream the shard into ``part``; why it is refused ("" when it is good)."""
         digest = hashlib.sha256() if self.verify == "sha256" and shard.sha256 else None
         total = 0
-        with open_location(shard.url, shard.nbytes) as stream, open(part, "xb") as out:
+        with open_location(shard.url, shard.nbytes) as stream, open(part, "r+b") as out:
             while chunk := stream.read(_CHUNK):
                 total += len(chunk)
                 if shard.nbytes is not None and total > shard.nbytes:
@@ -305,6 +306,7 @@ class ShardCache:
                 if digest is not None:
                     digest.update(chunk)
                 out.write(chunk)
+            out.truncate()  # the reservation's length, where the stream ended short
             out.flush()
             os.fsync(out.fileno())
         if shard.nbytes is not None and total != shard.nbytes:
@@ -335,6 +337,19 @@ class ShardCache:
                     entries.append((used, item.name, size))
                     total += size
         return total, entries
+
+    def _reserve(self, part: Path, nbytes: int) -> None:
+        """Make room for a download and create its ``.part-`` file at its full length (sparse), under the
+        cache-wide space lock: every process's :meth:`usage` counts a download in flight at its final size,
+        so processes making room at once cannot together overshoot the limit (one shard over, measured)."""
+        fd = os.open(self.root / LOCKS / SPACE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._make_room(nbytes)
+            with open(part, "xb") as out:
+                out.truncate(nbytes)
+        finally:
+            os.close(fd)  # drops the lock
 
     def _make_room(self, incoming: int) -> None:
         """Evict least-recently-used entries no process holds until ``incoming`` more bytes fit."""

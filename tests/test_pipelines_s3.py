@@ -118,6 +118,20 @@ def test_eviction_spares_parts_pins_and_foreign_files(tmp_path):
     cache._close_lock(held)
 
 
+def test_a_download_in_flight_counts_at_its_full_size(tmp_path):
+    """Two processes making room at once each reserve their download's whole length before it streams in:
+    the second sees the first's bytes and evicts for them (counted as they arrived, both fit, and two
+    ranks' cache ended one shard over its limit)."""
+    first, second = ShardCache(tmp_path, cache_limit=100), ShardCache(tmp_path, cache_limit=100)
+    old = entry_name("s3://b/s/test-000000.tar")
+    (tmp_path / old).write_bytes(b"x" * 40)
+    first._lock_path(old).touch()
+    first._reserve(tmp_path / f"{entry_name('s3://b/s/a.tar')}.part-1-abcd", 60)  # nothing arrived yet
+    assert second.usage()[0] == 100 and (tmp_path / old).exists()
+    second._reserve(tmp_path / f"{entry_name('s3://b/s/b.tar')}.part-2-abcd", 40)
+    assert second.usage()[0] == 100 and not (tmp_path / old).exists()
+
+
 def test_forked_worker_drops_the_parents_locks(tmp_path):
     """A forked DataLoader worker inherits the parent's lock descriptors; kept, they would pin the parent's
     shards (and block their downloads) for the worker's whole life."""
@@ -301,7 +315,9 @@ def test_killed_download_leaves_nothing_used_and_next_run_is_exact(remote, local
     proc = subprocess.run([sys.executable, "-c", KILLER, remote, str(root)], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     parts = [n for n in entries(root) if ".part-" in n]
-    assert len(parts) == 1 and (root / parts[0]).stat().st_size < shard_bytes(local_store)  # never renamed
+    assert len(parts) == 1  # never renamed; reserved at the shard's length, and only its start arrived
+    got, shard = (root / parts[0]).read_bytes(), min(local_store.glob("*.tar")).read_bytes()
+    assert len(got) == len(shard) and not any(got[4096:]) and got != shard
     assert not [n for n in entries(root) if n.endswith(".tar")]
     ds = VideoDataset(remote, seed=4, cache_dir=root)
     assert_same(read_all(ds), read_all(VideoDataset(local_store, seed=4)))
