@@ -246,3 +246,19 @@ def test_recipes_pass_the_data_order_to_the_loader(tmp_path: Path) -> None:
         cfg = dataclasses.replace(resolve([]), data=str(store), batch_size=4, interleave=interleave)
         assert build_loader(cfg, run, mode="clip").dataset.interleave == interleave
     assert resolve(["--interleave", "1"]).interleave == 1
+
+
+def test_a_store_smaller_than_one_batch_is_refused(tmp_path: Path) -> None:
+    """With incomplete batches dropped, every epoch of such a store is empty and training would loop over
+    epochs without a step: one clear error instead."""
+    from types import SimpleNamespace
+
+    from recipes.common.data import build_loader, smoke_store
+
+    store = smoke_store(tmp_path / "s", params={"n_balls": 1, "size": 16, "frames": 4}, n=6)
+    run = SimpleNamespace(device=torch.device("cpu"))
+    cfg = dataclasses.replace(resolve([]), data=str(store), batch_size=8)
+    with pytest.raises(ConfigError, match="6 samples per rank, fewer than one batch of 8"):
+        build_loader(cfg, run, mode="clip")
+    assert len(build_loader(cfg, run, mode="clip", drop_last=False)) == 1
+    assert len(build_loader(dataclasses.replace(cfg, batch_size=6), run, mode="clip")) == 1

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from datagen.api import cache_dir
-from recipes.common.config import TrainConfig
+from recipes.common.config import ConfigError, TrainConfig
 
 # The --smoke store: a few short 30x30 one-ball clips (FrameGAN's frame size), small enough to build in ~1 s.
 SMOKE_GENERATOR = "balls"
@@ -90,6 +90,11 @@ def build_loader(
         fields=fields,
         interleave=cfg.interleave,
     )
+    if drop_last and len(dataset) < cfg.batch_size:  # every epoch would be empty: the run would never step
+        raise ConfigError(
+            f"{cfg.data}: {len(dataset)} samples per rank, fewer than one batch of {cfg.batch_size} "
+            "(incomplete batches are dropped in training); use a bigger store or a smaller --batch-size"
+        )
     return make_loader(
         dataset,
         batch_size=cfg.batch_size,
