@@ -137,6 +137,17 @@ def check_targets(metrics: Mapping[str, Any], targets: Mapping[str, Target]) -> 
     return passed
 
 
+def timed(steps: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` and record its wall and process CPU seconds under ``steps[name]`` (a protocol's stages)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    steps[name] = {
+        "wall_s": round(time.perf_counter() - wall, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+    }
+    return result
+
+
 def build_report(protocol: Protocol, ctx: Context, outcome: Outcome, seconds: float) -> dict[str, Any]:
     targets = dict(protocol.targets(ctx.quick))
     passed = check_targets(outcome.metrics, targets)

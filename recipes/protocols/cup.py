@@ -45,8 +45,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipes.protocols.glo import _timed
-from recipes.reproduce import Context, Outcome, Protocol, Target, register
+from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
 
 SEED, HELDOUT_SEED = 19, 1019  # store seeds (the protocol's ``--seed`` seeds training)
 N_BALLS, SIZE, FRAMES = 3, 30, 16  # 30x30: FrameGAN's frame size, so G_F can be the prior
@@ -141,24 +140,24 @@ def run_cup(ctx: Context) -> Outcome:
 
     scale = CPU_SCALE[ctx.quick]
     steps: dict[str, Any] = {}
-    train, heldout = _timed(steps, "data", lambda: _stores(ctx, scale["store"], scale["heldout"]))
+    train, heldout = timed(steps, "data", lambda: _stores(ctx, scale["store"], scale["heldout"]))
     runs = {
         "unet": _cup_config(ctx, "unet", train, heldout, **scale["unet"]),
         "unet_adv": _cup_config(ctx, "unet_adv", train, heldout, adv_weight=ADV_WEIGHT, **scale["unet"]),
     }
-    gf = _timed(steps, "framegan_gf", lambda: _frame_generator(ctx, train))
+    gf = timed(steps, "framegan_gf", lambda: _frame_generator(ctx, train))
     prior = {k: v for k, v in scale["prior"].items() if k != "latent_steps"}
     runs["framegan_prior"] = _cup_config(ctx, "framegan_prior", train, heldout, prior_gf=gf, **prior)
     models = {}
     for name, cfg in runs.items():
-        result = _timed(steps, name, lambda cfg=cfg: main(cfg))
+        result = timed(steps, name, lambda cfg=cfg: main(cfg))
         steps[name]["steps"] = result["step"]
         models[name] = load_model(result["checkpoint"])[0]
     table_cfg = dataclasses.replace(
         runs["framegan_prior"], eval_clips=scale["heldout"], tv_clips=scale["heldout"],
         latent_steps=scale["prior"]["latent_steps"],
     )  # fmt: skip
-    table = _timed(steps, "table", lambda: method_table(table_cfg, models, ctx.out))
+    table = timed(steps, "table", lambda: method_table(table_cfg, models, ctx.out))
     (ctx.out / "protocol_config.json").write_text(
         json.dumps({"sensing": SENSING, "scale": scale, "gf": GF_CONFIG, "adv_weight": ADV_WEIGHT}, indent=1)
     )

@@ -28,11 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-from recipes.reproduce import Context, Outcome, Protocol, Target, register
+from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
 
 SEED = 15  # store seed (the protocol's ``--seed`` seeds training)
 N_BALLS, SIZE, FRAMES = 1, 32, 16
@@ -107,8 +106,8 @@ def run_glo(ctx: Context) -> Outcome:
     data = _store(ctx, CPU_SCALE[ctx.quick]["store"])
     cfg = glo_config(ctx, data)
     steps: dict[str, Any] = {}
-    _timed(steps, "glo", lambda: main(cfg))
-    ev = _timed(steps, "post", lambda: main(dataclasses.replace(cfg, stage="post", resume="auto")))
+    timed(steps, "glo", lambda: main(cfg))
+    ev = timed(steps, "post", lambda: main(dataclasses.replace(cfg, stage="post", resume="auto")))
     steps["glo"] |= {"steps": ev["step"], "epochs": cfg.epochs, "clips": CPU_SCALE[ctx.quick]["store"]}
     samples = Path(cfg.out_dir) / "samples"
     files = {}
@@ -121,17 +120,6 @@ def run_glo(ctx: Context) -> Outcome:
               "glo": {k: v for k, v in dataclasses.asdict(cfg).items() if k in chosen}}  # fmt: skip
     (ctx.out / "protocol_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     return Outcome(steps=steps, metrics=glo_metrics(ev), files=files)
-
-
-def _timed(steps: dict[str, Any], name: str, fn: Any) -> Any:
-    """Run ``fn`` and record its wall and process CPU seconds under ``steps[name]``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    steps[name] = {
-        "wall_s": round(time.perf_counter() - wall, 1),
-        "cpu_s": round(time.process_time() - cpu, 1),
-    }
-    return result
 
 
 def glo_metrics(ev: dict[str, Any]) -> dict[str, Any]:
