@@ -38,6 +38,13 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   above 0.5 (no white strokes) in 200-300 steps, while PyTorch's init starts with full-contrast noise.
 - `--lr-d`: the critic's own learning rate (0 = `--lr`); `--optimizer adam --adam-betas 0.5 0.999` (DCGAN's)
   instead of the paper's RMSprop.
+- `--frame-size 32`: train at 32x32 on a 64x64 store, real clips area-averaged by 2 (`downsample`); about a
+  third of the CPU time per step. Checkpoints record the model's size; evaluation (`--eval-videos`, the
+  protocol) resizes the samples back to the store's size (`upsample`, bilinear) before comparing.
+- `--gen-upsample resize`: G1's x2 stages as nearest-neighbour upsampling + 3x3 conv instead of 4x4
+  stride-2 transposed convs (no checkerboard from the layer itself; `recipes.models.tgan.upsample_stage`).
+- `--g-ema 0.999`: also keep an exponential moving average of G's weights (`ema_update`), which samples,
+  evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
 
 Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
 z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
@@ -96,6 +103,10 @@ class TGANConfig(TrainConfig):
     sample_every: int = 5000  # the authors' snapshot_interval
     ckpt_every: int = 5000
     frames: int = 16  # clip length: a random window of this many frames from each stored clip
+    frame_size: int = (
+        0  # train at this frame size: real clips area-averaged down by an integer factor (0 = the
+    )
+    # store's size, as the paper); see downsample
     z_dim: int = 100  # z_slow_dim = z_fast_dim
     gen_ch: int = 512  # G1's conv_ch (4x4 bottom: 512 -> 256 -> 128 -> 64 -> 32 at 64x64)
     critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
@@ -110,7 +121,11 @@ class TGANConfig(TrainConfig):
     svc_scope: Literal["paper", "code"] = "paper"  # paper: conv + linear weights; code: ndim >= 4 only
     critic_init: Literal["uniform", "orthogonal"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
     gen_init: Literal["uniform", "pytorch"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
+    gen_upsample: Literal["deconv", "resize"] = "deconv"  # G1's x2 stages: paper/code transposed convs, or
+    # nearest x2 + 3x3 conv (recipes.models.tgan.upsample_stage)
     critic_batch: Literal["separate", "joint"] = "separate"  # see train_step
+    g_ema: float = 0.0  # > 0: also keep an exponential moving average of G's weights with this decay, which
+    # samples and evaluation use (0 = off, as the paper); see ema_update
     label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
     n_classes: int = 0  # classes of the conditional model (10 for MNIST digits)
     n_samples: int = 16  # videos in each sample GIF
@@ -159,6 +174,7 @@ def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGen
         z_fast_dim=cfg.z_dim,
         conv_ch=cfg.gen_ch,
         n_classes=cfg.n_classes,
+        upsample=cfg.gen_upsample,
     )
     critic = VideoCritic(
         in_channels=channels, size=size, n_frames=cfg.frames, mid_ch=cfg.critic_ch, n_classes=cfg.n_classes
@@ -177,10 +193,27 @@ def load_models(
 
     def build(cfg: TGANConfig, extra: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
         gen, critic = build_models(cfg, channels=int(extra["channels"]), size=int(extra["size"]))
+        if cfg.g_ema > 0:  # the averaged generator is the one to sample from; the raw one is not needed
+            return {"gen_ema": gen, "critic": critic}
         return {"gen": gen, "critic": critic}
 
     models, cfg, _ = load_trained(path, TGANConfig(), build)
-    return models["gen"].to(device), models["critic"].to(device), cfg  # type: ignore[return-value]
+    gen = models["gen_ema" if cfg.g_ema > 0 else "gen"]
+    return gen.to(device), models["critic"].to(device), cfg  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- decay_t * ema + (1 - decay_t) * model for every parameter, buffers (BN running statistics)
+    copied. decay_t = min(decay, (1 + step) / (10 + step)) so the average forgets the initialisation early.
+    Not the paper's (our option): G's weights swing between checkpoints a few hundred steps apart (FVD by 2x
+    at 64x64), and the average of the recent weights samples better than any one of them (Yazici et al.
+    2019, "The unusual effectiveness of averaging in GAN training")."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
 
 
 def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.Optimizer:
@@ -270,6 +303,29 @@ def with_smoke_store(cfg: TGANConfig) -> TGANConfig:
     if cfg.smoke and not cfg.data:
         return dataclasses.replace(cfg, data=str(smoke_store(params=SMOKE_STORE_PARAMS)))
     return cfg
+
+
+def downsample(video: torch.Tensor, size: int) -> torch.Tensor:
+    """Clips (N, C, T, H, W) area-averaged to (N, C, T, size, size); `size` must divide H (no-op if equal).
+    A CPU-scale lever (not the paper's): a 32x32 model costs about a quarter of a 64x64 one per step."""
+    h = video.shape[-1]
+    if size == h:
+        return video
+    if h % size:
+        raise ValueError(f"frame_size {size} must divide the store's frame size {h}")
+    k = h // size
+    return torch.nn.functional.avg_pool3d(video, (1, k, k))
+
+
+def upsample(videos: np.ndarray, size: int) -> np.ndarray:
+    """Clips (N, C, T, h, w) bilinearly resized to size x size (no-op if equal): a reduced-size model's
+    samples at the store's size, for metrics that compare with the store or expect its digit size."""
+    n, c, t, h, w = videos.shape
+    if h == size and w == size:
+        return videos
+    frames = torch.from_numpy(videos).transpose(1, 2).reshape(n * t, c, h, w)
+    big = torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    return big.clamp(-1, 1).view(n, t, c, size, size).transpose(1, 2).contiguous().numpy()
 
 
 def load_data(cfg: TGANConfig, run: Run) -> Any:
@@ -364,7 +420,18 @@ def fixed_noise(gen: VideoGenerator, cfg: TGANConfig, device: torch.device) -> t
 
 EVAL_CHUNK = 32  # clips per generator call in evaluation (bounds memory)
 # config fields that describe the model: --sample-only takes them from the checkpoint
-MODEL_FIELDS = ("frames", "z_dim", "gen_ch", "critic_ch", "n_classes", "label_key", "svc_scope", "constraint")
+MODEL_FIELDS = (
+    "frames",
+    "frame_size",
+    "z_dim",
+    "gen_ch",
+    "gen_upsample",
+    "critic_ch",
+    "n_classes",
+    "label_key",
+    "svc_scope",
+    "constraint",
+)
 
 
 @torch.no_grad()
@@ -421,7 +488,7 @@ def evaluate_generator(gen: VideoGenerator, cfg: TGANConfig, run: Run, checkpoin
         print(f"skipping {name}: {why}", flush=True)
     if not metrics:
         raise ValueError(f"nothing to evaluate: {'; '.join(skipped.values())}")
-    videos = generate_videos(unwrap(gen), n, seed=cfg.seed, device=run.device)
+    videos = upsample(generate_videos(unwrap(gen), n, seed=cfg.seed, device=run.device), real.shape[-1])
     if videos.shape[1] != real.shape[0] or videos.shape[3:] != real.shape[2:]:
         raise ValueError(
             f"the model makes frames of {videos.shape[1]}x{videos.shape[3]}x{videos.shape[4]}; the store "
@@ -481,6 +548,12 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"TGAN needs frames of 4 * 2**n pixels (e.g. 64); the store's are {size}x{size}")
     if bool(cfg.label_key) != (cfg.n_classes > 0):
         raise ValueError("a conditional model needs both --label-key and --n-classes > 0")
+    if cfg.frame_size and (cfg.frame_size > size or size % cfg.frame_size):
+        raise ValueError(f"frame_size {cfg.frame_size} must divide the store's frame size {size}")
+    if cfg.frame_size and 4 * 2 ** round(math.log2(cfg.frame_size / 4)) != cfg.frame_size:
+        raise ValueError(f"frame_size must be 4 * 2**n pixels (e.g. 32), got {cfg.frame_size}")
+    if not 0 <= cfg.g_ema < 1:
+        raise ValueError(f"g_ema must be in [0, 1), got {cfg.g_ema}")
     if cfg.svc_every < 1:
         raise ValueError(f"svc_every must be >= 1, got {cfg.svc_every}")
 
@@ -496,15 +569,19 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
     loader = loader if loader is not None else load_data(cfg, run)
     channels, height, size = video_shape(loader)
     _check(cfg, channels, size, height)
+    store_size, size = size, cfg.frame_size or size
     gen, critic = build_models(cfg, channels=channels, size=size)
     gen.to(run.device)
     critic.to(run.device)
     opt_g, opt_d = make_optimizer(gen, cfg), make_optimizer(critic, cfg, cfg.lr_d)
     scaler = make_scaler(run.device, cfg.precision)
     models = {"gen": gen, "critic": critic}
+    gen_s = gen  # the generator that samples and evaluation use
+    if cfg.g_ema > 0:
+        gen_s = models["gen_ema"] = copy.deepcopy(gen)
     optimizers = {"gen": opt_g, "critic": opt_d}
     step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
-    extra = {"channels": channels, "size": size}
+    extra = {"channels": channels, "size": size, "store_size": store_size}
     gen_t = wrap_ddp(maybe_compile(gen, cfg.compile, run.device), run.world, run.device)
     critic_t = wrap_ddp(maybe_compile(critic, cfg.compile, run.device), run.world, run.device)
     z_fixed, cond_fixed = fixed_noise(gen, cfg, run.device)
@@ -526,14 +603,19 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
     def samples() -> None:
         if run.is_main:
             save_samples(
-                gen, z_fixed, cond_fixed, run.run_dir / "samples" / f"step-{step:09d}", interp, cfg.sample_bn
+                gen_s,
+                z_fixed,
+                cond_fixed,
+                run.run_dir / "samples" / f"step-{step:09d}",
+                interp,
+                cfg.sample_bn,
             )
 
     if cfg.max_steps and step >= cfg.max_steps:
         run.close()
         return last
     for epoch, batch in epoch_batches(loader, start_epoch, cfg.epochs, resumed=step > 0):
-        real = batch["video"]
+        real = downsample(batch["video"], size)
         if real.shape[2] != cfg.frames:
             raise ValueError(f"the loader gave clips of {real.shape[2]} frames, the model needs {cfg.frames}")
         cond = batch_condition(batch, cfg, run.device)
@@ -551,6 +633,8 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
             autocast=run.autocast(),
             noise=run.step_noise(step),
         )
+        if cfg.g_ema > 0:
+            ema_update(gen_s, gen, cfg.g_ema, step)
         if run.after_step(step, last, epoch=epoch, samples=samples, checkpoint=checkpoint):
             break
     if not run.due(step, cfg.ckpt_every):
@@ -560,7 +644,7 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
     result: dict[str, Any] = dict(last)
     try:
         if cfg.eval_videos > 0:
-            result["eval"] = evaluate_generator(gen, cfg, run, str(checkpoint_path(run.run_dir, step)))
+            result["eval"] = evaluate_generator(gen_s, cfg, run, str(checkpoint_path(run.run_dir, step)))
     finally:
         run.close()
     return result

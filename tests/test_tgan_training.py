@@ -153,7 +153,7 @@ def test_smoke_run_from_a_real_store(tmp_path: Path, balls_store: Path) -> None:
     assert rows[4]["sv_max_before_svc"] != "" and rows[3]["sv_max_before_svc"] == ""  # SVC at iteration 5
     assert all(float(r["wasserstein"]) == -float(r["loss_d"]) for r in rows)
     state = torch.load(out / "checkpoints" / "ckpt-000000006.pt", map_location="cpu", weights_only=True)
-    assert state["step"] == 6 and state["extra"] == {"channels": 1, "size": 32}
+    assert state["step"] == 6 and state["extra"] == {"channels": 1, "size": 32, "store_size": 32}
     assert state["config"]["frames"] == 8 and state["config"]["lr"] == 5e-5
     head = state["models"]["critic"]["head.weight"]
     earlier = torch.load(out / "checkpoints" / "ckpt-000000003.pt", map_location="cpu", weights_only=True)

@@ -111,6 +111,23 @@ def one_hot_labels(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), n_classes).float()
 
 
+UPSAMPLE = ("deconv", "resize")
+
+
+def upsample_stage(c_in: int, c_out: int, how: str) -> nn.Module:
+    """One bias-free x2 upsampling stage of G1. "deconv": the paper's 4x4 stride-2 transposed conv. "resize":
+    nearest-neighbour x2 then a 3x3 conv (Odena et al. 2016, "Deconvolution and checkerboard artifacts"):
+    every output pixel gets the same number of kernel taps, so G cannot make the stride-2 checkerboard that
+    a transposed conv with kernel 4 draws easily (our option, not the paper's)."""
+    if how == "deconv":
+        return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
+    if how == "resize":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        )
+    raise ValueError(f"upsample must be one of {UPSAMPLE}, got {how!r}")
+
+
 class TemporalGenerator(nn.Module):
     """G0: z0 (N, z_slow_dim) -> trajectory z1 (N, z_fast_dim, n_frames) in (-1, 1)."""
 
@@ -161,6 +178,7 @@ class ImageGenerator(nn.Module):
         conv_ch: int = 512,
         bottom_width: int = 4,
         n_classes: int = 0,
+        upsample: str = "deconv",
     ) -> None:
         super().__init__()
         n_up = _stages(size, "image size")
@@ -175,11 +193,7 @@ class ImageGenerator(nn.Module):
         layers: list[nn.Module] = []
         ch = conv_ch
         for _ in range(n_up):  # 64x64: 512 -> 256 -> 128 -> 64 -> 32
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch // 2, eps=BN_EPS),
-                nn.ReLU(),
-            ]
+            layers += [upsample_stage(ch, ch // 2, upsample), nn.BatchNorm2d(ch // 2, eps=BN_EPS), nn.ReLU()]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, out_channels, 3, 1, 1, bias=True), nn.Tanh()]
         # kernels in the activations' channels-last layout (see forward), so their gradients have the
@@ -209,6 +223,7 @@ class VideoGenerator(nn.Module):
         z_fast_dim: int = 100,
         conv_ch: int = 512,
         n_classes: int = 0,
+        upsample: str = "deconv",
     ) -> None:
         super().__init__()
         self.z_slow_dim, self.n_classes = z_slow_dim, n_classes
@@ -222,6 +237,7 @@ class VideoGenerator(nn.Module):
             z_fast_dim=z_fast_dim,
             conv_ch=conv_ch,
             n_classes=n_classes,
+            upsample=upsample,
         )
 
     def sample_z(

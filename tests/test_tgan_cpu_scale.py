@@ -1,0 +1,100 @@
+"""TGAN's CPU-scale options: reduced frame size (downsampled real clips) and resize-convolution upsampling."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.common.config import config_from_args
+from recipes.common.data import smoke_store
+from recipes.models.tgan import ImageGenerator, upsample_stage
+from recipes.train_tgan import (
+    PRESETS,
+    SMOKE,
+    SMOKE_STORE_PARAMS,
+    TGANConfig,
+    downsample,
+    ema_update,
+    generate_videos,
+    load_models,
+    main,
+    upsample,
+)
+
+
+def test_downsample_area_averages_each_block_of_every_frame() -> None:
+    video = torch.arange(2 * 1 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 1, 3, 4, 4)
+    small = downsample(video, 2)
+    assert small.shape == (2, 1, 3, 2, 2)
+    assert small[1, 0, 2, 1, 0] == video[1, 0, 2, 2:4, 0:2].mean()  # frames are never mixed
+    assert downsample(video, 4) is video
+    with pytest.raises(ValueError, match="must divide"):
+        downsample(video, 3)
+
+
+def test_upsample_restores_the_store_size_and_keeps_flat_regions() -> None:
+    videos = np.full((2, 1, 3, 8, 8), -1.0, np.float32)
+    videos[0, 0, 1, 2:6, 2:6] = 1.0
+    big = upsample(videos, 16)
+    assert big.shape == (2, 1, 3, 16, 16) and big.dtype == np.float32
+    assert np.all(big[1] == -1.0) and big[0, 0, 1, 7, 7] == 1.0 and big.max() <= 1.0
+    assert upsample(videos, 8) is videos
+
+
+@pytest.mark.parametrize("how", ["deconv", "resize"])
+def test_only_the_transposed_conv_draws_a_checkerboard_from_a_flat_input(how: str) -> None:
+    """Why `gen_upsample="resize"`: with kernel 4 and stride 2, neighbouring output pixels of a transposed
+    conv sum different kernel taps, so even a spatially constant input comes out as a period-2 pattern;
+    nearest x2 + 3x3 conv maps it to a constant (away from the zero-padded border)."""
+    torch.manual_seed(0)
+    stage = upsample_stage(8, 4, how)
+    out = stage(torch.ones(1, 8, 6, 6))[0, :, 2:-2, 2:-2]  # interior
+    spread = (out.amax(dim=(1, 2)) - out.amin(dim=(1, 2))).max().item()
+    assert (spread < 1e-5) if how == "resize" else (spread > 1e-2)
+
+
+def test_resize_generator_has_the_paper_shapes() -> None:
+    g = ImageGenerator(size=32, conv_ch=32, z_slow_dim=8, z_fast_dim=8, upsample="resize")
+    assert g(torch.rand(3, 8), torch.rand(3, 8)).shape == (3, 1, 32, 32)
+    with pytest.raises(ValueError, match="upsample"):
+        ImageGenerator(size=32, conv_ch=32, upsample="pixelshuffle")
+
+
+def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) -> None:
+    store = smoke_store(tmp_path / "balls", params=SMOKE_STORE_PARAMS)  # 32x32 clips
+    cfg = config_from_args(
+        TGANConfig,
+        {"smoke": True, "data": str(store), "out_dir": str(tmp_path / "run")},
+        presets=PRESETS,
+        smoke=SMOKE,
+    )
+    main(dataclasses.replace(cfg, frame_size=16, gen_upsample="resize", g_ema=0.9, max_steps=2, ckpt_every=2))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "ckpt-000000002.pt", weights_only=True)
+    assert state["extra"] == {"channels": 1, "size": 16, "store_size": 32}
+    assert set(state["models"]) == {"gen", "gen_ema", "critic"}
+    assert not torch.equal(
+        state["models"]["gen"]["g1.slow.0.weight"], state["models"]["gen_ema"]["g1.slow.0.weight"]
+    )
+    gen, critic, loaded = load_models(tmp_path / "run" / "checkpoints" / "ckpt-000000002.pt")
+    assert loaded.frame_size == 16 and loaded.gen_upsample == "resize"
+    assert torch.equal(gen.g1.slow[0].weight, state["models"]["gen_ema"]["g1.slow.0.weight"])  # samples: EMA
+    assert generate_videos(gen, 2, seed=0, device=torch.device("cpu")).shape == (2, 1, 8, 16, 16)
+    with pytest.raises(ValueError, match="frame_size"):
+        main(dataclasses.replace(cfg, frame_size=24, out_dir=str(tmp_path / "bad")))
+
+
+def test_ema_update_averages_parameters_and_copies_buffers() -> None:
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema_update(ema, model, decay=0.9, step=0)  # early steps: decay (1 + 0) / (10 + 0) = 0.1
+    assert torch.allclose(ema.weight, torch.full((3,), 0.1 * 1.0 + 0.9 * 2.0))
+    ema_update(ema, model, decay=0.9, step=10**6)  # later: the given decay
+    assert torch.allclose(ema.weight, torch.full((3,), 0.9 * 1.9 + 0.1 * 2.0))
+    assert torch.equal(ema.running_mean, model.running_mean)
+    assert torch.equal(model.weight, torch.full((3,), 2.0))  # the trained model is never touched
