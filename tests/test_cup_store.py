@@ -106,3 +106,56 @@ def test_cli_writes_the_store(source: Path, tmp_path: Path) -> None:
     assert main(["sense", "cup", str(source), "--out", str(out), "-q", "-w", "0", "--shear", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["shear"] == 1 and manifest["sample"]["sensed"]["shape"] == [1, 17, 12]
+
+
+def _clips(store: Path) -> list:
+    shards = [s for s in load_manifest(store)["shards"] if s["format"] == "wds"]
+    return [clip for s in shards for clip in iter_samples(store / s["path"], "wds")]
+
+
+def _other_source(kind: str, root: Path) -> Path:
+    out = root / kind
+    if kind == "mnist":
+        make_store(out, "mnist", {"frames": 5, "size": 32}, n=4, seed=1, shard_size=2)
+    elif kind == "colour balls":
+        make_store(out, "balls", {"frames": 5, "size": 12, "colors": "palette"}, n=4, seed=1, shard_size=2)
+    else:  # VideoGAN-stabilized real footage (the shipped carphone clip), 16-frame clips of 24x24
+        import datagen.cli.stabilize  # noqa: F401  (registers the command)
+        from datagen.sources.video import shipped_sample_video
+
+        video = str(shipped_sample_video("carphone_pristine.mp4"))
+        args = [
+            "stabilize",
+            video,
+            "-o",
+            str(out),
+            "-q",
+            "-w",
+            "0",
+            "-s",
+            "24",
+            "-t",
+            "16",
+            "--max-clips",
+            "2",
+        ]
+        assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mnist", "colour balls", "stabilized footage"])
+def test_any_store_the_project_writes_is_sensed(kind: str, tmp_path: Path) -> None:
+    """Moving MNIST, RGB balls (the channel mean is the scene) and stabilized real footage: every clip is
+    sensed exactly as the operator says, with the source's keys."""
+    source = _other_source(kind, tmp_path)
+    manifest = _sensed(tmp_path / "cup", source, workers=0, formats=("wds",))
+    assert manifest["params"]["source"]["digest"] == load_manifest(source)["digest"]
+    p = CupParams(**{k: v for k, v in manifest["params"].items() if k not in ("mask_sha256", "source")})
+    sensed = {s.key: s for s in _clips(tmp_path / "cup")}
+    assert len(sensed) >= 2 and len({s.video.shape[-1] for s in sensed.values()}) == 1
+    for s in _clips(source):
+        op = CupOperator(unpack_mask(manifest), s.video.shape[0], p.shear, p.complementary)
+        expected = sense(s.video, op, p, sample_rng(7, int(s.key)))
+        assert np.array_equal(sensed[s.key].fields["sensed"], expected)
+        assert np.array_equal(sensed.pop(s.key).video, s.video)
+    assert not sensed  # no clip more, none less
