@@ -43,6 +43,8 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   protocol) resizes the samples back to the store's size (`upsample`, bilinear) before comparing.
 - `--gen-upsample resize`: G1's x2 stages as nearest-neighbour upsampling + 3x3 conv instead of 4x4
   stride-2 transposed convs (no checkerboard from the layer itself; `recipes.models.tgan.upsample_stage`).
+- `--lr-decay linear [--lr-decay-steps N]`: both learning rates fall linearly to 0 over the run (or N
+  steps) instead of staying constant (`lr_at`).
 - `--g-ema 0.999`: also keep an exponential moving average of G's weights (`ema_update`), which samples,
   evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
 
@@ -112,6 +114,8 @@ class TGANConfig(TrainConfig):
     critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
     lr: float = 5e-5  # RMSprop for G0, G1 and the critic
     lr_d: float = 0.0  # the critic's own lr (0 = lr, as the paper)
+    lr_decay: Literal["none", "linear"] = "none"  # paper constant; linear: both lrs to 0 at max_steps (lr_at)
+    lr_decay_steps: int = 0  # the linear decay's length (0 = max_steps)
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # paper/code RMSprop; adam: DCGAN's, adam_betas
     adam_betas: tuple[float, ...] = (0.5, 0.999)
     rms_alpha: float = 0.99  # Chainer RMSprop default (torch's default too)
@@ -200,6 +204,16 @@ def load_models(
     models, cfg, _ = load_trained(path, TGANConfig(), build)
     gen = models["gen_ema" if cfg.g_ema > 0 else "gen"]
     return gen.to(device), models["critic"].to(device), cfg  # type: ignore[return-value]
+
+
+def lr_at(base: float, step: int, cfg: TGANConfig) -> float:
+    """The learning rate of iteration `step` (1-based): constant (the paper), or with `lr_decay: linear` from
+    `base` down to base / max_steps at the last step, so the last checkpoints move less (our option). A
+    function of the step alone, so a resumed run gets the same rates."""
+    horizon = cfg.lr_decay_steps or cfg.max_steps
+    if cfg.lr_decay == "linear" and horizon:
+        return base * max(0.0, 1 - (step - 1) / horizon)
+    return base
 
 
 @torch.no_grad()
@@ -620,6 +634,10 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
             raise ValueError(f"the loader gave clips of {real.shape[2]} frames, the model needs {cfg.frames}")
         cond = batch_condition(batch, cfg, run.device)
         step += 1
+        if cfg.lr_decay != "none":
+            for opt, base in ((opt_g, cfg.lr), (opt_d, cfg.lr_d or cfg.lr)):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(base, step, cfg)
         last = train_step(
             gen_t,
             critic_t,

@@ -1,4 +1,4 @@
-"""TGAN's CPU-scale options: reduced frame size (downsampled real clips) and resize-convolution upsampling."""
+"""TGAN's CPU-scale options: reduced frame size, resize-convolution upsampling, G weight average, lr decay."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from recipes.train_tgan import (
     ema_update,
     generate_videos,
     load_models,
+    lr_at,
     main,
     upsample,
 )
@@ -98,3 +99,13 @@ def test_ema_update_averages_parameters_and_copies_buffers() -> None:
     assert torch.allclose(ema.weight, torch.full((3,), 0.9 * 1.9 + 0.1 * 2.0))
     assert torch.equal(ema.running_mean, model.running_mean)
     assert torch.equal(model.weight, torch.full((3,), 2.0))  # the trained model is never touched
+
+
+def test_linear_lr_decay_is_a_function_of_the_step_and_off_by_default() -> None:
+    paper = TGANConfig(max_steps=100)
+    assert lr_at(1e-3, 1, paper) == lr_at(1e-3, 100, paper) == 1e-3  # the paper: constant
+    decay = dataclasses.replace(paper, lr_decay="linear")
+    assert lr_at(1e-3, 1, decay) == 1e-3 and lr_at(1e-3, 51, decay) == pytest.approx(5e-4)
+    assert lr_at(1e-3, 100, decay) == pytest.approx(1e-5) and lr_at(1e-3, 101, decay) == 0.0
+    chunked = dataclasses.replace(decay, max_steps=10, lr_decay_steps=100)  # a run resumed in chunks
+    assert lr_at(1e-3, 51, chunked) == lr_at(1e-3, 51, decay)

@@ -96,7 +96,10 @@ Better than at 64x64 at every checkpoint (0.05-0.12 there), but still swinging b
 apart, and short of 0.3. The samples show why: different z often give near-identical clips (partial mode
 collapse), G0's trajectory jumps (a digit's shape changes abruptly between two frames), and strokes are
 still dotted. G's weight average did not help later either: 0.063 at 2,500 steps (raw G 0.087; stopped for
-time). Not tried for lack of time: more critic steps per G step, an lr decay, a wider G at 32x32.
+time). A linear lr decay to 0 over 5,000 steps (``lr_decay: linear``, both nets; 0.13 CPU s/step) was no
+steadier and lower throughout: confident 0.092 / 0.049 / 0.107 / 0.138 / 0.180 / 0.144 / 0.128 at 2,000 ...
+5,000 steps (64 clips; frames with one blob 0.39 at 5,000): not adopted, kept as an option. Not tried for
+lack of time: more critic steps per G step, a wider G at 32x32.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
