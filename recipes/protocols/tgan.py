@@ -72,6 +72,8 @@ at 64x64 for comparison: confident 0.119 at 2,000 steps, ~0.35 CPU s/step):
     critic 32 ch                        0.22       (0.015 at 500 steps; stopped for time)
     deconv G, critic lr 6e-4 (TTUR)     0.13       0.047  0.029  0.023    0.13
     deconv G, EMA of G (0.999)          0.13       0.027  0.101  0.170    0.39
+    deconv G, batch 16                  0.27       0.128  0.105  0.154    0.36
+    deconv G, width 256 (G only)        0.33       0.0    0.017  0.007    0.04
 
 * 32x32 alone learns about twice as fast per step at a third of the cost: confident 0.228 at 2,000 steps
   (64x64: 0.119) after 261 CPU s (64x64: ~700).
@@ -98,8 +100,11 @@ collapse), G0's trajectory jumps (a digit's shape changes abruptly between two f
 still dotted. G's weight average did not help later either: 0.063 at 2,500 steps (raw G 0.087; stopped for
 time). A linear lr decay to 0 over 5,000 steps (``lr_decay: linear``, both nets; 0.13 CPU s/step) was no
 steadier and lower throughout: confident 0.092 / 0.049 / 0.107 / 0.138 / 0.180 / 0.144 / 0.128 at 2,000 ...
-5,000 steps (64 clips; frames with one blob 0.39 at 5,000): not adopted, kept as an option. Not tried for
-lack of time: more critic steps per G step, a wider G at 32x32.
+5,000 steps (64 clips; frames with one blob 0.39 at 5,000): not adopted, kept as an option. Twice the batch
+(16 clips a step, twice the CPU) was ahead at 1,000 steps (0.128) but not after, and behind at equal CPU
+(0.128 at 285 CPU s against 0.228 at 261); a G twice as wide (256 channels) overpowered the 16-channel critic
+(Wasserstein estimate 20-25 within 200 steps, against about 1-2) and drew almost no digits by 2,000 steps. Not
+tried for lack of time: more critic steps per G step.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
