@@ -145,7 +145,7 @@ class MixedDataset:
         self.elastic: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self.interleave = first.interleave
         self.lengths = [len(src) for src in sources]
-        self.num_samples = int(sum(self.lengths) if epoch_size is None else epoch_size)
+        self.num_samples = self._rank_samples(self.world)
         if self.num_samples < 1:
             raise PipelineError(f"epoch_size must be >= 1, got {epoch_size}")
         self.counts = apportion(self.num_samples, weights)
@@ -189,8 +189,14 @@ class MixedDataset:
         if not history:
             return self.num_samples
         first = int(history[0][0])
-        total = first * len(self.on_world(World(0, first)))  # every old rank had the same count
+        total = first * self._rank_samples(World(0, first))  # every old rank had the same count
         return elastic_count(total, self.world.world_size, history)
+
+    def _rank_samples(self, world: World) -> int:
+        """Samples per rank of a mix epoch on ``world`` (``num_samples`` on this one)."""
+        if self._settings["epoch_size"] is not None:
+            return int(self._settings["epoch_size"])
+        return sum(rank_share(sum(src.shard_sizes), world)[1] for src in self.sources)
 
     def on_world(self, world: World) -> MixedDataset:
         """The same mix as seen by rank ``world.rank`` of ``world`` (for the blocks old ranks had)."""
