@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datagen.api import cache_dir, load_manifest
-from datagen.sense.cup import CupParams, check_params
+from datagen.sense.cup import CupParams
 from recipes.common import ckpt
 from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
@@ -107,12 +107,11 @@ SMOKE: dict[str, Any] = {
 
 def sensing_of(manifest: dict) -> tuple[CupParams, np.ndarray]:
     """A sensing store's parameters and mask (checked against its sha256)."""
-    from datagen.sense.job import unpack_mask
+    from datagen.sense.job import sensing_params, unpack_mask
 
     if manifest["generator"]["name"] != "cup" or "sensing" not in manifest:
         raise ValueError("--data must be a store made by `datagen sense cup` (it has no sensed field)")
-    params = {k: v for k, v in manifest["params"].items() if k not in ("mask_sha256", "source")}
-    return check_params(params), unpack_mask(manifest)
+    return sensing_params(manifest["params"]), unpack_mask(manifest)
 
 
 def grey_scene(video: torch.Tensor) -> torch.Tensor:
@@ -383,8 +382,9 @@ def main(cfg: CupConfig) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, data=smoke_data())
     if cfg.adv_weight < 0:
         raise ValueError(f"--adv-weight must be >= 0, got {cfg.adv_weight}")
-    p, mask = sensing_of(load_manifest(cfg.data))
-    frames = load_manifest(cfg.data)["sample"]["video"]["shape"][0]
+    manifest = load_manifest(cfg.data)
+    p, mask = sensing_of(manifest)
+    frames = manifest["sample"]["video"]["shape"][0]
     run = start_run(cfg)
     try:
         net = build_model(cfg, p, mask, frames).to(run.device)

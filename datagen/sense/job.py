@@ -22,7 +22,15 @@ from datagen.api import load_manifest
 from datagen.errors import DatagenError
 from datagen.jobs import FORMATS, StoreJob, results_by_shard, task_id
 from datagen.parallel import Task
-from datagen.sense.cup import CupOperator, check_params, make_mask, mask_sha256, sample_rng, sense
+from datagen.sense.cup import (
+    CupOperator,
+    CupParams,
+    check_params,
+    make_mask,
+    mask_sha256,
+    sample_rng,
+    sense,
+)
 from datagen.store.format import SHARD_RE, check_prefix, check_seed, sample_schema, validate_record
 from datagen.store.manifest import check_shard, shard_name, write_shard
 from datagen.store.readers import iter_samples
@@ -60,6 +68,12 @@ def unpack_mask(manifest: dict) -> np.ndarray:
     return mask
 
 
+def sensing_params(params: dict) -> CupParams:
+    """The sensing parameters of a sensing store's recorded `params` (less its mask digest and source),
+    validated."""
+    return check_params({k: v for k, v in params.items() if k not in ("mask_sha256", "source")})
+
+
 def write_sensed_shard(
     out: str, source: str, entry: dict, params: dict, seed: int, prefix: str, formats: list[str], index: int
 ) -> dict:
@@ -67,7 +81,7 @@ def write_sensed_shard(
     problem = check_shard(Path(source), entry)
     if problem is not None:
         raise DatagenError(f"source shard {problem}")
-    p = check_params({k: v for k, v in params.items() if k not in ("mask_sha256", "source")})
+    p = sensing_params(params)
     samples: list[Sample] = []
     op = None
     for s in iter_samples(Path(source) / entry["path"], entry["format"]):
