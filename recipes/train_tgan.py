@@ -105,10 +105,9 @@ class TGANConfig(TrainConfig):
     sample_every: int = 5000  # the authors' snapshot_interval
     ckpt_every: int = 5000
     frames: int = 16  # clip length: a random window of this many frames from each stored clip
-    frame_size: int = (
-        0  # train at this frame size: real clips area-averaged down by an integer factor (0 = the
-    )
-    # store's size, as the paper); see downsample
+    # train at this frame size: real clips area-averaged down by an integer factor (0 = the store's size, as
+    # the paper); see downsample
+    frame_size: int = 0
     z_dim: int = 100  # z_slow_dim = z_fast_dim
     gen_ch: int = 512  # G1's conv_ch (4x4 bottom: 512 -> 256 -> 128 -> 64 -> 32 at 64x64)
     critic_ch: int = 64  # critic mid_ch (64 -> 128 -> 256 -> 512)
