@@ -157,14 +157,10 @@ def _discard(store: RemoteStore, name: str, f: Any) -> None:
 
 def check_remote_shard(store: RemoteStore, entry: dict, sizes: dict[str, int] | None = None) -> str | None:
     """Why the object does not match its manifest entry (missing, size, sha256), or None."""
+    from datagen.store.manifest import shard_mismatch
+
     size = sizes.get(entry["path"]) if sizes is not None else store.size(entry["path"])
-    if size is None:
-        return "missing"
-    if size != entry["bytes"]:
-        return f"size {size} != {entry['bytes']} in manifest"
-    if store.sha256(entry["path"]) != entry["sha256"]:
-        return "sha256 mismatch (corrupt or modified)"
-    return None
+    return shard_mismatch(entry, size, lambda: store.sha256(entry["path"]))
 
 
 def count_remote_samples(store: RemoteStore, entry: dict) -> int:
@@ -192,28 +188,13 @@ def shard_sizes(store: RemoteStore) -> dict[str, int]:
 
 def verify_remote_store(url: str, *, count_samples: bool = True, manifest: dict | None = None) -> list:
     """`datagen.store.manifest.verify_store` at a URL: every shard's size, sha256 (streamed) and count."""
-    from datagen.store.format import dataset_digest
-    from datagen.store.manifest import Problem
+    from datagen.store.manifest import verify_shards
 
     store = RemoteStore(store_url(url))
     manifest = load_store_manifest(url) if manifest is None else manifest
     sizes = shard_sizes(store)
-    problems = []
-    for entry in manifest["shards"]:
-        reason = check_remote_shard(store, entry, sizes)
-        if reason is None and count_samples:
-            try:
-                n = count_remote_samples(store, entry)
-            except Exception as e:  # any decode failure is a finding, not a crash
-                reason = f"unreadable: {e}"
-            else:
-                if n != entry["n_samples"]:
-                    reason = f"{n} samples != {entry['n_samples']} in manifest"
-        if reason:
-            problems.append(Problem(entry["path"], reason))
-    if dataset_digest(manifest, manifest["shards"]) != manifest["digest"]:
-        problems.append(Problem(MANIFEST, "dataset digest does not match its content"))
-    return problems
+    count = (lambda entry: count_remote_samples(store, entry)) if count_samples else None
+    return verify_shards(manifest, lambda entry: check_remote_shard(store, entry, sizes), count)
 
 
 def fetch_for_preview(url: str, folder: Path, count: int) -> Path:

@@ -6,6 +6,7 @@ canonical (sorted keys, no timestamps): the same job gives the same manifest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,36 +89,60 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
+def shard_mismatch(entry: dict, size: int | None, sha256: Callable[[], str]) -> str | None:
+    """Why a shard of `size` bytes (None: missing) does not match its manifest entry, or None; `sha256()`
+    (the shard's digest, the expensive part) is only asked for when the size matches. Folders and object
+    stores check alike."""
+    if size is None:
+        return "missing"
+    if size != entry["bytes"]:
+        return f"size {size} != {entry['bytes']} in manifest"
+    if sha256() != entry["sha256"]:
+        return "sha256 mismatch (corrupt or modified)"
+    return None
+
+
 def check_shard(folder: Path, entry: dict) -> Problem | None:
     """Does the shard file on disk match its manifest entry (size, sha256)?"""
     p = Path(folder) / entry["path"]
-    if not p.exists():
-        return Problem(entry["path"], "missing")
-    size = p.stat().st_size
-    if size != entry["bytes"]:
-        return Problem(entry["path"], f"size {size} != {entry['bytes']} in manifest")
-    if file_sha256(p) != entry["sha256"]:
-        return Problem(entry["path"], "sha256 mismatch (corrupt or modified)")
-    return None
+    size = p.stat().st_size if p.exists() else None
+    reason = shard_mismatch(entry, size, lambda: file_sha256(p))
+    return None if reason is None else Problem(entry["path"], reason)
+
+
+def verify_shards(
+    manifest: dict, check: Callable[[dict], str | None], count: Callable[[dict], int] | None
+) -> list[Problem]:
+    """Every problem of a store: each shard's `check(entry)` (why it does not match, or None), then, where
+    it matches and `count` is given, its sample count; and the dataset digest."""
+    problems = []
+    for entry in manifest["shards"]:
+        reason = check(entry)
+        if reason is None and count is not None:
+            try:
+                n = count(entry)
+            except Exception as e:  # any decode failure is a finding, not a crash
+                reason = f"unreadable: {e}"
+            else:
+                if n != entry["n_samples"]:
+                    reason = f"{n} samples != {entry['n_samples']} in manifest"
+        if reason:
+            problems.append(Problem(entry["path"], reason))
+    if dataset_digest(manifest, manifest["shards"]) != manifest["digest"]:
+        problems.append(Problem(MANIFEST, "dataset digest does not match its content"))
+    return problems
 
 
 def verify_store(folder: Path, *, count_samples: bool = True, manifest: dict | None = None) -> list[Problem]:
     """Recompute hashes (and sample counts) of every shard; return every problem found."""
     folder = Path(folder)
     manifest = load_manifest(folder) if manifest is None else manifest
-    problems = []
-    for entry in manifest["shards"]:
+
+    def check(entry: dict) -> str | None:
         problem = check_shard(folder, entry)
-        if problem is None and count_samples:
-            try:
-                n = count_shard_samples(folder / entry["path"], entry["format"])
-            except Exception as e:  # any decode failure is a finding, not a crash
-                problem = Problem(entry["path"], f"unreadable: {e}")
-            else:
-                if n != entry["n_samples"]:
-                    problem = Problem(entry["path"], f"{n} samples != {entry['n_samples']} in manifest")
-        if problem:
-            problems.append(problem)
-    if dataset_digest(manifest, manifest["shards"]) != manifest["digest"]:
-        problems.append(Problem("manifest.json", "dataset digest does not match its content"))
-    return problems
+        return None if problem is None else problem.reason
+
+    def count(entry: dict) -> int:
+        return count_shard_samples(folder / entry["path"], entry["format"])
+
+    return verify_shards(manifest, check, count if count_samples else None)
