@@ -21,6 +21,7 @@ from recipes.train_framegan import (
     PRESETS,
     SMOKE,
     FrameGANConfig,
+    lazy_r1_gamma,
     load_frame_generator,
     load_video_generator,
     main,
@@ -133,6 +134,27 @@ def test_resume_continues_bitwise(stage1: Path, store: Path, tmp_path: Path, res
         load(tmp_path / "checkpoints" / "ckpt-000000008.pt"),
     )
     assert d_losses(tmp_path) == d_losses(stage1)[resume_at:]
+
+
+def test_lazy_r1_penalises_every_nth_step_at_n_times_gamma_and_resumes_bitwise(
+    store: Path, tmp_path: Path
+) -> None:
+    """`--r1-every 3`: R1 on steps 3 and 6 only (logged there), weighted 3 x gamma; a resume between two R1
+    steps ends on the same weights; `--r1-every 1` (the default) is R1 on every step."""
+    assert [lazy_r1_gamma(2.0, 3, s) for s in range(1, 7)] == [0.0, 0.0, 6.0, 0.0, 0.0, 6.0]
+    assert [lazy_r1_gamma(2.0, 1, s) for s in range(1, 4)] == [2.0, 2.0, 2.0]
+    cfg = {"r1_gamma": 2.0, "r1_every": 3, "log_every": 1, "max_steps": 7}
+    main(smoke_cfg(store, tmp_path / "a", ckpt_every=4, **cfg))
+    rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows if r["r1"]] == [3, 6]
+    ckpt = tmp_path / "a" / "checkpoints" / "ckpt-000000004.pt"
+    main(smoke_cfg(store, tmp_path / "b", resume=str(ckpt), ckpt_every=0, **cfg))
+    assert_resumed_equal(
+        load(tmp_path / "a" / "checkpoints" / "ckpt-000000007.pt"),
+        load(tmp_path / "b" / "checkpoints" / "ckpt-000000007.pt"),
+    )
+    with pytest.raises(ValueError, match="--r1-every must be >= 1"):
+        main(smoke_cfg(store, tmp_path / "c", r1_every=0))
 
 
 @pytest.fixture(scope="module")
