@@ -21,9 +21,10 @@ What one iteration does (pfnet-research/tgan, `TGANUpdaterWGANParallelSVC`): dra
 a fake batch, score fake and real batches with the critic (two forward passes, as the code does, so each has
 its own BN batch statistics), take one RMSprop step of G0+G1 on L_G = -mean D(fake), then one critic step on
 L_D = mean D(fake) - mean D(real) reusing the same fake scores (the critic is unchanged by the G step).
-1:1 updates, no n_critic loop. Every 5th iteration: SVC on the critic weights and BN gamma clipping
-(`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults), batch 32. Under DDP the
-critic's BN running statistics are averaged over the ranks before gamma clipping (replicas stay identical).
+1:1 updates, no n_critic loop (`--n-critic` is our option). Every 5th iteration: SVC on the critic weights
+and BN gamma clipping (`recipes.losses.wgan`). RMSprop lr 5e-5, alpha 0.99, eps 1e-8 (Chainer's defaults),
+batch 32. Under DDP the critic's BN running statistics are averaged over the ranks before gamma clipping
+(replicas stay identical).
 
 Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, measured in its docstring):
 - `--critic-batch joint`: score fake and real clips in ONE critic forward, so BN normalises them with shared
@@ -45,6 +46,13 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   stride-2 transposed convs (no checkerboard from the layer itself; `recipes.models.tgan.upsample_stage`).
 - `--lr-decay linear [--lr-decay-steps N]`: both learning rates fall linearly to 0 over the run (or N
   steps) instead of staying constant (`lr_at`).
+- `--n-critic K`: K critic updates per G update (default 1, the paper's and the code's), as WGAN's
+  Algorithm 1 (n_critic 5): each iteration takes K real batches and draws K fresh z0; see `train_iteration`.
+  SVC's "every 5th iteration" then counts critic updates, not G steps: SVC pulls the critic back to its
+  bound and only critic updates move it off, so at any K the critic stays as close to the bound as in the
+  paper's 1:1 run (counting G steps would let it drift 5K updates). Checkpoints fall between iterations, so
+  resuming stays bitwise. Measured in the tgan-mnist protocol's short runs: K = 2 and 5 were ahead for the
+  first 1,000 G steps, behind by 2,000 and at equal CPU (1.4x / 2.6x per G step); not adopted there.
 - `--g-ema 0.999`: also keep an exponential moving average of G's weights (`ema_update`), which samples,
   evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
 
@@ -69,7 +77,7 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,7 +128,8 @@ class TGANConfig(TrainConfig):
     rms_alpha: float = 0.99  # Chainer RMSprop default (torch's default too)
     rms_eps: float = 1e-8  # Chainer RMSprop default (added after the square root, as torch does)
     constraint: Literal["svc", "clip", "none"] = "svc"  # SVC + gamma clipping, or the weight-clip baseline
-    svc_every: int = 5  # SVC period in iterations (freq 5 in the authors' configs)
+    svc_every: int = 5  # SVC period in critic updates (= iterations at n_critic 1; freq 5 in the authors')
+    n_critic: int = 1  # critic updates per G update (paper/code 1); see train_iteration
     svc_scope: Literal["paper", "code"] = "paper"  # paper: conv + linear weights; code: ndim >= 4 only
     critic_init: Literal["uniform", "orthogonal"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
     gen_init: Literal["uniform", "pytorch"] = "uniform"  # paper/code U(-0.01, 0.01); see build_models
@@ -250,6 +259,21 @@ def ddp_group(module: torch.nn.Module) -> Any:
         module = module._orig_mod
 
 
+def critic_scores(
+    critic: torch.nn.Module,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    cond: torch.Tensor | None,
+    cfg: TGANConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D(fake), D(real)): "joint" scores both in one critic forward (shared BN statistics), "separate" in
+    two (each batch normalised by its own statistics, as the authors)."""
+    if cfg.critic_batch == "joint":
+        scores = critic(torch.cat([fake, real]), None if cond is None else torch.cat([cond, cond]))
+        return scores[: fake.shape[0]], scores[fake.shape[0] :]
+    return critic(fake, cond), critic(real, cond)
+
+
 def train_step(
     gen: torch.nn.Module,
     critic: torch.nn.Module,
@@ -266,21 +290,16 @@ def train_step(
 ) -> dict[str, float]:
     """One TGAN iteration (G step, then critic step on the same fake scores, then the Lipschitz constraint).
 
-    `step` is the 1-based iteration number after this update (the authors' `self.it`), which schedules SVC.
+    `step` is the critic's 1-based update count after this update, which schedules SVC: the iteration number
+    (the authors' `self.it`) at n_critic 1; see `train_iteration` for n_critic > 1.
     `noise` draws z0 (the global torch RNG when None). `cfg.critic_batch`: "separate" scores fake and real in
     two critic forwards (each with its own BN batch statistics, as the authors), "joint" in one.
     """
     ctx = autocast if autocast is not None else contextlib.nullcontext()
-    n = real.shape[0]
-    z0 = unwrap(gen).sample_z(n, generator=noise, device=real.device)
+    z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
     with ctx:
         fake = gen(z0, cond)
-        if cfg.critic_batch == "joint":  # one forward: BN statistics over fake and real together
-            scores = critic(torch.cat([fake, real]), None if cond is None else torch.cat([cond, cond]))
-            d_fake, d_real = scores[:n], scores[n:]
-        else:
-            d_fake = critic(fake, cond)
-            d_real = critic(real, cond)
+        d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
         loss_g = generator_loss(d_fake.float())
         loss_d = critic_loss(d_real.float(), d_fake.float())
     g_params = [p for p in gen.parameters() if p.requires_grad]
@@ -305,6 +324,80 @@ def train_step(
     metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
     if largest_sv is not None:
         metrics["sv_max_before_svc"] = largest_sv
+    return metrics
+
+
+def critic_step(
+    gen: torch.nn.Module,
+    critic: torch.nn.Module,
+    opt_d: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    real: torch.Tensor,
+    *,
+    cfg: TGANConfig,
+    update: int,
+    cond: torch.Tensor | None = None,
+    autocast: Any = None,
+    noise: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One critic-only update on a fresh z0 (from `noise`) and `real`, then the Lipschitz constraint as the
+    critic's `update`-th update (1-based; schedules SVC). G only draws the fake batch (no gradient; in train
+    mode, so its BN uses batch statistics as in `train_step`)."""
+    ctx = autocast if autocast is not None else contextlib.nullcontext()
+    z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
+    with ctx:
+        with torch.no_grad():
+            fake = gen(z0, cond)
+        d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
+        loss_d = critic_loss(d_real.float(), d_fake.float())
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward(inputs=[p for p in critic.parameters() if p.requires_grad])
+    scaler.step(opt_d)
+    scaler.update()
+    largest_sv = apply_lipschitz_constraint_(
+        unwrap(critic),
+        method=cfg.constraint,
+        iteration=update,
+        svc_every=cfg.svc_every,
+        svc_scope=cfg.svc_scope,
+        group=ddp_group(critic),
+    )
+    metrics = {"loss_d": loss_d.item()}
+    if largest_sv is not None:
+        metrics["sv_max_before_svc"] = largest_sv
+    return metrics
+
+
+def train_iteration(
+    gen: torch.nn.Module,
+    critic: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    *,
+    cfg: TGANConfig,
+    step: int,
+    autocast: Any = None,
+    noise: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Iteration `step` (1-based) with `cfg.n_critic` critic updates and one G update, on n_critic (real,
+    cond) batches: n_critic - 1 `critic_step`s, then `train_step` (G step, then the critic step on the same
+    fake scores). At n_critic 1 this is `train_step` alone, the authors' 1:1 update; at n_critic k, k critic
+    updates (each on a fresh real batch and fresh z0, all drawn from `noise` in turn) separate every two G
+    updates, as in WGAN's Algorithm 1 (whose G step draws its own z; here it shares the last critic step's, as
+    the authors' updater does at 1:1). SVC counts critic updates: update u = (step - 1) * k + j."""
+    k = cfg.n_critic
+    if len(batches) != k:
+        raise ValueError(f"an iteration needs n_critic = {k} real batches, got {len(batches)}")
+    kw = {"cfg": cfg, "autocast": autocast, "noise": noise}
+    svc: dict[str, float] = {}
+    for j, (real, cond) in enumerate(batches[:-1], start=1):
+        svc.update(critic_step(gen, critic, opt_d, scaler, real, update=(step - 1) * k + j, cond=cond, **kw))
+    real, cond = batches[-1]
+    metrics = train_step(gen, critic, opt_g, opt_d, scaler, real, step=step * k, cond=cond, **kw)
+    if "sv_max_before_svc" in svc:
+        metrics.setdefault("sv_max_before_svc", svc["sv_max_before_svc"])
     return metrics
 
 
@@ -569,6 +662,8 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"g_ema must be in [0, 1), got {cfg.g_ema}")
     if cfg.svc_every < 1:
         raise ValueError(f"svc_every must be >= 1, got {cfg.svc_every}")
+    if cfg.n_critic < 1:
+        raise ValueError(f"n_critic must be >= 1, got {cfg.n_critic}")
 
 
 def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
@@ -627,29 +722,32 @@ def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:
     if cfg.max_steps and step >= cfg.max_steps:
         run.close()
         return last
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # real batches of the next iteration
     for epoch, batch in epoch_batches(loader, start_epoch, cfg.epochs, resumed=step > 0):
         real = downsample(batch["video"], size)
         if real.shape[2] != cfg.frames:
             raise ValueError(f"the loader gave clips of {real.shape[2]} frames, the model needs {cfg.frames}")
-        cond = batch_condition(batch, cfg, run.device)
+        pending.append((real, batch_condition(batch, cfg, run.device)))
+        if len(pending) < cfg.n_critic:  # an iteration takes n_critic batches; checkpoints fall between
+            continue
         step += 1
         if cfg.lr_decay != "none":
             for opt, base in ((opt_g, cfg.lr), (opt_d, cfg.lr_d or cfg.lr)):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(base, step, cfg)
-        last = train_step(
+        last = train_iteration(
             gen_t,
             critic_t,
             opt_g,
             opt_d,
             scaler,
-            real,
+            pending,
             cfg=cfg,
             step=step,
-            cond=cond,
             autocast=run.autocast(),
             noise=run.step_noise(step),
         )
+        pending = []
         if cfg.g_ema > 0:
             ema_update(gen_s, gen, cfg.g_ema, step)
         if run.after_step(step, last, epoch=epoch, samples=samples, checkpoint=checkpoint):

@@ -7,6 +7,7 @@ differ between ranks after the first SVC iteration and the replicas drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pipelines.world import World
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import step_noise
 from recipes.common.runtime import make_scaler
-from recipes.train_tgan import TGANConfig, build_models, make_optimizer, train_step
+from recipes.train_tgan import TGANConfig, build_models, make_optimizer, train_iteration
 
 pytestmark = pytest.mark.integration  # two torch.distributed (gloo) processes
 
@@ -33,7 +34,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
+def _rank_main(rank: int, world_size: int, port: int, out: str, n_critic: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -44,16 +45,20 @@ def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
         gen_t, critic_t = wrap_ddp(gen, world, device), wrap_ddp(critic, world, device)
         data = torch.Generator().manual_seed(100 + rank)  # each rank sees different clips
         scaler = make_scaler(device, "float32")
+        cfg = dataclasses.replace(CFG, n_critic=n_critic)
         for step in range(1, STEPS + 1):
-            real = torch.rand(CFG.batch_size, 1, CFG.frames, 16, 16, generator=data) * (1 + rank) - 1
-            train_step(
+            reals = [
+                torch.rand(CFG.batch_size, 1, CFG.frames, 16, 16, generator=data) * (1 + rank) - 1
+                for _ in range(n_critic)
+            ]
+            train_iteration(
                 gen_t,
                 critic_t,
                 opt_g,
                 opt_d,
                 scaler,
-                real,
-                cfg=CFG,
+                [(real, None) for real in reals],
+                cfg=cfg,
                 step=step,
                 noise=step_noise(CFG.seed, rank, step, device),
             )
@@ -67,9 +72,10 @@ def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_keep_identical_weights_through_svc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_critic", [1, 2])  # 2: a critic-only update (G forward, no grad) each step
+def test_two_gloo_ranks_keep_identical_weights_through_svc(tmp_path: Path, n_critic: int) -> None:
     # spawn: a forked child of this multi-threaded test process can hang
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), n_critic), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0.keys() == r1.keys()
     differ = [k for k in r0 if not torch.equal(r0[k], r1[k])]
