@@ -74,6 +74,12 @@ at 64x64 for comparison: confident 0.119 at 2,000 steps, ~0.35 CPU s/step):
     deconv G, EMA of G (0.999)          0.13       0.027  0.101  0.170    0.39
     deconv G, batch 16                  0.27       0.128  0.105  0.154    0.36
     deconv G, width 256 (G only)        0.33       0.0    0.017  0.007    0.04
+    deconv G, seed 1                    0.13       0.0    0.090  0.123    0.32
+    n_critic 2                          0.19       0.100  0.080  0.054    0.24
+    n_critic 2, seed 1                  0.18       0.141  0.075  0.093    0.24
+    n_critic 5                          0.34       0.062  0.089  0.052    0.16
+    n_critic 2 to 1k steps, then 1:1    0.16       0.100  0.079  0.086    0.32
+    the same, seed 1                    0.16       0.141  0.101  0.131    0.36
 
 * 32x32 alone learns about twice as fast per step at a third of the cost: confident 0.228 at 2,000 steps
   (64x64: 0.119) after 261 CPU s (64x64: ~700).
@@ -103,8 +109,23 @@ steadier and lower throughout: confident 0.092 / 0.049 / 0.107 / 0.138 / 0.180 /
 5,000 steps (64 clips; frames with one blob 0.39 at 5,000): not adopted, kept as an option. Twice the batch
 (16 clips a step, twice the CPU) was ahead at 1,000 steps (0.128) but not after, and behind at equal CPU
 (0.128 at 285 CPU s against 0.228 at 261); a G twice as wide (256 channels) overpowered the 16-channel critic
-(Wasserstein estimate 20-25 within 200 steps, against about 1-2) and drew almost no digits by 2,000 steps. Not
-tried for lack of time: more critic steps per G step.
+(Wasserstein estimate 20-25 within 200 steps, against about 1-2) and drew almost no digits by 2,000 steps.
+
+More critic updates per G update (``n_critic``, WGAN's Algorithm 1 uses 5; the paper and the authors' code
+update 1:1; SVC every 5th critic update): not adopted, kept as an option. First, a second seed of the 1:1 run
+(0.123 at 2,000 steps against seed 0's 0.228): one run's figure at 2,000 steps moves by ~0.1 with the seed.
+n_critic 2 was ahead per G step early (confident 0.100 / 0.141 at 1,000 steps, seeds 0 / 1, against 0.042 /
+0.0) and behind by 2,000 (0.054 / 0.093 against 0.228 / 0.123); at equal CPU it was even early (0.100 / 0.141
+at 185 CPU s against 0.102 / 0.090 at 197) and behind later: 0.080 / 0.075 at about 275 CPU s (1:1 at 262:
+0.228 / 0.123); continued to 3,500 steps (seed 0, 644 CPU s, the --quick run's training budget): 0.085 / 0.079
+/ 0.116 at 2,500 / 3,000 / 3,500, against 0.176 for 1:1 at 5,000 steps (650 CPU s; 0.19-0.26 between 3,500 and
+4,500). n_critic 5 costs 2.6x the CPU per G step and was behind throughout at equal CPU (0.012 at 184 CPU s,
+0.062 at 353). The stronger critic (Wasserstein estimate 5-9 at step 100, 1:1 0.3-0.8; alike after 1,000
+steps) did not fix the collapse across z with digits: n_critic 2's clips differ more (mean nearest-neighbour
+RMS distance among 64 clips at 2,000 steps 0.255; 1:1 0.175 / 0.137, seeds 0 / 1; real 0.275), but as faint
+fragments and bright checkerboard blobs, n_critic 5's no more (0.137). Nor did n_critic 2 as a warm-up only
+(the n_critic 2 runs resumed at 1:1 from 1,000 steps): 0.086 / 0.131 at 2,000 steps after about 330 CPU s
+(seeds 0 / 1), against 0.228 / 0.123 at 1:1 after 262. The --quick settings stay 1:1, as the paper.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
