@@ -70,7 +70,9 @@ x / y = stage 1 / stage 2):
 (4) Neither the paper nor the code: `--r1-gamma G` adds the R1 penalty (Mescheder et al. 2018) of each
     discriminator on its own projected real input; the only CPU-scale change that moved stage 1 off its
     collapse in the ablations of issue #15 (see recipes/protocols/framegan.py). `--r1-every N`: lazily, on
-    every N-th step at N x G (StyleGAN2's lazy regularisation; the --quick protocols use it for time).
+    every N-th step at N x G (StyleGAN2's lazy regularisation; about a third less CPU per stage 1 step at
+    N = 4, but that 1-ball stage 1 was still collapsed at 800 steps, R1 on every step not from 700 on:
+    not used by the protocols).
 An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
 clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
 """
