@@ -302,29 +302,39 @@ def train_step(
         d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
         loss_g = generator_loss(d_fake.float())
         loss_d = critic_loss(d_real.float(), d_fake.float())
-    g_params = [p for p in gen.parameters() if p.requires_grad]
-    d_params = [p for p in critic.parameters() if p.requires_grad]
     opt_g.zero_grad(set_to_none=True)
-    scaler.scale(loss_g).backward(inputs=g_params, retain_graph=True)
+    scaler.scale(loss_g).backward(inputs=[p for p in gen.parameters() if p.requires_grad], retain_graph=True)
     scaler.step(opt_g)
     # The critic's graph of d_fake is reused: its gradients w.r.t. the critic never enter G's graph, so the
     # G update just made does not matter (the authors unchain the fake video for the same reason).
+    metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
+    return metrics | update_critic(critic, opt_d, scaler, loss_d, cfg=cfg, update=step)
+
+
+def update_critic(
+    critic: torch.nn.Module,
+    opt_d: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_d: torch.Tensor,
+    *,
+    cfg: TGANConfig,
+    update: int,
+) -> dict[str, float]:
+    """The critic's step on `loss_d`, then the Lipschitz constraint as its `update`-th update (1-based; it
+    schedules SVC); returns the largest singular value SVC clipped, when it ran."""
     opt_d.zero_grad(set_to_none=True)
-    scaler.scale(loss_d).backward(inputs=d_params)
+    scaler.scale(loss_d).backward(inputs=[p for p in critic.parameters() if p.requires_grad])
     scaler.step(opt_d)
     scaler.update()
     largest_sv = apply_lipschitz_constraint_(
         unwrap(critic),
         method=cfg.constraint,
-        iteration=step,
+        iteration=update,
         svc_every=cfg.svc_every,
         svc_scope=cfg.svc_scope,
         group=ddp_group(critic),
     )
-    metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
-    if largest_sv is not None:
-        metrics["sv_max_before_svc"] = largest_sv
-    return metrics
+    return {} if largest_sv is None else {"sv_max_before_svc": largest_sv}
 
 
 def critic_step(
@@ -350,22 +360,7 @@ def critic_step(
             fake = gen(z0, cond)
         d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
         loss_d = critic_loss(d_real.float(), d_fake.float())
-    opt_d.zero_grad(set_to_none=True)
-    scaler.scale(loss_d).backward(inputs=[p for p in critic.parameters() if p.requires_grad])
-    scaler.step(opt_d)
-    scaler.update()
-    largest_sv = apply_lipschitz_constraint_(
-        unwrap(critic),
-        method=cfg.constraint,
-        iteration=update,
-        svc_every=cfg.svc_every,
-        svc_scope=cfg.svc_scope,
-        group=ddp_group(critic),
-    )
-    metrics = {"loss_d": loss_d.item()}
-    if largest_sv is not None:
-        metrics["sv_max_before_svc"] = largest_sv
-    return metrics
+    return {"loss_d": loss_d.item()} | update_critic(critic, opt_d, scaler, loss_d, cfg=cfg, update=update)
 
 
 def train_iteration(
