@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,16 @@ def shard_mismatch(entry: dict, size: int | None, sha256: Callable[[], str]) -> 
     return None
 
 
-def check_shard(folder: Path, entry: dict) -> Problem | None:
-    """Does the shard file on disk match its manifest entry (size, sha256)?"""
+def file_mismatch(folder: Path, entry: dict) -> str | None:
+    """Why the shard file in `folder` does not match its manifest entry (missing, size, sha256), or None."""
     p = Path(folder) / entry["path"]
     size = p.stat().st_size if p.exists() else None
-    reason = shard_mismatch(entry, size, lambda: file_sha256(p))
+    return shard_mismatch(entry, size, lambda: file_sha256(p))
+
+
+def check_shard(folder: Path, entry: dict) -> Problem | None:
+    """Does the shard file on disk match its manifest entry (size, sha256)?"""
+    reason = file_mismatch(folder, entry)
     return None if reason is None else Problem(entry["path"], reason)
 
 
@@ -138,11 +144,7 @@ def verify_store(folder: Path, *, count_samples: bool = True, manifest: dict | N
     folder = Path(folder)
     manifest = load_manifest(folder) if manifest is None else manifest
 
-    def check(entry: dict) -> str | None:
-        problem = check_shard(folder, entry)
-        return None if problem is None else problem.reason
-
     def count(entry: dict) -> int:
         return count_shard_samples(folder / entry["path"], entry["format"])
 
-    return verify_shards(manifest, check, count if count_samples else None)
+    return verify_shards(manifest, partial(file_mismatch, folder), count if count_samples else None)
