@@ -28,14 +28,14 @@ balls physics: count accuracy, link rate, ballistic fraction; seconds per clip, 
     (scenes                                      1.00 / 1.00 / 1.00)
 
 Every target holds (20.27 dB: a 0.27 dB margin). The slides' observations hold at this scale: MSE blurs
-(adjacent MSE 0.78 of the scenes', balls shrink under the binarisation), the adversarial term sharpens
-(1.05) but adds artifacts (2.3 dB / 0.19 SSIM lost, ballistic fraction 0.71 -> 0.26: jittery centres);
-at weight 0.001 (same run otherwise) it is close to plain MSE: 20.38 dB / 0.751, adjacent MSE 0.82, ballistic
-0.69, count accuracy 0.997. The
-prior is worse than the adjoint: an 800-step 3-ball G_F (the framegan-3ball protocol's G_F draws three balls
-in only 0.49 of frames at 1,000 steps and needs 6,500) and a 600-step encoder (train MSE 0.36 against the
-U-Net's 0.04) cannot represent the scenes. About 17 CPU-min (41 min wall on the shared, loaded 2 cores:
-G_F 369 CPU-s, U-Net 193, U-Net + adv 242, prior 142, table 69). The full mode has not been run.
+(adjacent MSE 0.78 of the scenes', balls shrink under the binarisation), the adversarial term sharpens (1.05)
+but adds artifacts (2.3 dB / 0.19 SSIM lost, ballistic fraction 0.71 -> 0.26: jittery centres); at weight
+0.001 (same run otherwise) it is close to plain MSE: 20.38 dB / 0.751, adjacent MSE 0.82, ballistic 0.69,
+count accuracy 0.997. The prior is worse than the adjoint: an 800-step 3-ball G_F (a 3-ball G_F draws exactly
+three balls in most frames only after about 2,500 steps, in 0.9 of them after 6,500) and a 600-step encoder
+(train MSE 0.36 against the U-Net's 0.04) cannot represent the scenes. About 17 CPU-min (41 min wall on the
+shared, loaded 2 cores: G_F 369 CPU-s, U-Net 193, U-Net + adv 242, prior 142, table 69). The full mode has not
+been run.
 """
 
 from __future__ import annotations

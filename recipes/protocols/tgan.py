@@ -257,7 +257,8 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
     device = torch.device("cuda" if ctx.device.startswith("cuda") else "cpu")
     trained, _, _ = load_models(latest_checkpoint(cfg.out_dir), device)
     torch.manual_seed(cfg.seed)  # the recipe's initialisation: start_run seeds seed + rank 0 before building
-    untrained, _ = build_models(cfg, channels=1, size=cfg.frame_size or STORE["size"])
+    size = cfg.frame_size or STORE["size"]  # the model's
+    untrained, _ = build_models(cfg, channels=1, size=size)
     real = StoreVideos(store).clips(2 * n, FRAMES, seed=ctx.seed).numpy()
 
     def fake(gen: torch.nn.Module) -> np.ndarray:  # at the store's size: FVD and the digit CNN see 64x64
@@ -270,7 +271,6 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
     }
     if CPU_SCALE[ctx.quick]["floor"]:
         sets["heldout_real"] = real[n:]
-    size = cfg.frame_size or STORE["size"]
     if size != STORE["size"]:  # what resolution alone costs: held-out real clips at the model's size
         small = downsample(torch.from_numpy(real[n:]), size).numpy()
         sets["heldout_real_at_model_size"] = upsample(small, STORE["size"])
