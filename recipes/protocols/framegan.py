@@ -39,29 +39,61 @@ Lengths (``CPU_SCALE``; 1 ball, seed 0, interleaved loader order; stage 1 then s
   through the 800-step G_F collapsed onto one static video and stayed there to 1,200 steps), 0.996 at 1,000
   (centre spread 0.93, entropy 0.96 of real's). Lazy R1 (``r1_every`` 4, a third less CPU a step) was still
   collapsed at 800 steps (spread 0.22 of real's). Hence 1,000 steps in both modes.
-* stage 2 (0.39 CPU-s a step with one thread; 0.18 s wall with two): through the 1,000-step G_F, one static
-  video for every z at 500 steps (spread 0.07); link rate 0.52 and adjacent MSE 1.55 of real's at 1,000 steps
-  (one ball in every frame, spread 0.59, not collapsed), 0.63 / 1.20 at 1,500, then 0.73, 0.76, 0.80, 0.84,
-  0.88, 0.87 at 3,000, 4,500, 6,000, 7,500, 10,500, 13,500 (MSE ratio 1.00 to 0.96, never collapsed).
+* stage 2 (0.39 CPU-s a step with one thread; 0.18 s wall with two) with video discriminators of width 8 (the
+  protocols' width until commit e6598ea): through the 1,000-step G_F, one static video for every z at 500
+  steps (spread 0.07); link rate 0.52 and adjacent MSE 1.55 of real's at 1,000 steps (one ball in every frame,
+  spread 0.59, not collapsed), 0.63 / 1.20 at 1,500, then 0.73, 0.76, 0.80, 0.84, 0.88, 0.87 at 3,000, 4,500,
+  6,000, 7,500, 10,500, 13,500 (MSE ratio 1.00 to 0.96, never collapsed): the link rate levels off below 0.9.
+* Why it levels off: of the 13,500-step G_V's 7,424 clean frame pairs, 12.5% move the ball 2-3 px (the link
+  allows the simulator's 1.5 px a frame + 0.5), 0.7% 3-5 px and 0.01% farther: the misses are steps a little
+  too fast (speed varies along a track, speed_cv 0.23; real 0.003), not teleports. Against that: a uniform
+  average of G_V's saved weights (Polyak / SWA, evaluated through the same G_F) gave link rates 0.888-0.899
+  for windows of the last 2,000 to 9,500 steps (final weights 0.868); 1,000 more steps at a tenth of the
+  learning rate from 10,500 gave 0.881, 0.886. Neither is used.
+* stage 2 with video discriminators of width 16 (``d_width`` 16; 0.41-0.44 CPU-s a step with one thread, about
+  13% more; the full protocol's stage 2 below): link rate 0.68, 0.71, 0.78, 0.82, 0.846, 0.856, 0.88, 0.886,
+  0.876, 0.901 at 1,000, 1,500, 3,000, 4,500, 6,000, 7,500, 9,000, 10,500, 12,000, 13,500 steps, ahead of
+  width 8 at every checkpoint both runs evaluated (by 0.16 at 1,000 steps, 0.01-0.05 from 6,000 on; adjacent
+  MSE 1.05, 1.02, then 0.97-0.99 of real's; centre spread 0.71 of real's at 1,000 steps against width 8's
+  0.59; never collapsed). One ball uses width 16 in both modes. With three balls width 16 collapsed G_V
+  (below), so three balls keep width 8 (``BY_BALLS``).
 
-``--quick`` (438 s wall on 2 idle cores, the store included) therefore trains 1,000 steps of each stage and
-asks for learning, not the full figures: a link rate of 0.4 (independent latents 0.03, real 1.0) and an
-adjacent MSE within 0.5-2x real's (independent latents 3.7x). The full protocol (about 45 minutes) trains
-stage 2 13,500 steps; every full target holds but the link rate, which levels off at 0.87-0.88 from 10,500
-steps (target 0.9). These figures are of runs with one thread; the thread count changes the floating-point
-order and so the run: ``--quick`` with two threads (the default on 2 cores) gave link rate 0.56, adjacent MSE
-1.42x and independent latents 2.9x real's, one ball in 99% of frames (every --quick target holds in both).
+``--quick`` therefore trains 1,000 steps of each stage and asks for learning, not the full figures: a link
+rate of 0.4 (independent latents 0.03, real 1.0) and an adjacent MSE within 0.5-2x real's (independent latents
+3.7x). With one thread (the run above) every --quick target holds: one ball 0.996, link rate 0.68, MSE 1.05x,
+independent latents 3.7x, centre spread 0.71, not collapsed; with two threads (the default on 2 cores; 491 s
+wall and 952 CPU-s on the 2 idle cores, the store reused) too: link rate 0.62, MSE 1.23x, independent latents
+2.9x, centre spread 0.87 (the same figures in two runs). The full protocol (about 50 minutes on 2 idle cores
+by the step rates) trains stage 2 13,500 steps: **every full target holds**, the link rate by a hair (0.901 at
+13,500 steps, 0.876 at 12,000; target 0.9), adjacent MSE 0.97 of real's (the paper 1.02), independent latents
+3.7x, one ball in every frame, centre spread 0.99, not collapsed (run as resumed chunks with one thread: 5,260
+CPU-s for stage 2, its ten evaluations included). Its weights averaged over the last 3,000 steps gave 0.904.
+The thread count changes the floating-point order and so the run (with width 8, --quick gave link rate 0.52
+with one thread, 0.56 with two).
 
-Three balls (``STEPS``; same seed and order, one thread): the 3-ball stage 1 drew exactly three balls in 0.47
-of frames at 1,000 steps (below half: the collapse verdict's "count wrong in most frames") and 0.58 at 2,500
-(centre spread 1.03, entropy 1.01 of real's); a stage 2 through the 2,500-step G_F was collapsed at 1,000
-steps (every z nearly the same video: centre spread 0.39 of real's, though link rate 0.84) and not at 1,500
-(spread 0.59, link rate 0.69, adjacent MSE 1.36 of real's, three balls in 72% of frames): hence 2,500 + 1,500
-in ``--quick`` (878 s wall on 2 idle cores with two threads: count 0.746, link rate 0.82, MSE 0.95x, every
-target holds). With the block-local loader order (the default before), the count grew 0.49, 0.62, 0.73, 0.77,
-0.86, 0.895 at 1,000, 2,500, 3,500, 4,500, 5,500, 6,500 steps (never collapsed), and a 7,500-step stage 2
-through the 6,500-step G_F gave link rate 0.906, adjacent MSE 1.03 of real's, independent baseline 5.6x, three
-balls in 92% of frames; hence 7,500 + 13,500 in the full protocol (not run).
+Three balls (``BY_BALLS``; same seed and order, one thread; video discriminators of width 8): the 3-ball stage
+1 drew exactly three balls in 0.47 of frames at 1,000 steps (below half: the collapse verdict's "count wrong
+in most frames") and 0.58 at 2,500 (centre spread 1.03, entropy 1.01 of real's); a stage 2 through the
+2,500-step G_F was collapsed at 1,000 steps (every z nearly the same video: centre spread 0.39 of real's,
+though link rate 0.84) and not at 1,500 (spread 0.59, link rate 0.69, adjacent MSE 1.36 of real's, three balls
+in 72% of frames): hence 2,500 + 1,500 in ``--quick`` (878 s wall on 2 idle cores with two threads: count
+0.746, link rate 0.82, MSE 0.95x, every target holds). With the block-local loader order (the default before),
+the count grew 0.49, 0.62, 0.73, 0.77, 0.86, 0.895 at 1,000, 2,500, 3,500, 4,500, 5,500, 6,500 steps (never
+collapsed), and a 7,500-step stage 2 through the 6,500-step G_F gave link rate 0.906, adjacent MSE 1.03 of
+real's, independent baseline 5.6x, three balls in 92% of frames; hence 7,500 + 13,500 in the full protocol
+(not run: about 100 minutes, over the issue's 60). Width 16 through the same 2,500-step G_F (one thread) was
+collapsed at 1,000 and 1,500 steps (centre spread 0.30, 0.21 of real's; three balls in 88%, 47% of frames),
+where width 8 was not at 1,500.
+
+Shorter or cheaper 3-ball stage 1 runs (one thread, same seed; width-8 baseline: three balls in 0.47 of frames
+at 1,000 steps, 0.58 at 2,500; 0.43 CPU-s a step), none adopted: lazy R1 (``r1_every`` 4, 0.31 CPU-s a step)
+0.27, 0.32, 0.27 at 500, 1,000, 1,500 (collapsed at each); Adam 2e-4 (betas 0.5, 0.999) 0.0 and 0.36 at 500,
+1,000 (collapsed); R1 gamma 1 instead of 10: 0.88, 0.95 but every z drew the same three balls (centre spread
+0.09, 0.02 of real's: collapsed); batch 32 (with ``d_impl`` loop, 0.19 CPU-s a step) 0.54, 0.57, 0.47, 0.57 at
+1,000 ... 2,500 steps (no better per step than batch 64, and level near the --quick target of 0.5, where the
+stage 2 videos lose count accuracy: 0.59 through a G_F at 0.75). ``d_impl`` loop alone (the same maths as the
+grouped convolutions in another order) costs 0.37 CPU-s a stage 1 step against 0.45 with one thread (width
+32): the cheapest lever left for the 3-ball --quick run, not taken here because it changes every measured run.
 """
 
 from __future__ import annotations
@@ -81,34 +113,34 @@ EVAL_VIDEOS = 256  # the issue: targets on 256 generated videos (and 256 stage 1
 STAGE2_G_V = {"gv_init": "spread", "gv_output": "sphere", "r1_gamma": 1.0}
 # Per mode: store size and both stages' configs (FrameGANConfig fields; the rest are the paper preset's).
 CPU_SCALE: dict[bool, dict[str, Any]] = {
-    False: {  # full: about 45 min on 2 idle CPU cores (1 ball; measured, see the module docstring)
+    False: {  # full: about 50 min on 2 idle CPU cores (1 ball; by the measured step rates, module docstring)
         "store": 2000,
         "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 1000},
-        "stage2": {"k": 8, "d_width": 8, "gv_width": 64, **STAGE2_G_V, "max_steps": 13500},
+        "stage2": {"k": 8, "d_width": 16, "gv_width": 64, **STAGE2_G_V, "max_steps": 13500},
     },
     True: {  # --quick: the same models and store, both stages shortened to about 10 min on 2 idle CPU cores
         "store": 2000,
         "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 1000},
-        "stage2": {"k": 8, "d_width": 8, "gv_width": 64, **STAGE2_G_V, "max_steps": 1000},
+        "stage2": {"k": 8, "d_width": 16, "gv_width": 64, **STAGE2_G_V, "max_steps": 1000},
     },
 }
 
 
-# Stage lengths per ball count where they differ from CPU_SCALE's (measured, see the module docstring): three
-# balls need more steps before G_F draws exactly three in most frames, and G_V more before its videos differ.
-STEPS: dict[int, dict[bool, dict[str, int]]] = {
-    3: {True: {"stage1": 2500, "stage2": 1500}, False: {"stage1": 7500}},  # full 3-ball: not run yet
+# Per ball count and mode, the stage fields that differ from CPU_SCALE's (measured, see the module docstring):
+# three balls need more steps before G_F draws exactly three in most frames and G_V's videos differ, and their
+# G_V collapsed against video discriminators of width 16 where width 8 did not.
+BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
+    3: {
+        True: {"stage1": {"max_steps": 2500}, "stage2": {"max_steps": 1500, "d_width": 8}},
+        False: {"stage1": {"max_steps": 7500}, "stage2": {"d_width": 8}},  # full 3-ball: not run yet
+    },
 }
 
 
 def stage_configs(quick: bool, n_balls: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both stages' overrides of this mode and ball count."""
-    scale = CPU_SCALE[quick]
-    steps = STEPS.get(n_balls, {}).get(quick, {})
-    stage1, stage2 = (
-        {**scale[stage], "max_steps": steps.get(stage, scale[stage]["max_steps"])}
-        for stage in ("stage1", "stage2")
-    )
+    scale, changes = CPU_SCALE[quick], BY_BALLS.get(n_balls, {}).get(quick, {})
+    stage1, stage2 = ({**scale[stage], **changes.get(stage, {})} for stage in ("stage1", "stage2"))
     return stage1, stage2
 
 
