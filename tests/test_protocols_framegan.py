@@ -91,10 +91,10 @@ def test_metrics_come_from_eval_json_and_decide_passed() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # 1 ball 7 min, 3 balls 15 min on 2 idle cores (README)
+@pytest.mark.timeout(3600)  # 1 ball 8 min, 3 balls 15 min on 2 idle cores (README)
 @pytest.mark.parametrize("n_balls", [1, 3])
 def test_quick_protocol_passes_its_targets(n_balls: int, tmp_path: Path) -> None:
-    """The documented --quick protocol end to end (7-15 minutes on 2 CPU cores): its report must pass."""
+    """The documented --quick protocol end to end (8-15 minutes on 2 CPU cores): its report must pass."""
     report = reproduce.reproduce(f"framegan-{n_balls}ball", tmp_path, quick=True)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["passed"] == report["passed"]
@@ -108,7 +108,7 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
     from recipes.common.config import save_config
     from recipes.train_framegan import FrameGANConfig, resolve_defaults
 
-    stage1 = proto.CPU_SCALE[True]["stage1"]
+    stage1 = proto.stage_configs(True, 1)[0]
     cfg = FrameGANConfig(stage=1, out_dir=str(tmp_path / "stage1"), data="d", **stage1)
     proto._check_resumable(cfg)  # nothing recorded yet
     (tmp_path / "stage1").mkdir()

@@ -11,8 +11,8 @@ balls physics of the generated videos, the collapse verdicts and Fig. 5. Both st
 ``recipes.train_framegan.main`` with the configs below; every metric comes from the recipe's ``eval.json``.
 
 CPU scale. The paper's models (G_F width 1024, discriminators 256-512-1024 wide, K = 48/16) cost seconds per
-step on 2 CPU cores, so the protocols shrink widths, K and steps (``CPU_SCALE``) and keep everything else of
-the paper preset (RMSprop 3e-4, mean of the K losses, DCGAN init, fresh z), plus one addition beyond the paper
+step on 2 CPU cores, so the protocols shrink widths, K (``CPU_SCALE``) and steps (``STEPS``) and keep the rest
+of the paper preset (RMSprop 3e-4, mean of the K losses, DCGAN init, fresh z), plus one addition beyond it
 in stage 1: the R1 penalty (``r1_gamma`` 10). Without it every CPU-scale stage 1 tried (paper and authors'
 optimizers, mean / hypervolume, both inits, fresh / reused z, lr 5e-5 to 3e-4, TTUR, 3 D steps, K 2 / 8 / 48,
 D width 8 to 64, G width 64 to 256, minibatch std, instance noise) collapsed to one ball position for all z
@@ -32,7 +32,7 @@ gamma 1 kept them at d_loss ~1.0-1.3 and G_V uncollapsed. ``--device cuda`` runs
 into the same ``--out`` resumes each stage from its last checkpoint (the recipes resume bitwise), so a longer
 run can continue a shorter one.
 
-Lengths (``CPU_SCALE``; 1 ball, seed 0, interleaved loader order; stage 1 then stage 2 through its final G_F):
+Lengths (``STEPS``; 1 ball, seed 0, interleaved loader order; stage 1 then stage 2 through its final G_F):
 
 * stage 1 (0.43 CPU-s a step with one thread; 0.23 s wall with two on 2 idle cores): blank frames at 300
   steps, one ball in 0.09, 0.23, 0.27, 0.62, 0.77 of frames at 400 ... 800 (collapsed until 700; a stage 2
@@ -111,24 +111,23 @@ EVAL_VIDEOS = 256  # the issue: targets on 256 generated videos (and 256 stage 1
 
 # Stage 2 beyond the paper (see the module docstring): G_V's data-dependent init, codes on G_F's sphere, R1 1.
 STAGE2_G_V = {"gv_init": "spread", "gv_output": "sphere", "r1_gamma": 1.0}
-# Per mode: store size and both stages' configs (FrameGANConfig fields; the rest are the paper preset's).
-CPU_SCALE: dict[bool, dict[str, Any]] = {
-    False: {  # full: about 50 min on 2 idle CPU cores (1 ball; by the measured step rates, module docstring)
-        "store": 2000,
-        "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 1000},
-        "stage2": {"k": 8, "d_width": 16, "gv_width": 64, **STAGE2_G_V, "max_steps": 13500},
-    },
-    True: {  # --quick: the same models and store, both stages shortened to about 10 min on 2 idle CPU cores
-        "store": 2000,
-        "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0, "max_steps": 1000},
-        "stage2": {"k": 8, "d_width": 16, "gv_width": 64, **STAGE2_G_V, "max_steps": 1000},
-    },
+STORE_CLIPS = 2000  # the 30x30, 30-frame store of either ball count, in both modes
+# Both stages' models (FrameGANConfig fields; the rest are the paper preset's), the same in both modes.
+CPU_SCALE: dict[str, dict[str, Any]] = {
+    "stage1": {"k": 8, "g_width": 128, "d_width": 32, "r1_gamma": 10.0},
+    "stage2": {"k": 8, "d_width": 16, "gv_width": 64, **STAGE2_G_V},
+}
+# Stage lengths per mode (1 ball; measured, see the module docstring): full about 50 min on 2 idle CPU cores
+# (by the measured step rates), --quick about 10 min.
+STEPS: dict[bool, dict[str, int]] = {
+    False: {"stage1": 1000, "stage2": 13500},
+    True: {"stage1": 1000, "stage2": 1000},
 }
 
 
-# Per ball count and mode, the stage fields that differ from CPU_SCALE's (measured, see the module docstring):
-# three balls need more steps before G_F draws exactly three in most frames and G_V's videos differ, and their
-# G_V collapsed against video discriminators of width 16 where width 8 did not.
+# Per ball count and mode, the stage fields that differ from CPU_SCALE's and STEPS' (measured, see the module
+# docstring): three balls need more steps before G_F draws exactly three in most frames and G_V's videos
+# differ, and their G_V collapsed against video discriminators of width 16 where width 8 did not.
 BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
     3: {
         True: {"stage1": {"max_steps": 2500}, "stage2": {"max_steps": 1500, "d_width": 8}},
@@ -139,8 +138,11 @@ BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
 
 def stage_configs(quick: bool, n_balls: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both stages' overrides of this mode and ball count."""
-    scale, changes = CPU_SCALE[quick], BY_BALLS.get(n_balls, {}).get(quick, {})
-    stage1, stage2 = ({**scale[stage], **changes.get(stage, {})} for stage in ("stage1", "stage2"))
+    changes = BY_BALLS.get(n_balls, {}).get(quick, {})
+    stage1, stage2 = (
+        {**CPU_SCALE[stage], "max_steps": STEPS[quick][stage], **changes.get(stage, {})}
+        for stage in ("stage1", "stage2")
+    )
     return stage1, stage2
 
 
@@ -205,9 +207,8 @@ def _check_resumable(cfg: Any) -> None:
 
 def run_framegan(ctx: Context, n_balls: int) -> Outcome:
     """Stage 1, its evaluation, stage 2 through the trained G_F, its evaluation."""
-    scale = CPU_SCALE[ctx.quick]
     stage1, stage2 = stage_configs(ctx.quick, n_balls)
-    data = _store(ctx, n_balls, scale["store"])
+    data = _store(ctx, n_balls, STORE_CLIPS)
     first = _train(ctx, 1, data, stage1)
     second = _train(ctx, 2, data, {**stage2, "gf_checkpoint": first["checkpoint"]})
     metrics = {"stage1": stage1_metrics(first["eval"]), "stage2": stage2_metrics(second["eval"])}
@@ -220,7 +221,7 @@ def run_framegan(ctx: Context, n_balls: int) -> Outcome:
     }
     files = {k: str(Path(v).relative_to(ctx.out)) for k, v in files.items() if v}
     steps = {f"stage{i}": r["step"] for i, r in ((1, first), (2, second))}
-    config = {"store": scale["store"], "stage1": stage1, "stage2": stage2}
+    config = {"store": STORE_CLIPS, "stage1": stage1, "stage2": stage2}
     (ctx.out / "protocol_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     return Outcome(steps=steps, metrics=metrics, files=files)
 
