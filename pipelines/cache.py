@@ -320,22 +320,38 @@ class ShardCache:
 
     # ------------------------------------------------------------ eviction
     def usage(self) -> tuple[int, list[tuple[float, str, int]]]:
-        """Bytes of the cache's own files (entries and parts), and its entries as (last use, name, bytes)."""
+        """Bytes of the cache's own files (entries and parts), and its entries as (last use, name, bytes).
+
+        A file that vanishes between the listing and its stat (another process's download renamed into place
+        from its ``.part-`` file) makes it list again, so the finished download is counted under its new name.
+        """
+        while True:
+            scanned = self._scan_usage()
+            if scanned is not None:
+                return scanned
+
+    def _scan_usage(self) -> tuple[int, list[tuple[float, str, int]]] | None:
+        """One listing for :meth:`usage`; None when one of its files vanished before it was measured."""
         total, entries = 0, []
         with os.scandir(self.root) as listing:
             for item in listing:
                 if not item.is_file(follow_symlinks=False):
                     continue
-                if _PART.match(item.name):
-                    total += item.stat().st_size
-                elif _ENTRY.match(item.name):
+                is_part = bool(_PART.match(item.name))  # a part's name matches _ENTRY too
+                is_entry = not is_part and bool(_ENTRY.match(item.name))
+                if not (is_part or is_entry):
+                    continue
+                try:
                     size = item.stat().st_size
+                except FileNotFoundError:
+                    return None
+                total += size
+                if is_entry:
                     try:
                         used = os.stat(self._lock_path(item.name)).st_mtime
                     except FileNotFoundError:
                         used = 0.0
                     entries.append((used, item.name, size))
-                    total += size
         return total, entries
 
     def _reserve(self, part: Path, nbytes: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -130,6 +131,32 @@ def test_a_download_in_flight_counts_at_its_full_size(tmp_path):
     assert second.usage()[0] == 100 and (tmp_path / old).exists()
     second._reserve(tmp_path / f"{entry_name('s3://b/s/b.tar')}.part-2-abcd", 40)
     assert second.usage()[0] == 100 and not (tmp_path / old).exists()
+
+
+def test_usage_counts_a_download_renamed_into_place_during_its_listing(tmp_path, monkeypatch):
+    """Another process's download finishing (its part renamed to the entry) between the listing and the stat
+    of the part: usage lists again and counts the shard once, under its new name (it raised
+    FileNotFoundError, failing a 2-rank shared-cache run)."""
+    cache = ShardCache(tmp_path, cache_limit=100)
+    name = entry_name("s3://b/s/test-000000.tar")
+    part = tmp_path / f"{name}.part-1-abcd"
+    part.write_bytes(b"y" * 30)
+    scandir, calls = os.scandir, []
+
+    def racing_scandir(path):
+        listing = scandir(path)
+        if not calls:  # the first listing: the part is listed, then renamed before it is measured
+            items = list(listing)
+            listing.close()
+            part.rename(tmp_path / name)
+            listing = contextlib.nullcontext(iter(items))
+        calls.append(path)
+        return listing
+
+    monkeypatch.setattr(cache_module.os, "scandir", racing_scandir)
+    total, entries = cache.usage()
+    assert len(calls) == 2
+    assert total == 30 and [(n, size) for _, n, size in entries] == [(name, 30)]
 
 
 def test_forked_worker_drops_the_parents_locks(tmp_path):
