@@ -3,10 +3,12 @@
     python -m recipes.reproduce --list
     python -m recipes.reproduce framegan-1ball --out runs/repro-fg1 --quick
     python -m recipes.reproduce tgan-mnist --out runs/repro-tgan --device cuda
+    python -m recipes.reproduce framegan-1ball --out runs/fg1-paper --scale paper --device cuda \
+        --steps stage1=4000,stage2=3000
 
 Each protocol writes ``DIR/report.json``::
 
-    {"protocol", "quick", "device", "seconds", "steps": {...}, "metrics": {...},
+    {"protocol", "quick", "scale", "device", "seconds", "steps": {...}, "metrics": {...},
      "targets": {name: {"metric", "op", "value", "why"}}, "passed": {name: bool}, "all_passed": bool}
 
 plus its sample PNG/GIFs. Targets are data, not code: each names a metric by its dotted path in
@@ -14,6 +16,12 @@ plus its sample PNG/GIFs. Targets are data, not code: each names a metric by its
 ``passed`` from the measured metrics alone, so no protocol can declare itself passed. A target whose metric
 is missing fails (a protocol that did not measure something did not show it). ``--quick`` runs a shortened
 protocol (at most ~10 minutes on 2 CPU cores) with its own, stated weaker targets.
+
+Scales: ``cpu`` (default) shrinks the papers' models and steps to fit 2 CPU cores; ``paper`` (the protocols
+that offer it) runs the papers' model sizes, batch sizes and frame sizes, for a GPU (``--device cuda``: bf16
+autocast and ``torch.compile`` unless ``--no-compile``), with the full targets. ``--steps stage=N,...`` sets a
+protocol's stage lengths (any scale): "as many epochs as fit" is a number of steps chosen from the measured
+step rate, recorded in the report like every other setting.
 
 Protocols live in ``recipes/protocols/`` (one module per recipe) and register here with
 :func:`register`.
@@ -76,6 +84,21 @@ class Context:
     device: str
     seed: int = 0
     data_root: Path | None = None  # where stores are made or reused (default: out / "data")
+    scale: str = "cpu"  # "cpu" or "paper" (module docstring)
+    steps: Mapping[str, int] = field(default_factory=dict)  # stage -> steps, overriding the protocol's
+    compile: bool = True  # torch.compile on CUDA (the recipes never compile on CPU)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def precision(self) -> str:
+        """bf16 autocast on CUDA (the issue's AMP), float32 on CPU (CPU runs stay bitwise reproducible)."""
+        return "bfloat16" if self.cuda else "float32"
+
+    def stage_steps(self, stage: str, default: int) -> int:
+        return int(self.steps.get(stage, default))
 
     @property
     def data_dir(self) -> Path:
@@ -97,6 +120,11 @@ class Protocol:
     summary: str
     run: Callable[[Context], Outcome]
     targets: Callable[[bool], Mapping[str, Target]]  # quick -> targets
+    stages: tuple[str, ...] = ()  # what --steps may set
+    scales: tuple[str, ...] = ("cpu",)
+
+
+SCALES = ("cpu", "paper")
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -138,14 +166,46 @@ def check_targets(metrics: Mapping[str, Any], targets: Mapping[str, Target]) -> 
 
 
 def timed(steps: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` and record its wall and process CPU seconds under ``steps[name]`` (a protocol's stages)."""
+    """Run ``fn`` and record its wall and process CPU seconds under ``steps[name]`` (a protocol's stages),
+    and on a GPU its peak allocated memory (``torch.cuda.max_memory_allocated``, MiB)."""
+    cuda = _cuda_in_use()
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     steps[name] = {
         "wall_s": round(time.perf_counter() - wall, 1),
         "cpu_s": round(time.process_time() - cpu, 1),
     }
+    if cuda or _cuda_in_use():
+        import torch
+
+        steps[name]["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
+
+
+def _cuda_in_use() -> bool:
+    """Whether this process has initialised CUDA (never initialises it: CPU runs stay CPU-only)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
+def parse_steps(text: str) -> dict[str, int]:
+    """``"stage1=4000,stage2=3000"`` -> {"stage1": 4000, "stage2": 3000}: names once each, counts >= 1."""
+    steps: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, count = item.strip().partition("=")
+        name, count = name.strip(), count.strip()
+        if not sep or not name.isidentifier() or not count.isdigit() or not count.isascii():
+            raise ValueError(f"--steps wants STAGE=N[,STAGE=N...], got {item.strip()!r}")
+        if name in steps:
+            raise ValueError(f"--steps names {name!r} twice")
+        if int(count) < 1:
+            raise ValueError(f"--steps {name}: at least 1 step, got {count}")
+        steps[name] = int(count)
+    return steps
 
 
 def build_report(protocol: Protocol, ctx: Context, outcome: Outcome, seconds: float) -> dict[str, Any]:
@@ -155,6 +215,7 @@ def build_report(protocol: Protocol, ctx: Context, outcome: Outcome, seconds: fl
         "protocol": protocol.name,
         "summary": protocol.summary,
         "quick": ctx.quick,
+        "scale": ctx.scale,
         "device": ctx.device,
         "seed": ctx.seed,
         "seconds": round(seconds, 1),
@@ -175,18 +236,32 @@ def reproduce(
     device: str = "cpu",
     seed: int = 0,
     data_root: str | Path | None = None,
+    scale: str = "cpu",
+    steps: Mapping[str, int] | None = None,
+    compile: bool = True,
 ) -> dict[str, Any]:
     """Run protocol `name` into `out` and write `out/report.json`; returns the report."""
     protocols = load_protocols()
     if name not in protocols:
         raise DatagenError(f"unknown protocol {name!r}; choose from {', '.join(sorted(protocols))}")
     protocol = protocols[name]
+    if scale not in protocol.scales:
+        raise DatagenError(f"{name} runs at scale {' or '.join(protocol.scales)}, not {scale!r}")
+    if quick and scale != "cpu":
+        raise DatagenError("--quick is the CPU scale's short run; --scale paper runs the full protocol")
+    unknown = sorted(set(steps or {}) - set(protocol.stages))
+    if unknown:
+        have = ", ".join(protocol.stages) or "none"
+        raise DatagenError(f"--steps: {name} has no stage {', '.join(unknown)} (its stages: {have})")
     ctx = Context(
         out=Path(out),
         quick=quick,
         device=device,
         seed=seed,
         data_root=Path(data_root) if data_root is not None else None,
+        scale=scale,
+        steps=dict(steps or {}),
+        compile=compile,
     )
     ctx.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -198,8 +273,8 @@ def reproduce(
 
 def format_report(report: Mapping[str, Any]) -> str:
     lines = [
-        f"{report['protocol']} ({'quick' if report['quick'] else 'full'}, {report['device']}, "
-        f"{report['seconds']:.0f} s)"
+        f"{report['protocol']} ({'quick' if report['quick'] else 'full'}, "
+        f"{report.get('scale', 'cpu')} scale, {report['device']}, {report['seconds']:.0f} s)"
     ]
     for name, t in report["targets"].items():
         v = metric_value(report["metrics"], t["metric"])
@@ -219,8 +294,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", help="where stores are made or reused [default: OUT/data]")
+    p.add_argument("--scale", choices=SCALES, default="cpu", help="model sizes: cpu (default) or paper")
+    p.add_argument("--steps", type=_steps_arg, help="stage lengths, e.g. stage1=4000,stage2=3000")
+    p.add_argument("--no-compile", action="store_true", help="CUDA: no torch.compile (it is on by default)")
     p.add_argument("--list", action="store_true", help="list the protocols and their targets")
     return p
+
+
+def _steps_arg(text: str) -> dict[str, int]:
+    try:
+        return parse_steps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, proto in sorted(load_protocols().items()):
             print(f"{name}: {proto.summary}")
+            print(f"  scales: {', '.join(proto.scales)}; stages (--steps): {', '.join(proto.stages) or '-'}")
             for quick in (False, True):
                 for tname, t in proto.targets(quick).items():
                     print(f"  {'quick' if quick else 'full '} {tname}: {t.metric} {t.op} {t.value:g}")
@@ -243,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             seed=args.seed,
             data_root=args.data_root,
+            scale=args.scale,
+            steps=args.steps,
+            compile=not args.no_compile,
         )
     except (DatagenError, ValueError, FileNotFoundError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

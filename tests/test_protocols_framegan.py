@@ -140,3 +140,47 @@ def test_quick_shortens_both_stages_and_three_balls_train_stage_1_longer() -> No
             assert {k: v for k, v in x.items() if k not in varying} == {
                 k: v for k, v in y.items() if k not in varying
             }
+
+
+def test_paper_scale_is_the_papers_models_and_batch_sizes() -> None:
+    """--scale paper: K 48 / 16, batch 64 / 8, G_F 1024, discriminators 256, G_V 512 (the paper's), plus the
+    CPU protocol's stabilisers (R1, G_V's spread init and sphere codes), for either ball count."""
+    from recipes.train_framegan import FrameGANConfig, resolve_defaults
+
+    for n_balls in (1, 3):
+        stage1, stage2 = proto.stage_configs(False, n_balls, "paper")
+        one = resolve_defaults(FrameGANConfig(stage=1, **stage1))
+        two = resolve_defaults(FrameGANConfig(stage=2, **stage2))
+        assert (one.k, one.batch_size, one.g_width, one.d_width, one.r1_gamma) == (48, 64, 1024, 256, 10.0)
+        assert (two.k, two.batch_size, two.d_width, two.gv_width) == (16, 8, 256, 512)
+        assert (two.gv_init, two.gv_output, two.optimizer, two.g_loss) == (
+            "spread",
+            "sphere",
+            "rmsprop",
+            "mean",
+        )
+        assert (one.max_steps, two.max_steps) == (proto.PAPER_STEPS["stage1"], proto.PAPER_STEPS["stage2"])
+
+
+def test_paper_scale_plumbing_with_steps_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper-scale path end to end at toy size on CPU: --steps sets both stages, the report says its scale
+    and each stage's seconds, the store has the paper scale's size (the real sizes run on a GPU)."""
+    tiny = {"k": 2, "g_width": 16, "d_width": 4, "batch_size": 4}
+    monkeypatch.setattr(
+        proto, "PAPER_SCALE", {"stage1": tiny, "stage2": {**tiny, "gv_width": 16, **proto.STAGE2_G_V}}
+    )
+    monkeypatch.setattr(proto, "PAPER_STORE_CLIPS", 24)
+    monkeypatch.setattr(proto, "EVAL_VIDEOS", 8)
+    out = tmp_path / "paper"
+    args = ["framegan-1ball", "--out", str(out), "--scale", "paper", "--steps", "stage1=2,stage2=3"]
+    assert reproduce.main(args) in (0, 1)  # ran; toy models pass no targets
+    report = json.loads((out / "report.json").read_text())
+    assert report["scale"] == "paper" and report["quick"] is False
+    assert report["steps"]["stage1"] == 2 and report["steps"]["stage2"] == 3
+    assert set(report["steps"]["seconds"]) == {"store", "stage1", "stage2"}
+    assert all(t["wall_s"] > 0 and "gpu_peak_mib" not in t for t in report["steps"]["seconds"].values())
+    config = json.loads((out / "protocol_config.json").read_text())
+    assert config["store"] == 24 and config["stage1"]["max_steps"] == 2 and config["stage2"]["max_steps"] == 3
+    assert report["targets"]["stage2_link_rate"]["value"] == proto.FULL_TARGETS["link"]  # the full targets

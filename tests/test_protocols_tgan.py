@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -90,3 +91,26 @@ def test_store_is_made_once_then_checked_before_reuse(tmp_path: Path, tiny: None
     # never trained on silently: datagen's resume checks every shard and makes the bad one again
     assert proto.make_store(ctx) == store
     assert shard.read_bytes() == good and not verify_store(store)
+
+
+def test_paper_scale_trains_the_papers_sizes_with_amp_and_compile_on_cuda(tmp_path: Path) -> None:
+    """--scale paper: 64x64 frames (the store's), batch 32, G 512 and critic 64 channels, 256 evaluation clips
+    with the real floor; --steps sets the length; bf16 autocast and torch.compile on CUDA only."""
+    ctx = reproduce.Context(out=tmp_path, quick=False, device="cuda", scale="paper", steps={"train": 3000})
+    cfg = proto.train_config(ctx, tmp_path / "store")
+    assert (cfg.frame_size, cfg.batch_size, cfg.gen_ch, cfg.critic_ch, cfg.max_steps) == (
+        0,
+        32,
+        512,
+        64,
+        3000,
+    )
+    assert (cfg.frames, cfg.precision, cfg.compile) == (16, "bfloat16", True)
+    assert proto.scale_of(ctx)["eval_clips"] == 256 and proto.scale_of(ctx)["floor"]
+    no_compile = dataclasses.replace(ctx, compile=False)
+    assert proto.train_config(no_compile, tmp_path / "store").compile is False
+    cpu = reproduce.Context(out=tmp_path, quick=True, device="cpu")
+    cfg = proto.train_config(cpu, tmp_path / "store")
+    assert (cfg.frame_size, cfg.batch_size, cfg.precision, cfg.compile) == (32, 8, "float32", False)
+    with pytest.raises(ValueError, match="at least 2"):
+        proto.scale_of(dataclasses.replace(ctx, steps={"train": 1}))

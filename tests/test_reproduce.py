@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recipes import reproduce as r
 
@@ -60,3 +62,62 @@ def test_module_cli_sees_the_registered_protocols():
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "glo-balls:" in res.stdout and "framegan-1ball:" in res.stdout
+
+
+def test_scale_steps_and_quick_are_checked_before_anything_runs(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def run(ctx):
+        ran.append((ctx.scale, dict(ctx.steps), ctx.precision, ctx.compile))
+        return r.Outcome(metrics={"score": 2.0})
+
+    targets = lambda quick: {"score": r.Target("score", ">=", 1.0)}  # noqa: E731
+    monkeypatch.setitem(r.PROTOCOLS, "toy", r.Protocol("toy", "toy", run, targets, stages=("train",)))
+    monkeypatch.setattr(r, "PROTOCOL_MODULES", ())
+    out = ["toy", "--out", str(tmp_path / "o")]
+    for args, message in (  # the protocol's own limits: one line, exit 2
+        (["--scale", "paper"], "runs at scale cpu, not 'paper'"),
+        (["--steps", "eval=3"], "has no stage eval (its stages: train)"),
+    ):
+        assert r.main([*out, *args]) == 2
+        assert message in capsys.readouterr().err
+    for args, message in (  # malformed flags: argparse's usage error, exit 2
+        (["--steps", "train=0"], "at least 1 step"),
+        (["--steps", "train=3,train=4"], "names 'train' twice"),
+        (["--scale", "huge"], "invalid choice"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            r.main([*out, *args])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert ran == [] and not (tmp_path / "o").exists()
+    assert r.main([*out, "--steps", "train=7", "--no-compile"]) == 0
+    assert ran == [("cpu", {"train": 7}, "float32", False)]
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["scale"] == "cpu"
+
+
+def test_quick_belongs_to_the_cpu_scale(tmp_path, monkeypatch):
+    targets = lambda quick: {}  # noqa: E731
+    proto = r.Protocol("toy", "toy", lambda ctx: r.Outcome(), targets, scales=("cpu", "paper"))
+    monkeypatch.setitem(r.PROTOCOLS, "toy", proto)
+    monkeypatch.setattr(r, "PROTOCOL_MODULES", ())
+    with pytest.raises(r.DatagenError, match="--quick is the CPU scale"):
+        r.reproduce("toy", tmp_path, quick=True, scale="paper")
+
+
+@given(
+    st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), st.integers(1, 10**9), min_size=1)
+)
+def test_parse_steps_round_trips(steps):
+    text = ",".join(f"{k}={v}" for k, v in steps.items())
+    assert r.parse_steps(text) == steps
+    assert r.parse_steps(text.replace(",", " , ").replace("=", " = ")) == steps
+
+
+@given(st.text(max_size=30))
+def test_parse_steps_gives_counts_or_a_value_error(text):
+    try:
+        steps = r.parse_steps(text)
+    except ValueError as exc:
+        assert "--steps" in str(exc)
+    else:
+        assert steps and all(k.isidentifier() and isinstance(v, int) and v >= 1 for k, v in steps.items())

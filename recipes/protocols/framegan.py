@@ -94,6 +94,15 @@ at 1,000 steps, 0.58 at 2,500; 0.43 CPU-s a step), none adopted: lazy R1 (``r1_e
 stage 2 videos lose count accuracy: 0.59 through a G_F at 0.75). ``d_impl`` loop alone (the same maths as the
 grouped convolutions in another order) costs 0.37 CPU-s a stage 1 step against 0.45 with one thread (width
 32): the cheapest lever left for the 3-ball --quick run, not taken here because it changes every measured run.
+K = 4 discriminators instead of 8 (one thread; 0.24 CPU-s a step, 42% less) learned slower per step and per
+CPU second: three balls in 0.08, 0.20, 0.37, 0.42 of frames at 500 ... 2,000 steps (collapsed at each), where
+K = 8 drew 0.47 at 1,000 and 0.58 at 2,500 with one thread and 0.45, 0.53, 0.71, 0.75 at 1,000 ... 2,500 with
+two (the measured --quick run's checkpoints); K = 4 video discriminators (one thread; 13% less a stage 2
+step, through that run's 2,500-step G_F) were still collapsed at 1,500 steps (centre spread 0.06, 0.09, 0.51
+of real's at 500, 1,000, 1,500), where the --quick run's K = 8 was not (0.27, 0.12, 0.60). The 3-ball
+--quick stays over 10 minutes.
+
+``--scale paper`` (``PAPER_SCALE``) runs the paper's models for a GPU; not run yet (no GPU lent).
 """
 
 from __future__ import annotations
@@ -103,7 +112,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipes.reproduce import Context, Outcome, Protocol, Target, register
+from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
 
 SEED = 1  # store seed (the protocol's ``--seed`` seeds training)
 FRAMES, SIZE = 30, 30
@@ -136,12 +145,28 @@ BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
 }
 
 
-def stage_configs(quick: bool, n_balls: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both stages' overrides of this mode and ball count."""
+# --scale paper (for a GPU): the paper's models and batch sizes, i.e. FrameGANConfig's defaults (G_F width
+# 1024, discriminators 256 wide, G_V 512) and the paper preset's (K 48 / 16, batch 64 / 8), plus the CPU
+# protocol's additions (R1; G_V's spread init and sphere codes: every CPU-scale run without them collapsed),
+# bf16 autocast and torch.compile on CUDA, and a larger store. Not run yet (no GPU has been lent): PAPER_STEPS
+# is a placeholder until a step rate is measured; bench/gpu_protocols.sh sets the lengths with --steps.
+PAPER_SCALE: dict[str, dict[str, Any]] = {"stage1": {"r1_gamma": 10.0}, "stage2": dict(STAGE2_G_V)}
+PAPER_STEPS = {"stage1": 5000, "stage2": 5000}
+PAPER_STORE_CLIPS = 10000
+# a paper-scale stage 1 checkpoint is 4.3 GB (48 discriminators of 10.5 M parameters, RMSprop's state with
+# them; measured on CPU): one every 1,000 steps keeps a run's checkpoints within the GPU machine's disk
+PAPER_CKPT_EVERY = 1000
+STAGES = ("stage1", "stage2")
+
+
+def stage_configs(quick: bool, n_balls: int, scale: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both stages' overrides of this mode, ball count and scale (before any --steps)."""
+    if scale == "paper":
+        stage1, stage2 = ({**PAPER_SCALE[stage], "max_steps": PAPER_STEPS[stage]} for stage in STAGES)
+        return stage1, stage2
     changes = BY_BALLS.get(n_balls, {}).get(quick, {})
     stage1, stage2 = (
-        {**CPU_SCALE[stage], "max_steps": STEPS[quick][stage], **changes.get(stage, {})}
-        for stage in ("stage1", "stage2")
+        {**CPU_SCALE[stage], "max_steps": STEPS[quick][stage], **changes.get(stage, {})} for stage in STAGES
     )
     return stage1, stage2
 
@@ -169,9 +194,11 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
         epochs=10**6,  # max_steps ends the run
         log_every=max(1, steps // 40),
         sample_every=0,
-        ckpt_every=500,
+        ckpt_every=PAPER_CKPT_EVERY if ctx.scale == "paper" else 500,
         resume="auto",  # a rerun into the same --out goes on from each stage's last checkpoint
         eval_videos=EVAL_VIDEOS,
+        precision=ctx.precision,
+        compile=ctx.cuda and ctx.compile,
         **overrides,
     )
     _check_resumable(cfg)
@@ -207,10 +234,16 @@ def _check_resumable(cfg: Any) -> None:
 
 def run_framegan(ctx: Context, n_balls: int) -> Outcome:
     """Stage 1, its evaluation, stage 2 through the trained G_F, its evaluation."""
-    stage1, stage2 = stage_configs(ctx.quick, n_balls)
-    data = _store(ctx, n_balls, STORE_CLIPS)
-    first = _train(ctx, 1, data, stage1)
-    second = _train(ctx, 2, data, {**stage2, "gf_checkpoint": first["checkpoint"]})
+    stage1, stage2 = stage_configs(ctx.quick, n_balls, ctx.scale)
+    stage1["max_steps"] = ctx.stage_steps("stage1", stage1["max_steps"])
+    stage2["max_steps"] = ctx.stage_steps("stage2", stage2["max_steps"])
+    clips = PAPER_STORE_CLIPS if ctx.scale == "paper" else STORE_CLIPS
+    timing: dict[str, Any] = {}
+    data = timed(timing, "store", lambda: _store(ctx, n_balls, clips))
+    first = timed(timing, "stage1", lambda: _train(ctx, 1, data, stage1))
+    second = timed(
+        timing, "stage2", lambda: _train(ctx, 2, data, {**stage2, "gf_checkpoint": first["checkpoint"]})
+    )
     metrics = {"stage1": stage1_metrics(first["eval"]), "stage2": stage2_metrics(second["eval"])}
     files = {
         "stage1_samples": _newest(ctx.out / "stage1" / "samples", "frames-*.png"),
@@ -221,7 +254,8 @@ def run_framegan(ctx: Context, n_balls: int) -> Outcome:
     }
     files = {k: str(Path(v).relative_to(ctx.out)) for k, v in files.items() if v}
     steps = {f"stage{i}": r["step"] for i, r in ((1, first), (2, second))}
-    config = {"store": STORE_CLIPS, "stage1": stage1, "stage2": stage2}
+    steps["seconds"] = timing  # wall and CPU seconds (training and its evaluation), GPU peak memory on CUDA
+    config = {"store": clips, "stage1": stage1, "stage2": stage2}
     (ctx.out / "protocol_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     return Outcome(steps=steps, metrics=metrics, files=files)
 
@@ -325,6 +359,8 @@ def _protocol(n_balls: int) -> Protocol:
         summary=f"FrameGAN stage 1 + stage 2 on {n_balls}-ball 30x30 bouncing balls (Table 1, Fig. 5)",
         run=lambda ctx: run_framegan(ctx, n_balls),
         targets=lambda quick: targets(quick, n_balls=n_balls, count_what=what),
+        stages=STAGES,
+        scales=("cpu", "paper"),
     )
 
 
