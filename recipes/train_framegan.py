@@ -386,6 +386,13 @@ def train_step(
     }
 
 
+def compile_discriminators(cfg: FrameGANConfig) -> bool:
+    """Whether `--compile` may compile D too: R1 differentiates D's input gradient (a double backward), which
+    torch.compile's AOTAutograd does not support ("does not currently support double backward"), so with R1
+    D runs eagerly and only G is compiled."""
+    return cfg.compile and cfg.r1_gamma == 0
+
+
 def lazy_r1_gamma(gamma: float, every: int, step: int) -> float:
     """The R1 weight of iteration `step` (1-based) under lazy regularisation (Karras et al. 2020, StyleGAN2):
     the penalty on every `every`-th step only, scaled by `every` so its average weight stays `gamma`; the
@@ -505,7 +512,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         optimizers = {"g": opt_g, "d": opt_d}
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         g_train = wrap_ddp(maybe_compile(g, cfg.compile, device), run.world, device)
-        d_train = wrap_ddp(maybe_compile(d, cfg.compile, device), run.world, device)
+        d_train = wrap_ddp(maybe_compile(d, compile_discriminators(cfg), device), run.world, device)
         fake_fn = make_fake_fn(g_train, gf)
         z_fixed = fixed_noise(cfg.n_samples, cfg.z_dim, cfg.seed, device)
         saved_at, stats, epoch = -1, {}, start_epoch

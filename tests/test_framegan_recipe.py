@@ -21,6 +21,7 @@ from recipes.train_framegan import (
     PRESETS,
     SMOKE,
     FrameGANConfig,
+    compile_discriminators,
     lazy_r1_gamma,
     load_frame_generator,
     load_video_generator,
@@ -300,3 +301,16 @@ def test_torchrun_two_ranks_gloo_and_resume(store: Path, tmp_path: Path) -> None
     )
     assert second.returncode == 0, second.stderr[-2000:]
     assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == [1, 2, 3, 4]
+
+
+def test_with_r1_compile_leaves_the_discriminators_eager() -> None:
+    """R1 needs a double backward through D, which torch.compile's AOTAutograd refuses (shown below on the
+    CPU with the aot_eager backend, the same autograd path as inductor on CUDA): with R1 only G compiles."""
+    assert compile_discriminators(FrameGANConfig(compile=True, r1_gamma=0.0))
+    assert not compile_discriminators(FrameGANConfig(compile=True, r1_gamma=10.0))
+    assert not compile_discriminators(FrameGANConfig(compile=False, r1_gamma=0.0))
+    d = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 1))
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(torch.compile(d, backend="aot_eager")(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad.square().sum().backward()
