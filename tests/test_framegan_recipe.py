@@ -314,3 +314,25 @@ def test_with_r1_compile_leaves_the_discriminators_eager() -> None:
     (grad,) = torch.autograd.grad(torch.compile(d, backend="aot_eager")(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         grad.square().sum().backward()
+
+
+def test_the_cuda_path_compile_and_bf16_autocast_trains_both_stages_with_r1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `--device cuda --precision bfloat16 --compile` runs (the paper-scale protocol's path), here on
+    CPU: torch.compile through AOTAutograd (the aot_eager backend; inductor on CUDA shares its autograd) and
+    bf16 autocast, with R1 in both stages, then a resume. Without the eager discriminators it stops at step 1
+    (the double backward above)."""
+    import recipes.train_framegan as recipe
+    from tests.cuda_path import use_cuda_path_on_cpu
+
+    use_cuda_path_on_cpu(monkeypatch, recipe)
+    store = smoke_store(tmp_path / "store")
+    cuda_like = {"precision": "bfloat16", "compile": True, "r1_gamma": 10.0, "max_steps": 2, "eval_videos": 0}
+    first = main(smoke_cfg(store, tmp_path / "s1", stage=1, **cuda_like))
+    two = {"stage": 2, "gf_checkpoint": first["checkpoint"], "gv_init": "spread", "gv_output": "sphere"}
+    main(smoke_cfg(store, tmp_path / "s2", **two, **cuda_like))
+    resumed = main(smoke_cfg(store, tmp_path / "s2", **two, **{**cuda_like, "max_steps": 3}, resume="auto"))
+    assert resumed["step"] == 3
+    for key, value in load(resumed["checkpoint"])["models"]["g"].items():
+        assert torch.isfinite(value.float()).all(), key

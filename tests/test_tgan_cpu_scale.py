@@ -109,3 +109,24 @@ def test_linear_lr_decay_is_a_function_of_the_step_and_off_by_default() -> None:
     assert lr_at(1e-3, 100, decay) == pytest.approx(1e-5) and lr_at(1e-3, 101, decay) == 0.0
     chunked = dataclasses.replace(decay, max_steps=10, lr_decay_steps=100)  # a run resumed in chunks
     assert lr_at(1e-3, 51, chunked) == lr_at(1e-3, 51, decay)
+
+
+def test_the_cuda_path_compile_and_bf16_autocast_trains_through_svc_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the paper-scale protocol runs on a GPU (torch.compile, bf16 autocast), here on CPU (see
+    tests/cuda_path.py): two SVC events (every 5th step), then a resume, with finite weights."""
+    import recipes.train_tgan as recipe
+    from tests.cuda_path import use_cuda_path_on_cpu
+
+    use_cuda_path_on_cpu(monkeypatch, recipe)
+    store = smoke_store(tmp_path / "balls", params=SMOKE_STORE_PARAMS)
+    given = {"smoke": True, "data": str(store), "out_dir": str(tmp_path / "run")}
+    cfg = config_from_args(TGANConfig, given, presets=PRESETS, smoke=SMOKE)
+    cfg = dataclasses.replace(cfg, precision="bfloat16", compile=True, epochs=100, max_steps=10, ckpt_every=5)
+    main(cfg)
+    main(dataclasses.replace(cfg, max_steps=11, resume="auto"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "ckpt-000000011.pt", weights_only=True)
+    for name, model in state["models"].items():
+        for key, value in model.items():
+            assert not value.is_floating_point() or torch.isfinite(value.float()).all(), (name, key)

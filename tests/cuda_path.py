@@ -1,0 +1,31 @@
+"""The recipes' CUDA-only path (torch.compile, bf16 autocast) made to run on CPU, so CI exercises it.
+
+`maybe_compile` and `autocast` (recipes.common.runtime) are no-ops on CPU, which keeps CPU runs bitwise
+reproducible but leaves the GPU path untested without a GPU. These stand-ins compile through AOTAutograd with
+the aot_eager backend (inductor on CUDA shares its autograd, hence its limits, such as no double backward) and
+autocast to bf16 on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+
+def compile_on_cpu(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    return torch.compile(module, backend="aot_eager") if enabled else module
+
+
+def bf16_on_cpu(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+def use_cuda_path_on_cpu(monkeypatch: pytest.MonkeyPatch, recipe: object) -> None:
+    """Patch `recipe`'s compile and every run's autocast (recipes.common.run) to the stand-ins above."""
+    import recipes.common.run as run_module
+
+    monkeypatch.setattr(recipe, "maybe_compile", compile_on_cpu)
+    monkeypatch.setattr(run_module, "autocast", bf16_on_cpu)
