@@ -323,8 +323,9 @@ def test_the_cuda_path_compile_and_bf16_autocast_trains_both_stages_with_r1(
     CPU: torch.compile through AOTAutograd (the aot_eager backend; inductor on CUDA shares its autograd) and
     bf16 autocast, with R1 in both stages, then a resume. Without the eager discriminators it stops at step 1
     (the double backward above)."""
+    from cuda_path import use_cuda_path_on_cpu
+
     import recipes.train_framegan as recipe
-    from tests.cuda_path import use_cuda_path_on_cpu
 
     use_cuda_path_on_cpu(monkeypatch, recipe)
     store = smoke_store(tmp_path / "store")

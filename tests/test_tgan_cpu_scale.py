@@ -116,8 +116,9 @@ def test_the_cuda_path_compile_and_bf16_autocast_trains_through_svc_and_resumes(
 ) -> None:
     """What the paper-scale protocol runs on a GPU (torch.compile, bf16 autocast), here on CPU (see
     tests/cuda_path.py): two SVC events (every 5th step), then a resume, with finite weights."""
+    from cuda_path import use_cuda_path_on_cpu
+
     import recipes.train_tgan as recipe
-    from tests.cuda_path import use_cuda_path_on_cpu
 
     use_cuda_path_on_cpu(monkeypatch, recipe)
     store = smoke_store(tmp_path / "balls", params=SMOKE_STORE_PARAMS)
