@@ -181,7 +181,7 @@ def test_paper_scale_plumbing_with_steps_from_the_command_line(
     assert report["steps"]["stage1"] == 2 and report["steps"]["stage2"] == 3
     assert set(report["steps"]["seconds"]) == {"store", "stage1", "stage2"}
     timing = report["steps"]["seconds"]
-    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in timing.values()), timing
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in timing.values()), timing  # 0.1 s resolution
     assert not any("gpu_peak_mib" in t for t in timing.values()), timing  # CPU: no GPU figure
     config = json.loads((out / "protocol_config.json").read_text())
     assert config["store"] == 24 and config["stage1"]["max_steps"] == 2 and config["stage2"]["max_steps"] == 3
