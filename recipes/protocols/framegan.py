@@ -84,17 +84,17 @@ real's, independent baseline 5.6x, three balls in 92% of frames; hence 7,500 + 1
 Width 16 through the same 2,500-step G_F (one thread) was collapsed at 1,000 and 1,500 steps (centre spread
 0.30, 0.21 of real's; three balls in 88%, 47% of frames), where width 8 was not at 1,500.
 
-The full 3-ball protocol, measured (two threads; the --quick run's stage 1 resumed from 2,500 steps, which
-the recipe does bitwise; about 84 min wall and 9,300 CPU-s on the 2 cores, shared for part of it, so about 78
-min on idle ones: over the issue's 60): two full targets fail. Stage 1 drew three balls in 0.883 of frames at
+The full 3-ball protocol, measured (two threads; the --quick run's stage 1 resumed from 2,500 steps, which the
+recipe does bitwise; about 84 min wall and 9,300 CPU-s on the 2 cores, shared for part of it, so about 78 min
+on idle ones: over the issue's 60): two full targets fail. Stage 1 drew three balls in 0.883 of frames at
 7,500 steps (target 0.9; centre spread 1.01, entropy 1.00 of real's); its checkpoints drew 0.78, 0.906, 0.895,
-0.922 at 5,000, 6,000, 6,500, 7,000, so 7,500 is a dip of +-0.03 noise around 0.9, and resumed with one thread
-0.957, 0.934 at 8,000, 8,500. Stage 2's link rate ended at 0.795 (target 0.9): 0.63, 0.79, 0.80, 0.83, 0.84,
-0.84, 0.87, 0.83 at 1,500, 3,000, ... 12,000 steps (every 1,500), level from 7,500 on; adjacent MSE 1.20x
-real's (1.09-1.17x from 3,000 on), independent latents 5.7x, three balls in 92% of frames, centre spread 0.97,
-never collapsed. Uniform averages of G_V's weights: 0.825 (last 3,000 steps), 0.878 (last 6,000). Where three
-balls stand: every z draws a different, mostly well-counted video, but the tracks link less often than one
-ball's (a miss on any of three balls breaks a link).
+0.922 at 5,000, 6,000, 6,500, 7,000, so 7,500 is a dip (checkpoints 500 steps apart differ by ~0.03); resumed
+(one thread) 0.957, 0.934, 0.945 at 8,000, 8,500, 9,000. Stage 2's link rate ended at 0.795 (target 0.9):
+0.63, 0.79, 0.80, 0.83, 0.84, 0.84, 0.87, 0.83 at 1,500, 3,000, ... 12,000 steps (every 1,500), level from
+7,500 on; adjacent MSE 1.20x real's (1.09-1.17x from 3,000 on), independent latents 5.7x, three balls in 92%
+of frames, centre spread 0.97, never collapsed. Uniform averages of G_V's weights: 0.825 (last 3,000 steps),
+0.878 (last 6,000). Where three balls stand: every z draws a different, mostly well-counted video, but the
+tracks link less often than one ball's (a miss on any of three balls breaks a link).
 
 Shorter or cheaper 3-ball stage 1 runs (one thread, same seed; width-8 baseline: three balls in 0.47 of frames
 at 1,000 steps, 0.58 at 2,500; 0.43 CPU-s a step), none adopted: lazy R1 (``r1_every`` 4, 0.31 CPU-s a step)
