@@ -168,18 +168,15 @@ def check_targets(metrics: Mapping[str, Any], targets: Mapping[str, Target]) -> 
 def timed(steps: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` and record its wall and process CPU seconds under ``steps[name]`` (a protocol's stages),
     and on a GPU its peak allocated memory (``torch.cuda.max_memory_allocated``, MiB)."""
-    cuda = _cuda_in_use()
-    if cuda:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
+    if _cuda_in_use():  # else CUDA starts inside fn, with its peak at zero
+        sys.modules["torch"].cuda.reset_peak_memory_stats()
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     steps[name] = {
         "wall_s": round(time.perf_counter() - wall, 1),
         "cpu_s": round(time.process_time() - cpu, 1),
     }
-    if cuda or _cuda_in_use():
+    if _cuda_in_use():  # in use before fn or started by it (it stays initialised)
         import torch
 
         steps[name]["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

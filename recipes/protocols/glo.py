@@ -82,7 +82,6 @@ def glo_config(ctx: Context, data: Path) -> Any:
     from recipes.train_glo import GLOConfig
 
     scale = CPU_SCALE[ctx.quick]
-    cuda = ctx.device.startswith("cuda")
     return GLOConfig(
         data=str(data),
         out_dir=str(ctx.out / "glo"),
@@ -92,8 +91,8 @@ def glo_config(ctx: Context, data: Path) -> Any:
         log_every=20,
         sample_every=0,
         ckpt_every=0,
-        precision="bfloat16" if cuda else "float32",
-        compile=cuda,
+        precision=ctx.precision,
+        compile=ctx.cuda and ctx.compile,
         **COMMON,
         **scale["glo"],
     )

@@ -286,7 +286,7 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
     from recipes.metrics.sources import StoreVideos
     from recipes.train_tgan import build_models, downsample, generate_videos, load_models, upsample
 
-    device = torch.device("cuda" if ctx.device.startswith("cuda") else "cpu")
+    device = torch.device("cuda" if ctx.cuda else "cpu")
     trained, _, _ = load_models(latest_checkpoint(cfg.out_dir), device)
     torch.manual_seed(cfg.seed)  # the recipe's initialisation: start_run seeds seed + rank 0 before building
     size = cfg.frame_size or STORE["size"]  # the model's
@@ -341,7 +341,7 @@ def gam_vs_halfway(ctx: Context, cfg: Any, n: int) -> dict[str, Any]:
     from recipes.gam import gam_score, load_tgan, real_clips, verdict
     from recipes.train_tgan import downsample
 
-    device = torch.device("cuda" if ctx.device.startswith("cuda") else "cpu")
+    device = torch.device("cuda" if ctx.cuda else "cpu")
     final, _ = load_tgan(checkpoint_path(Path(cfg.out_dir), cfg.max_steps), device)
     half, _ = load_tgan(checkpoint_path(Path(cfg.out_dir), cfg.ckpt_every), device)
     size = cfg.frame_size or STORE["size"]
