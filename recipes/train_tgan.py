@@ -136,6 +136,9 @@ class TGANConfig(TrainConfig):
     gen_upsample: Literal["deconv", "resize"] = "deconv"  # G1's x2 stages: paper/code transposed convs, or
     # nearest x2 + 3x3 conv (recipes.models.tgan.upsample_stage)
     critic_batch: Literal["separate", "joint"] = "separate"  # see train_step
+    # > 0: the critic's minibatch-stddev channel over groups of this many clips (0 = off, as the paper); see
+    # recipes.models.tgan.minibatch_stddev
+    mbstd_group: int = 0
     g_ema: float = 0.0  # > 0: also keep an exponential moving average of G's weights with this decay, which
     # samples and evaluation use (0 = off, as the paper); see ema_update
     label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
@@ -189,7 +192,12 @@ def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGen
         upsample=cfg.gen_upsample,
     )
     critic = VideoCritic(
-        in_channels=channels, size=size, n_frames=cfg.frames, mid_ch=cfg.critic_ch, n_classes=cfg.n_classes
+        in_channels=channels,
+        size=size,
+        n_frames=cfg.frames,
+        mid_ch=cfg.critic_ch,
+        n_classes=cfg.n_classes,
+        mbstd_group=cfg.mbstd_group,
     )
     if cfg.critic_init == "orthogonal":
         orthogonal_init_(critic)
@@ -659,6 +667,8 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"svc_every must be >= 1, got {cfg.svc_every}")
     if cfg.n_critic < 1:
         raise ValueError(f"n_critic must be >= 1, got {cfg.n_critic}")
+    if cfg.mbstd_group < 0:
+        raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {cfg.mbstd_group}")
 
 
 def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""TGAN's CPU-scale options: reduced frame size, resize-convolution upsampling, G weight average, lr decay."""
+"""TGAN's CPU-scale options: reduced frame size, resize-convolution upsampling, G weight average, lr decay,
+the critic's minibatch stddev."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) ->
         presets=PRESETS,
         smoke=SMOKE,
     )
-    main(dataclasses.replace(cfg, frame_size=16, gen_upsample="resize", g_ema=0.9, max_steps=2, ckpt_every=2))
+    options = {"frame_size": 16, "gen_upsample": "resize", "g_ema": 0.9, "mbstd_group": 2}
+    main(dataclasses.replace(cfg, **options, max_steps=2, ckpt_every=2))
     state = torch.load(tmp_path / "run" / "checkpoints" / "ckpt-000000002.pt", weights_only=True)
     assert state["extra"] == {"channels": 1, "size": 16, "store_size": 32}
     assert set(state["models"]) == {"gen", "gen_ema", "critic"}
@@ -81,11 +83,14 @@ def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) ->
         state["models"]["gen"]["g1.slow.0.weight"], state["models"]["gen_ema"]["g1.slow.0.weight"]
     )
     gen, critic, loaded = load_models(tmp_path / "run" / "checkpoints" / "ckpt-000000002.pt")
-    assert loaded.frame_size == 16 and loaded.gen_upsample == "resize"
+    assert loaded.frame_size == 16 and loaded.gen_upsample == "resize" and loaded.mbstd_group == 2
+    assert critic.mbstd_group == 2 and critic.head.in_channels == SMOKE["critic_ch"] * 2 + 1  # 16x16
     assert torch.equal(gen.g1.slow[0].weight, state["models"]["gen_ema"]["g1.slow.0.weight"])  # samples: EMA
     assert generate_videos(gen, 2, seed=0, device=torch.device("cpu")).shape == (2, 1, 8, 16, 16)
     with pytest.raises(ValueError, match="frame_size"):
         main(dataclasses.replace(cfg, frame_size=24, out_dir=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="mbstd_group"):
+        main(dataclasses.replace(cfg, mbstd_group=-1, out_dir=str(tmp_path / "bad")))
 
 
 def test_ema_update_averages_parameters_and_copies_buffers() -> None:

@@ -20,6 +20,7 @@ from recipes.models.tgan import (
     VideoCritic,
     VideoGenerator,
     interpolate_trajectory,
+    minibatch_stddev,
     one_hot_labels,
 )
 
@@ -236,3 +237,38 @@ def test_pytorch_default_generator_init_replaces_the_uniform_one() -> None:
     assert last.weight.is_contiguous(memory_format=torch.channels_last)  # re-initialised in place
     with torch.no_grad():
         assert float(gen(gen.sample_z(2)).abs().max()) > 0.5  # full-contrast output from the start
+
+
+def test_minibatch_stddev_sees_alike_clips_within_consecutive_groups_only() -> None:
+    torch.manual_seed(0)
+    h = torch.randn(8, 5, 2, 4, 4)
+    h[4:] = h[4]  # the second group of four: four copies of one clip (collapse)
+    out = minibatch_stddev(h, 4)
+    assert out.shape == (8, 6, 2, 4, 4) and torch.equal(out[:, :5], h)
+    plane = out[:, 5]
+    assert torch.all(plane[:4] == plane[0, 0, 0, 0]) and torch.all(plane[4:] == plane[4, 0, 0, 0])
+    expected = h[:4].var(0, unbiased=False).add(1e-8).sqrt().mean().item()
+    assert plane[0, 0, 0, 0] == pytest.approx(expected, rel=1e-5)
+    assert plane[4, 0, 0, 0] < 1e-3 < plane[0, 0, 0, 0]
+    h2 = h.clone()
+    h2[4:] = torch.randn(4, 5, 2, 4, 4)  # another second half (the reals of a joint batch) ...
+    assert torch.equal(minibatch_stddev(h2, 4)[:4], out[:4])  # ... leaves the first half's channel alone
+    assert minibatch_stddev(h[:6], 4)[:, 5].unique().numel() == 3  # groups of gcd(6, 4) = 2 for other sizes
+
+
+def test_critic_with_minibatch_stddev_scores_a_collapsed_batch_apart_and_stays_under_svc() -> None:
+    torch.manual_seed(0)
+    critic = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8, mbstd_group=4)
+    assert critic.head.in_channels == 8 * 4 + 1
+    one = torch.randn(1, 1, 8, 32, 32)
+    varied = torch.cat([one, torch.randn(3, 1, 8, 32, 32)])
+    collapsed = one.expand(4, -1, -1, -1, -1)
+    critic.eval()
+    # the first clip is the same in both batches; only its batch-mates differ, and its score sees that
+    assert critic(varied)[0] != critic(collapsed)[0]
+    plain = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8).eval()
+    assert plain(varied)[0] == plain(collapsed)[0]
+    with torch.no_grad():
+        critic.head.weight.mul_(100)
+    clip_singular_values_(critic)
+    assert _top_singular_values(critic.head.weight) <= 1 + 1e-5

@@ -270,6 +270,19 @@ def interpolate_trajectory(z1: torch.Tensor, n_out: int) -> torch.Tensor:
     return F.interpolate(z1, size=n_out, mode="linear", align_corners=True)
 
 
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """h (N, C, ...) with one more channel: the standard deviation of each feature across a group of
+    consecutive clips, averaged over features, per group (ProGAN's minibatch stddev; our option, not TGAN's).
+    It lets the critic see a batch whose clips are alike, i.e. collapse across z. Groups are consecutive
+    clips, of gcd(N, group), so a joint batch (fakes, then reals, as many of each) never mixes the two."""
+    n = h.shape[0]
+    g = math.gcd(n, group)
+    grouped = h.float().view(n // g, g, *h.shape[1:])
+    std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=tuple(range(1, h.dim())))  # (N/g,)
+    plane = std.to(h.dtype).repeat_interleave(g).view(n, 1, *[1] * (h.dim() - 2)).expand(n, 1, *h.shape[2:])
+    return torch.cat([h, plane], dim=1)
+
+
 class VideoCritic(nn.Module):
     """WGAN critic: video (N, C, T, H, W) -> score (N,), the sum over the T' final time steps (T' = 1 at
     16x64x64)."""
@@ -282,6 +295,7 @@ class VideoCritic(nn.Module):
         n_frames: int = 16,
         mid_ch: int = 64,
         n_classes: int = 0,
+        mbstd_group: int = 0,
     ) -> None:
         super().__init__()
         n_down = _stages(size, "video size")
@@ -303,7 +317,8 @@ class VideoCritic(nn.Module):
             ]
             ch *= 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(ch, 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
+        self.mbstd_group = mbstd_group
+        self.head = nn.Conv2d(ch + (mbstd_group > 0), 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
         init_uniform_(self)
 
     def forward(self, video: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -312,6 +327,8 @@ class VideoCritic(nn.Module):
         if y is not None:
             video = torch.cat([video, y[:, :, None, None, None].expand(-1, -1, *video.shape[2:])], dim=1)
         h = self.features(video)  # (N, 512, T', 4, 4)
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group)
         t = h.shape[2]
         h = h.transpose(1, 2).reshape(n * t, *h.shape[1:2], *h.shape[3:])
         return self.head(h).view(n, t).sum(dim=1)
