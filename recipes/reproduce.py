@@ -189,6 +189,33 @@ def _cuda_in_use() -> bool:
     return torch is not None and torch.cuda.is_initialized()
 
 
+# what may differ between the run recorded in a training folder and a protocol's rerun into it
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_every", "resume"})
+
+
+def check_resumable(cfg: Any) -> None:
+    """A training folder (`cfg.out_dir`) left by a run with other settings is refused, not resumed with
+    mixed settings; more steps are fine (the recipes resume bitwise, so the rerun ends where an uninterrupted
+    run would), and the same steps re-evaluate the finished run. `cfg` as the recipe records it."""
+    import dataclasses
+
+    from recipes.common.config import apply_overrides, load_yaml
+
+    recorded = Path(cfg.out_dir) / "config.yaml"
+    if not recorded.is_file():
+        return
+    before = apply_overrides(type(cfg)(), load_yaml(recorded), str(recorded))
+    changed = sorted(
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name not in RESUMABLE_CHANGES and getattr(before, f.name) != getattr(cfg, f.name)
+    )
+    if changed:
+        raise ValueError(
+            f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
+        )
+
+
 def parse_steps(text: str) -> dict[str, int]:
     """``"stage1=4000,stage2=3000"`` -> {"stage1": 4000, "stage2": 3000}: names once each, counts >= 1."""
     steps: dict[str, int] = {}

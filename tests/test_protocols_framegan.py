@@ -110,18 +110,22 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
 
     stage1 = proto.stage_configs(True, 1)[0]
     cfg = FrameGANConfig(stage=1, out_dir=str(tmp_path / "stage1"), data="d", **stage1)
-    proto._check_resumable(cfg)  # nothing recorded yet
+
+    def check(c: FrameGANConfig) -> None:  # as the protocol checks a stage before training it
+        reproduce.check_resumable(resolve_defaults(c))
+
+    check(cfg)  # nothing recorded yet
     (tmp_path / "stage1").mkdir()
     save_config(resolve_defaults(cfg), tmp_path / "stage1" / "config.yaml")
-    proto._check_resumable(dataclasses.replace(cfg, max_steps=cfg.max_steps + 500, resume="auto"))
+    check(dataclasses.replace(cfg, max_steps=cfg.max_steps + 500, resume="auto"))
     with pytest.raises(ValueError, match="other settings \\(d_width\\)"):
-        proto._check_resumable(dataclasses.replace(cfg, d_width=cfg.d_width * 2))
+        check(dataclasses.replace(cfg, d_width=cfg.d_width * 2))
     # stage 2 through another G_F (e.g. stage 1 ran longer): refused, not continued
     stage2 = dataclasses.replace(cfg, stage=2, out_dir=str(tmp_path / "stage2"), gf_checkpoint="a/1.pt")
     (tmp_path / "stage2").mkdir()
     save_config(resolve_defaults(stage2), tmp_path / "stage2" / "config.yaml")
     with pytest.raises(ValueError, match="gf_checkpoint"):
-        proto._check_resumable(dataclasses.replace(stage2, gf_checkpoint="a/2.pt"))
+        check(dataclasses.replace(stage2, gf_checkpoint="a/2.pt"))
 
 
 def test_quick_shortens_both_stages_and_three_balls_train_stage_1_longer() -> None:

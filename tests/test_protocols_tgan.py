@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recipes import reproduce
 from recipes.protocols import tgan as proto
@@ -37,6 +38,20 @@ def test_shuffled_frames_keep_every_frame_and_never_the_order() -> None:
     assert np.array_equal(out, proto.shuffled_frames(videos, seed=0))  # a pure function of the seed
 
 
+def test_real_clips_at_model_size_are_the_training_resolution_shown_at_the_store_size() -> None:
+    from recipes.train_tgan import downsample, upsample
+
+    rng = np.random.default_rng(0)
+    videos = rng.uniform(-1, 1, (2, 1, 4, 64, 64)).astype(np.float32)
+    assert proto.at_model_size(videos, 64) is videos  # the paper's scale: untouched
+    small = proto.at_model_size(videos, 32)
+    assert small.shape == videos.shape
+    assert np.array_equal(small, upsample(downsample(torch.from_numpy(videos), 32).numpy(), 64))
+    assert small.std() < 0.6 * videos.std()  # detail above the model's resolution is gone
+    flat = np.full_like(videos, 0.25)
+    assert np.allclose(proto.at_model_size(flat, 32), 0.25)
+
+
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """The protocol at toy scale: a 40-clip store, 2 training steps, 2 evaluation clips per set."""
@@ -54,9 +69,16 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
         assert value is not None and math.isfinite(value), name
     m = report["metrics"]
     assert set(m["fvd"]) >= {"trained", "untrained", "shuffled_real", "heldout_real"}
-    at_size = "heldout_real_at_model_size"  # TRAIN's frame_size (32) is below the store's 64
-    assert set(m["digits"]) == {"trained", "untrained", "shuffled_real", "heldout_real", at_size, "real"}
-    assert at_size in m["fvd"]
+    full_size = "heldout_real_full_size"  # TRAIN's frame_size (32) is below the store's 64
+    assert set(m["digits"]) == {"trained", "untrained", "shuffled_real", "heldout_real", full_size, "real"}
+    assert full_size in m["fvd"] and m["reference_frame_size"] == 32
+    # FVD's reference: the store's first clips (its seeded shuffle) taken to the model's 32x32 and back
+    from recipes.metrics.sources import StoreVideos
+
+    store = next((tmp_path / "out" / "data").glob("mnist1-*-40"))
+    first = StoreVideos(store).clips(2, proto.FRAMES, seed=0).numpy()
+    reference = np.load(tmp_path / "out" / "eval" / "reference.npy", allow_pickle=False)
+    assert np.array_equal(reference, proto.at_model_size(first, 32))
     assert "identity_persistence" in m["digits"]["trained"]
     assert m["gam_vs_halfway"]["winner"] in ("final", "half-way", "none")
     assert report["steps"]["train"] == 2 and report["steps"]["train_cpu_seconds"] > 0
@@ -65,6 +87,17 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
     # the store is reused (after verification) by a second run
     assert (tmp_path / "out" / "data").is_dir()
     assert json.loads((tmp_path / "out" / "protocol_config.json").read_text())["max_steps"] == 2
+    # a rerun into the same --out goes on from the last checkpoint: here the run is done, so it re-evaluates
+    run = tmp_path / "out" / "run"
+    trained = {p: p.read_bytes() for p in [*run.glob("checkpoints/*.pt"), run / "metrics.csv"]}
+    again = reproduce.reproduce("tgan-mnist", tmp_path / "out", quick=True)
+    assert {p: p.read_bytes() for p in trained} == trained and sorted(run.glob("checkpoints/*.pt")) == sorted(
+        p for p in trained if p.suffix == ".pt"
+    )
+    assert again["metrics"]["fvd"] == m["fvd"] and again["metrics"]["digits"] == m["digits"]
+    # ... and a folder of a run with other settings is refused, not resumed with mixed settings
+    with pytest.raises(ValueError, match="other settings \\(seed\\)"):
+        reproduce.reproduce("tgan-mnist", tmp_path / "out", quick=True, seed=1)
 
 
 @pytest.mark.slow

@@ -118,12 +118,11 @@ of real's at 500, 1,000, 1,500), where the --quick run's K = 8 was not (0.27, 0.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
+from recipes.reproduce import Context, Outcome, Protocol, Target, check_resumable, register, timed
 
 SEED = 1  # store seed (the protocol's ``--seed`` seeds training)
 FRAMES, SIZE = 30, 30
@@ -206,41 +205,17 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
         log_every=max(1, steps // 40),
         sample_every=0,
         ckpt_every=PAPER_CKPT_EVERY if ctx.scale == "paper" else 500,
-        resume="auto",  # a rerun into the same --out goes on from each stage's last checkpoint
+        resume="auto",  # a rerun into the same --out goes on from each stage's last checkpoint (not
+        # gf_checkpoint's change: a longer stage 1 makes another G_F, which a G_V must not go on through)
         eval_videos=EVAL_VIDEOS,
         precision=ctx.precision,
         compile=ctx.cuda and ctx.compile,
         **overrides,
     )
-    _check_resumable(cfg)
-    return main(cfg)
-
-
-# what may differ between a stage's recorded run and the protocol's rerun of it (not gf_checkpoint: a longer
-# stage 1 makes another G_F, and a G_V trained through the old one must not go on through the new one)
-RESUMABLE_CHANGES = {"max_steps", "log_every", "ckpt_every", "sample_every", "resume"}
-
-
-def _check_resumable(cfg: Any) -> None:
-    """A stage folder left by a run with other settings is refused, not resumed with mixed settings
-    (more steps is fine: the recipes resume bitwise, so the rerun ends where an uninterrupted run would)."""
-    from recipes.common.config import apply_overrides, load_yaml
     from recipes.train_framegan import resolve_defaults
 
-    cfg = resolve_defaults(cfg)  # as the recipe records it
-    recorded = Path(cfg.out_dir) / "config.yaml"
-    if not recorded.is_file():
-        return
-    before = apply_overrides(type(cfg)(), load_yaml(recorded), str(recorded))
-    changed = sorted(
-        f.name
-        for f in dataclasses.fields(cfg)
-        if f.name not in RESUMABLE_CHANGES and getattr(before, f.name) != getattr(cfg, f.name)
-    )
-    if changed:
-        raise ValueError(
-            f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
-        )
+    check_resumable(resolve_defaults(cfg))  # as the recipe records it
+    return main(cfg)
 
 
 def run_framegan(ctx: Context, n_balls: int) -> Outcome:

@@ -163,7 +163,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
+from recipes.reproduce import Context, Outcome, Protocol, Target, check_resumable, register, timed
 
 STORE_SEED = 1  # the store's seed (the protocol's --seed seeds training and evaluation)
 STORE = {"digits": 1, "size": 64, "frames": 20}  # datagen mnist params (built-in train digits)
@@ -258,6 +258,7 @@ def train_config(ctx: Context, store: Path) -> Any:
         log_every=max(1, steps // 60),
         sample_every=steps // 2,
         ckpt_every=steps // 2,  # the half-way checkpoint is GAM's opponent
+        resume="auto",  # a rerun into the same --out goes on from the last checkpoint (or re-evaluates)
         precision=ctx.precision,
         compile=ctx.cuda and ctx.compile,
         **train,
@@ -278,13 +279,17 @@ def shuffled_frames(videos: np.ndarray, seed: int) -> np.ndarray:
 
 
 def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np.ndarray]:
-    """Clips (N, C, T, H, W) in [-1, 1] of the trained and untrained generators and of the real baselines.
+    """Clips (N, C, T, H, W) in [-1, 1]: FVD's real reference, the trained and untrained generators' clips
+    and the real baselines, every one at the store's size (what FVD and the digit CNN see).
 
-    The real reference of FVD is the first `n` clips of the store's seeded shuffle (what the registry's FVD
-    reads); the baselines use the next `n` (disjoint), whole or with their frames shuffled."""
+    Real clips come from the store's seeded shuffle: the first `n` are the reference, the next `n` (disjoint)
+    the baselines, whole (the floor) or with their frames shuffled. Every real set is taken to the model's
+    frame size and back (`at_model_size`), as the training clips are: a 32x32 model is compared with the
+    32x32 data it learns, not charged for the resolution the protocol took away. What that resolution costs
+    is reported as its own set (`heldout_real_full_size`: full-size held-out clips against the reference)."""
     from recipes.common.ckpt import latest_checkpoint
     from recipes.metrics.sources import StoreVideos
-    from recipes.train_tgan import build_models, downsample, generate_videos, load_models, upsample
+    from recipes.train_tgan import build_models, generate_videos, load_models, upsample
 
     device = torch.device("cuda" if ctx.cuda else "cpu")
     trained, _, _ = load_models(latest_checkpoint(cfg.out_dir), device)
@@ -292,35 +297,50 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
     size = cfg.frame_size or STORE["size"]  # the model's
     untrained, _ = build_models(cfg, channels=1, size=size)
     real = StoreVideos(store).clips(2 * n, FRAMES, seed=ctx.seed).numpy()
+    small = at_model_size(real, size)
 
-    def fake(gen: torch.nn.Module) -> np.ndarray:  # at the store's size: FVD and the digit CNN see 64x64
+    def fake(gen: torch.nn.Module) -> np.ndarray:
         return upsample(generate_videos(gen.to(device), n, seed=ctx.seed, device=device), STORE["size"])
 
     sets = {
+        "reference": small[:n],
         "trained": fake(trained),
         "untrained": fake(untrained),
-        "shuffled_real": shuffled_frames(real[n:], ctx.seed),
+        "shuffled_real": shuffled_frames(small[n:], ctx.seed),
     }
     if scale_of(ctx)["floor"]:
-        sets["heldout_real"] = real[n:]
-    if size != STORE["size"]:  # what resolution alone costs: held-out real clips at the model's size
-        small = downsample(torch.from_numpy(real[n:]), size).numpy()
-        sets["heldout_real_at_model_size"] = upsample(small, STORE["size"])
+        sets["heldout_real"] = small[n:]
+    if size != STORE["size"]:
+        sets["heldout_real_full_size"] = real[n:]
     return sets
 
 
-def score_sets(ctx: Context, store: Path, sets: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-    """FVD of every set against the real reference and the digit metrics of every set (and of real)."""
+def at_model_size(videos: np.ndarray, size: int) -> np.ndarray:
+    """Clips at the store's size area-averaged to the model's `size` (as the training clips are) and resized
+    back bilinearly (as its samples are); unchanged when the model works at the store's size."""
+    from recipes.train_tgan import downsample, upsample
+
+    if size == videos.shape[-1]:
+        return videos
+    return upsample(downsample(torch.from_numpy(videos), size).numpy(), videos.shape[-1])
+
+
+def score_sets(ctx: Context, sets: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    """FVD of every set against the real reference set and the digit metrics of every set (and of it)."""
     from recipes.evaluate import evaluate, write_npy_atomic
 
     fvd_name, digits_name = f"fvd{n}_{FRAMES}f", f"mnist_identity{n}_{FRAMES}f"
     fvd, digits = {}, {}
+    (ctx.out / "eval").mkdir(parents=True, exist_ok=True)
+    reference = write_npy_atomic(ctx.out / "eval" / "reference.npy", sets["reference"])
     for name, videos in sets.items():
+        if name == "reference":
+            continue
         out = ctx.out / "eval" / name
         out.mkdir(parents=True, exist_ok=True)
         fake = write_npy_atomic(out / "samples.npy", videos)
         report = evaluate(
-            {"real": store, "fake": fake}, [fvd_name, digits_name], out, seed=ctx.seed, device=ctx.device
+            {"real": reference, "fake": fake}, [fvd_name, digits_name], out, seed=ctx.seed, device=ctx.device
         )
         results = {m["metric"]: m["results"] for m in report["metrics"]}
         fvd[name] = results[fvd_name][fvd_name]
@@ -379,9 +399,11 @@ def run_tgan_mnist(ctx: Context) -> Outcome:
     n = scale_of(ctx)["eval_clips"]
     cpu0 = time.process_time()
     timing: dict[str, Any] = {}
+    check_resumable(cfg)
     last = timed(timing, "train", lambda: main(cfg))
     sets = evaluation_sets(ctx, store, cfg, n)
-    metrics = score_sets(ctx, store, sets, n)
+    metrics = score_sets(ctx, sets, n)
+    metrics["reference_frame_size"] = cfg.frame_size or STORE["size"]
     metrics["gam_vs_halfway"] = gam_vs_halfway(ctx, cfg, n)
     metrics["train_last"] = last
     files = {"comparison": comparison_png(ctx, sets)}
