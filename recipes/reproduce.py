@@ -189,8 +189,9 @@ def _cuda_in_use() -> bool:
     return torch is not None and torch.cuda.is_initialized()
 
 
-# what may differ between the run recorded in a training folder and a protocol's rerun into it
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_every", "resume"})
+# what may differ between the run recorded in a training folder and a protocol's rerun into it (out_dir: the
+# folder itself, moved or copied elsewhere)
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_every", "resume", "out_dir"})
 
 
 def check_resumable(cfg: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,8 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
     check(dataclasses.replace(cfg, max_steps=cfg.max_steps + 500, resume="auto"))
     with pytest.raises(ValueError, match="other settings \\(d_width\\)"):
         check(dataclasses.replace(cfg, d_width=cfg.d_width * 2))
+    shutil.copytree(tmp_path / "stage1", tmp_path / "moved")  # the same run, in another folder
+    check(dataclasses.replace(cfg, out_dir=str(tmp_path / "moved")))
     # stage 2 through another G_F (e.g. stage 1 ran longer): refused, not continued
     stage2 = dataclasses.replace(cfg, stage=2, out_dir=str(tmp_path / "stage2"), gf_checkpoint="a/1.pt")
     (tmp_path / "stage2").mkdir()
