@@ -72,6 +72,8 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
     full_size = "heldout_real_full_size"  # TRAIN's frame_size (32) is below the store's 64
     assert set(m["digits"]) == {"trained", "untrained", "shuffled_real", "heldout_real", full_size, "real"}
     assert full_size in m["fvd"] and m["reference_frame_size"] == 32
+    for real in ("real", "heldout_real", full_size):  # one digit in every real frame, whatever the size
+        assert m["digits"][real]["valid_frame_fraction"] == 1.0, real
     # FVD's reference: the store's first clips (its seeded shuffle) taken to the model's 32x32 and back
     from recipes.metrics.sources import StoreVideos
 
