@@ -194,17 +194,19 @@ def _cuda_in_use() -> bool:
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_every", "resume", "out_dir"})
 
 
-def check_resumable(cfg: Any) -> None:
+def check_resumable(cfg: Any) -> int:
     """A training folder (`cfg.out_dir`) left by a run with other settings is refused, not resumed with
     mixed settings; more steps are fine (the recipes resume bitwise, so the rerun ends where an uninterrupted
-    run would), and the same steps re-evaluate the finished run. `cfg` as the recipe records it."""
+    run would), and the same steps re-evaluate the finished run. `cfg` as the recipe records it. Returns the
+    step the run goes on from (0: a fresh run), which the report records: its seconds cover only the rest."""
     import dataclasses
 
+    from recipes.common.ckpt import latest_checkpoint
     from recipes.common.config import apply_overrides, load_yaml
 
     recorded = Path(cfg.out_dir) / "config.yaml"
     if not recorded.is_file():
-        return
+        return 0
     before = apply_overrides(type(cfg)(), load_yaml(recorded), str(recorded))
     changed = sorted(
         f.name
@@ -215,6 +217,8 @@ def check_resumable(cfg: Any) -> None:
         raise ValueError(
             f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
         )
+    last = latest_checkpoint(cfg.out_dir)
+    return 0 if last is None else int(last.stem.removeprefix("ckpt-"))  # checkpoint_path's name of the step
 
 
 def parse_steps(text: str) -> dict[str, int]:

@@ -193,3 +193,8 @@ def test_paper_scale_plumbing_with_steps_from_the_command_line(
     config = json.loads((out / "protocol_config.json").read_text())
     assert config["store"] == 24 and config["stage1"]["max_steps"] == 2 and config["stage2"]["max_steps"] == 3
     assert report["targets"]["stage2_link_rate"]["value"] == proto.FULL_TARGETS["link"]  # the full targets
+    assert report["steps"]["resumed_at"] == {"stage1": 0, "stage2": 0}
+    # a longer stage 2 into the same --out goes on from its last checkpoint, and the report says from where
+    assert reproduce.main([*args[:-1], "stage1=2,stage2=4"]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"]["resumed_at"] == {"stage1": 2, "stage2": 3} and report["steps"]["stage2"] == 4

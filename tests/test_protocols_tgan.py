@@ -92,7 +92,9 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
     # a rerun into the same --out goes on from the last checkpoint: here the run is done, so it re-evaluates
     run = tmp_path / "out" / "run"
     trained = {p: p.read_bytes() for p in [*run.glob("checkpoints/*.pt"), run / "metrics.csv"]}
+    assert report["steps"]["resumed_at"] == 0
     again = reproduce.reproduce("tgan-mnist", tmp_path / "out", quick=True)
+    assert again["steps"]["resumed_at"] == 2
     assert {p: p.read_bytes() for p in trained} == trained and sorted(run.glob("checkpoints/*.pt")) == sorted(
         p for p in trained if p.suffix == ".pt"
     )

@@ -214,8 +214,8 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
     )
     from recipes.train_framegan import resolve_defaults
 
-    check_resumable(resolve_defaults(cfg))  # as the recipe records it
-    return main(cfg)
+    resumed_at = check_resumable(resolve_defaults(cfg))  # as the recipe records it
+    return {**main(cfg), "resumed_at": resumed_at}
 
 
 def run_framegan(ctx: Context, n_balls: int) -> Outcome:
@@ -241,6 +241,7 @@ def run_framegan(ctx: Context, n_balls: int) -> Outcome:
     files = {k: str(Path(v).relative_to(ctx.out)) for k, v in files.items() if v}
     steps = {f"stage{i}": r["step"] for i, r in ((1, first), (2, second))}
     steps["seconds"] = timing  # wall and CPU seconds (training and its evaluation), GPU peak memory on CUDA
+    steps["resumed_at"] = {f"stage{i}": r["resumed_at"] for i, r in ((1, first), (2, second))}
     config = {"store": clips, "stage1": stage1, "stage2": stage2}
     (ctx.out / "protocol_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     return Outcome(steps=steps, metrics=metrics, files=files)

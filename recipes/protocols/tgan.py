@@ -415,7 +415,7 @@ def run_tgan_mnist(ctx: Context) -> Outcome:
     n = scale_of(ctx)["eval_clips"]
     cpu0 = time.process_time()
     timing: dict[str, Any] = {}
-    check_resumable(cfg)
+    resumed_at = check_resumable(cfg)
     last = timed(timing, "train", lambda: main(cfg))
     sets = evaluation_sets(ctx, store, cfg, n)
     metrics = score_sets(ctx, sets, n)
@@ -432,6 +432,7 @@ def run_tgan_mnist(ctx: Context) -> Outcome:
     (ctx.out / "protocol_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     steps = {
         "train": cfg.max_steps,
+        "resumed_at": resumed_at,  # the seconds below cover the steps after it
         "train_seconds": timing["train"]["wall_s"],
         "train_cpu_seconds": timing["train"]["cpu_s"],
         "eval_cpu_seconds": round(time.process_time() - cpu0 - timing["train"]["cpu_s"], 1),
