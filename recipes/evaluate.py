@@ -164,7 +164,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fvd-resize", choices=("tf1", "torch"), default="tf1")
+    parser.add_argument(
+        "--n-digits",
+        type=_positive_int,
+        help="digits per frame for mnist_identity [default: an mnist store's own count, else 2]: needed when "
+        "no source is an mnist store (e.g. two .npy arrays of one-digit clips)",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             device=args.device,
             batch_size=args.batch_size,
-            extra={"fvd_resize": args.fvd_resize},
+            extra={"fvd_resize": args.fvd_resize}
+            | ({} if args.n_digits is None else {"n_digits": args.n_digits}),
         )
     except (DatagenError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -143,3 +143,24 @@ def test_chunked_clips_equal_the_whole_protocol(store):
         chunks = list(src.iter_clips(5, 8, seed=3, chunk=2))
         assert [len(c) for c in chunks] == [2, 2, 1]
         assert torch.equal(torch.cat(chunks), whole)
+
+
+def test_the_digit_count_of_array_sources_is_given_on_the_command_line(tmp_path):
+    """Arrays carry no store params: mnist_identity takes the digit count from --n-digits (else 2)."""
+    mnist = tmp_path / "mnist1"
+    make_store(mnist, "mnist", {"digits": 1, "size": 64, "frames": 16}, n=4, seed=0)
+    np.save(tmp_path / "one.npy", StoreVideos(mnist).clips(4, 16, seed=0).numpy())
+    args = ["--real", str(tmp_path / "one.npy"), "--fake", str(tmp_path / "one.npy"), "--metrics"]
+
+    def valid(out, *more):
+        assert evaluate.main([*args, "mnist_identity4_16f", "-o", str(tmp_path / out), *more]) == 0
+        report = json.loads((tmp_path / out / "report.json").read_text())
+        return report["metrics"][0]["protocol"]["n_digits"], report["metrics"][0]["results"][
+            "real/valid_frame_fraction"
+        ]
+
+    assert valid("told", "--n-digits", "1") == (1, 1.0)
+    assert valid("default") == (2, 0.0)  # the default, two digits, finds none in one-digit frames
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main([*args, "mnist_identity4_16f", "-o", str(tmp_path / "bad"), "--n-digits", "0"])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()

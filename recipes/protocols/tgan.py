@@ -138,6 +138,11 @@ distance among 64 clips 0.083 / 0.131, seeds 0 / 1, against 0.095 without; real 
 0.238, 0.176; seed 1 0.0, 0.090, 0.123 to 2,000). The same CPU per step (0.13 s). The collapse grows with
 training either way (0.175 -> 0.095 from 2,000 to 5,000 steps without it).
 
+Adam betas (0.0, 0.9) (WGAN-GP's and SN-GAN's, against DCGAN's (0.5, 0.999) here): far faster at first,
+not after, not adopted: confident frames 0.246, 0.204, 0.101, 0.104, 0.140, 0.103, 0.141, 0.125, 0.174, 0.101
+at 500, 1,000 ... 5,000 steps (64 clips; (0.5, 0.999): 0.0 and 0.042 at 500 and 1,000, 0.176 at 5,000), as
+collapsed at 5,000 steps (nearest-neighbour distance 0.099).
+
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
 untrained model's 579 (target <= 0.5) and 2.06 of frame-shuffled real's 159 (target <= 1); confident frames
