@@ -197,7 +197,8 @@ RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_e
 def check_resumable(cfg: Any) -> int:
     """A training folder (`cfg.out_dir`) left by a run with other settings is refused, not resumed with
     mixed settings; more steps are fine (the recipes resume bitwise, so the rerun ends where an uninterrupted
-    run would), and the same steps re-evaluate the finished run. `cfg` as the recipe records it. Returns the
+    run would), the same steps re-evaluate the finished run, fewer are refused (e.g. --quick into a full run's
+    folder). `cfg` as the recipe records it. Returns the
     step the run goes on from (0: a fresh run), which the report records: its seconds cover only the rest."""
     import dataclasses
 
@@ -218,7 +219,13 @@ def check_resumable(cfg: Any) -> int:
             f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
         )
     last = latest_checkpoint(cfg.out_dir)
-    return 0 if last is None else int(last.stem.removeprefix("ckpt-"))  # checkpoint_path's name of the step
+    step = 0 if last is None else int(last.stem.removeprefix("ckpt-"))  # checkpoint_path's name of the step
+    if step > cfg.max_steps:  # it would be evaluated as a run of max_steps
+        raise ValueError(
+            f"{cfg.out_dir} holds a run trained to {step} steps, past this run's {cfg.max_steps}: "
+            "choose a fresh --out"
+        )
+    return step
 
 
 def parse_steps(text: str) -> dict[str, int]:
