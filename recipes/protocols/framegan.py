@@ -96,6 +96,12 @@ of frames, centre spread 0.97, never collapsed. Uniform averages of G_V's weight
 0.878 (last 6,000). Where three balls stand: every z draws a different, mostly well-counted video, but the
 tracks link less often than one ball's (a miss on any of three balls breaks a link).
 
+Stage 2 through a better G_F (the 9,000-step stage 1 above, three balls in 0.945 of frames; the full
+protocol's stage 2 settings, one thread): link rates 0.775, 0.791, 0.892, 0.881, 0.867 at 1,500 ... 7,500
+steps (the 7,500-step G_F's: 0.63, 0.79, 0.80, 0.83, 0.84), MSE 1.04-1.16x real's, three balls in 0.81-0.98 of
+frames, collapsed only at 1,500 (spread 0.37). A longer stage 1 lifts the link rate by 0.04-0.09 at matched
+steps but not to 0.9 by 7,500 steps, and costs time the full protocol does not have.
+
 Shorter or cheaper 3-ball stage 1 runs (one thread, same seed; width-8 baseline: three balls in 0.47 of frames
 at 1,000 steps, 0.58 at 2,500; 0.43 CPU-s a step), none adopted: lazy R1 (``r1_every`` 4, 0.31 CPU-s a step)
 0.27, 0.32, 0.27 at 500, 1,000, 1,500 (collapsed at each); Adam 2e-4 (betas 0.5, 0.999) 0.0 and 0.36 at 500,
@@ -108,10 +114,14 @@ grouped convolutions in another order) costs 0.37 CPU-s a stage 1 step against 0
 K = 4 discriminators instead of 8 (one thread; 0.24 CPU-s a step, 42% less) learned slower per step and per
 CPU second: three balls in 0.08, 0.20, 0.37, 0.42 of frames at 500 ... 2,000 steps (collapsed at each), where
 K = 8 drew 0.47 at 1,000 and 0.58 at 2,500 with one thread and 0.45, 0.53, 0.71, 0.75 at 1,000 ... 2,500 with
-two (the measured --quick run's checkpoints); K = 4 video discriminators (one thread; 13% less a stage 2
-step, through that run's 2,500-step G_F) were still collapsed at 1,500 steps (centre spread 0.06, 0.09, 0.51
-of real's at 500, 1,000, 1,500), where the --quick run's K = 8 was not (0.27, 0.12, 0.60). The 3-ball
---quick stays over 10 minutes.
+two (the measured --quick run's checkpoints); K = 4 video discriminators (one thread; 13% less a stage 2 step,
+through that run's 2,500-step G_F) were still collapsed at 1,500 steps (centre spread 0.06, 0.09, 0.51 of
+real's at 500, 1,000, 1,500), where the --quick run's K = 8 was not (0.27, 0.12, 0.60). Stage 1 discriminators
+of width 16 (one thread; 0.20 CPU-s a step, less than half of width 32's): three balls in 0.008, 0.41, 0.24,
+0.54, 0.51, 0.63 of frames at 1,000, 1,500, ... 3,500 steps (collapsed until 2,000, not at 2,500: spread 1.04,
+entropy 0.97 of real's), as many per step as width 32; but a stage 2 through its 2,500-step G_F (the --quick
+settings) fell onto one static blob: one ball in every frame, centre spread 0.03 and 0.01 of real's at 1,000
+and 1,500 steps (0.31 at 500). The 3-ball --quick stays over 10 minutes.
 
 ``--scale paper`` (``PAPER_SCALE``) runs the paper's models for a GPU; not run yet (no GPU lent).
 """
