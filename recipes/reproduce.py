@@ -198,11 +198,11 @@ def check_resumable(cfg: Any) -> int:
     """A training folder (`cfg.out_dir`) left by a run with other settings is refused, not resumed with
     mixed settings; more steps are fine (the recipes resume bitwise, so the rerun ends where an uninterrupted
     run would), the same steps re-evaluate the finished run, fewer are refused (e.g. --quick into a full run's
-    folder). `cfg` as the recipe records it. Returns the
-    step the run goes on from (0: a fresh run), which the report records: its seconds cover only the rest."""
+    folder). `cfg` as the recipe records it. Returns the step the run goes on from (0: a fresh run), which the
+    report records: its seconds cover only the rest."""
     import dataclasses
 
-    from recipes.common.ckpt import latest_checkpoint
+    from recipes.common.ckpt import latest_step
     from recipes.common.config import apply_overrides, load_yaml
 
     recorded = Path(cfg.out_dir) / "config.yaml"
@@ -218,8 +218,7 @@ def check_resumable(cfg: Any) -> int:
         raise ValueError(
             f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
         )
-    last = latest_checkpoint(cfg.out_dir)
-    step = 0 if last is None else int(last.stem.removeprefix("ckpt-"))  # checkpoint_path's name of the step
+    step = latest_step(cfg.out_dir)
     if step > cfg.max_steps:  # it would be evaluated as a run of max_steps
         raise ValueError(
             f"{cfg.out_dir} holds a run trained to {step} steps, past this run's {cfg.max_steps}: "

@@ -103,8 +103,8 @@ def test_tiny_run_reports_every_target_metric(tmp_path: Path, tiny: None) -> Non
     with pytest.raises(ValueError, match="other settings \\(seed\\)"):
         reproduce.reproduce("tgan-mnist", tmp_path / "out", quick=True, seed=1)
     # ... and so is one trained past this run's length: it would be evaluated as a shorter run
+    ctx = reproduce.Context(out=tmp_path / "out", quick=True, device="cpu")
     with pytest.raises(ValueError, match="trained to 2 steps, past this run's 1"):
-        ctx = reproduce.Context(out=tmp_path / "out", quick=True, device="cpu")
         reproduce.check_resumable(dataclasses.replace(proto.train_config(ctx, store), max_steps=1))
 
 

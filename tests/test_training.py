@@ -142,6 +142,7 @@ def test_checkpoint_weights_only_unwrapped_atomic(tmp_path: Path) -> None:
         assert torch.equal(a, b)
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert ckpt.latest_checkpoint(tmp_path) == path
+    assert ckpt.latest_step(tmp_path) == 7 and ckpt.latest_step(tmp_path / "empty") == 0
     assert ckpt.resolve_resume("auto", tmp_path / "empty") is None
 
 

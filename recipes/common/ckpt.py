@@ -179,6 +179,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_step(run_dir: str | Path) -> int:
+    """The step of `latest_checkpoint` (read from its name, without loading it), 0 when there is none."""
+    last = latest_checkpoint(run_dir)
+    match = None if last is None else _CKPT_RE.match(last.name)
+    return 0 if match is None else int(match.group(1))
+
+
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
     """`""` -> None, `"auto"` -> latest in the run dir (None if there is none), else the given path."""
     if not resume:

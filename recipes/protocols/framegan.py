@@ -202,7 +202,7 @@ def _store(ctx: Context, n_balls: int, n: int) -> Path:
 
 
 def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    from recipes.train_framegan import FrameGANConfig, main
+    from recipes.train_framegan import FrameGANConfig, main, resolve_defaults
 
     steps = overrides["max_steps"]
     cfg = FrameGANConfig(
@@ -222,8 +222,6 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
         compile=ctx.cuda and ctx.compile,
         **overrides,
     )
-    from recipes.train_framegan import resolve_defaults
-
     resumed_at = check_resumable(resolve_defaults(cfg))  # as the recipe records it
     return {**main(cfg), "resumed_at": resumed_at}
 

@@ -306,9 +306,10 @@ def shuffled_frames(videos: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np.ndarray]:
-    """Clips (N, C, T, H, W) in [-1, 1]: FVD's real reference, the trained and untrained generators' clips
-    and the real baselines, every one at the store's size (what FVD and the digit CNN see).
+def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Clips (N, C, T, H, W) in [-1, 1]: FVD's real reference, and the sets scored against it (the trained and
+    untrained generators' clips and the real baselines), every one at the store's size (what FVD and the digit
+    CNN see).
 
     Real clips come from the store's seeded shuffle: the first `n` are the reference, the next `n` (disjoint)
     the baselines, whole (the floor) or with their frames shuffled. Every real set is taken to the model's
@@ -331,7 +332,6 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
         return upsample(generate_videos(gen.to(device), n, seed=ctx.seed, device=device), STORE["size"])
 
     sets = {
-        "reference": small[:n],
         "trained": fake(trained),
         "untrained": fake(untrained),
         "shuffled_real": shuffled_frames(small[n:], ctx.seed),
@@ -340,7 +340,7 @@ def evaluation_sets(ctx: Context, store: Path, cfg: Any, n: int) -> dict[str, np
         sets["heldout_real"] = small[n:]
     if size != STORE["size"]:
         sets["heldout_real_full_size"] = real[n:]
-    return sets
+    return small[:n], sets
 
 
 def at_model_size(videos: np.ndarray, size: int) -> np.ndarray:
@@ -353,22 +353,20 @@ def at_model_size(videos: np.ndarray, size: int) -> np.ndarray:
     return upsample(downsample(torch.from_numpy(videos), size).numpy(), videos.shape[-1])
 
 
-def score_sets(ctx: Context, sets: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-    """FVD of every set against the real reference set and the digit metrics of every set (and of it)."""
+def score_sets(ctx: Context, reference: np.ndarray, sets: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    """FVD of every set against the real reference; the digit metrics of every set and of the reference."""
     from recipes.evaluate import evaluate, write_npy_atomic
 
     fvd_name, digits_name = f"fvd{n}_{FRAMES}f", f"mnist_identity{n}_{FRAMES}f"
     fvd, digits = {}, {}
     (ctx.out / "eval").mkdir(parents=True, exist_ok=True)
-    reference = write_npy_atomic(ctx.out / "eval" / "reference.npy", sets["reference"])
+    real = write_npy_atomic(ctx.out / "eval" / "reference.npy", reference)
     for name, videos in sets.items():
-        if name == "reference":
-            continue
         out = ctx.out / "eval" / name
         out.mkdir(parents=True, exist_ok=True)
         fake = write_npy_atomic(out / "samples.npy", videos)
         report = evaluate(
-            {"real": reference, "fake": fake},
+            {"real": real, "fake": fake},
             [fvd_name, digits_name],
             out,
             seed=ctx.seed,
@@ -434,8 +432,8 @@ def run_tgan_mnist(ctx: Context) -> Outcome:
     timing: dict[str, Any] = {}
     resumed_at = check_resumable(cfg)
     last = timed(timing, "train", lambda: main(cfg))
-    sets = evaluation_sets(ctx, store, cfg, n)
-    metrics = score_sets(ctx, sets, n)
+    reference, sets = evaluation_sets(ctx, store, cfg, n)
+    metrics = score_sets(ctx, reference, sets, n)
     metrics["reference_frame_size"] = cfg.frame_size or STORE["size"]
     metrics["gam_vs_halfway"] = gam_vs_halfway(ctx, cfg, n)
     metrics["train_last"] = last
