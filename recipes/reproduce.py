@@ -194,12 +194,14 @@ def _cuda_in_use() -> bool:
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "ckpt_every", "sample_every", "resume", "out_dir"})
 
 
-def check_resumable(cfg: Any) -> int:
+def check_resumable(cfg: Any, may_differ: frozenset[str] = frozenset()) -> int:
     """A training folder (`cfg.out_dir`) left by a run with other settings is refused, not resumed with
     mixed settings; more steps are fine (the recipes resume bitwise, so the rerun ends where an uninterrupted
     run would), the same steps re-evaluate the finished run, fewer are refused (e.g. --quick into a full run's
-    folder). `cfg` as the recipe records it. Returns the step the run goes on from (0: a fresh run), which the
-    report records: its seconds cover only the rest."""
+    folder). `cfg` as the recipe records it; `may_differ`: more fields a protocol's own stages change (GLO's
+    evaluation records its run as stage "post"). A run bounded by epochs (max_steps 0) has its length in
+    `epochs`, which must match. Returns the step the run goes on from (0: a fresh run), which the report
+    records: its seconds cover only the rest."""
     import dataclasses
 
     from recipes.common.ckpt import latest_step
@@ -212,14 +214,14 @@ def check_resumable(cfg: Any) -> int:
     changed = sorted(
         f.name
         for f in dataclasses.fields(cfg)
-        if f.name not in RESUMABLE_CHANGES and getattr(before, f.name) != getattr(cfg, f.name)
+        if f.name not in RESUMABLE_CHANGES | may_differ and getattr(before, f.name) != getattr(cfg, f.name)
     )
     if changed:
         raise ValueError(
             f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}): choose a fresh --out"
         )
     step = latest_step(cfg.out_dir)
-    if step > cfg.max_steps:  # it would be evaluated as a run of max_steps
+    if cfg.max_steps and step > cfg.max_steps:  # it would be evaluated as a run of max_steps
         raise ValueError(
             f"{cfg.out_dir} holds a run trained to {step} steps, past this run's {cfg.max_steps}: "
             "choose a fresh --out"

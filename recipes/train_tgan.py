@@ -139,6 +139,9 @@ class TGANConfig(TrainConfig):
     # > 0: the critic's minibatch-stddev channel over groups of this many clips (0 = off, as the paper); see
     # recipes.models.tgan.minibatch_stddev
     mbstd_group: int = 0
+    # > 0: add the R1 penalty (r1_gamma / 2) E ||grad_x D(x)||^2 on real clips to the critic's loss, beside
+    # the Lipschitz constraint (0 = off, as the paper); see critic_objective
+    r1_gamma: float = 0.0
     g_ema: float = 0.0  # > 0: also keep an exponential moving average of G's weights with this decay, which
     # samples and evaluation use (0 = off, as the paper); see ema_update
     label_key: str = ""  # meta key with a class label (int or list of ints) -> conditional model; "" = off
@@ -305,18 +308,39 @@ def train_step(
     """
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
+    real = with_input_grad(real, cfg)
     with ctx:
         fake = gen(z0, cond)
         d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
         loss_g = generator_loss(d_fake.float())
-        loss_d = critic_loss(d_real.float(), d_fake.float())
+        loss_d, objective, r1 = critic_objective(d_fake, d_real, real, cfg)
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward(inputs=[p for p in gen.parameters() if p.requires_grad], retain_graph=True)
     scaler.step(opt_g)
     # The critic's graph of d_fake is reused: its gradients w.r.t. the critic never enter G's graph, so the
     # G update just made does not matter (the authors unchain the fake video for the same reason).
-    metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item()}
-    return metrics | update_critic(critic, opt_d, scaler, loss_d, cfg=cfg, update=step)
+    metrics = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "wasserstein": -loss_d.item(), **r1}
+    return metrics | update_critic(critic, opt_d, scaler, objective, cfg=cfg, update=step)
+
+
+def with_input_grad(real: torch.Tensor, cfg: TGANConfig) -> torch.Tensor:
+    """`real` as a leaf that records its gradient when the R1 penalty needs it; unchanged otherwise."""
+    return real.detach().requires_grad_(True) if cfg.r1_gamma > 0 else real
+
+
+def critic_objective(
+    d_fake: torch.Tensor, d_real: torch.Tensor, real: torch.Tensor, cfg: TGANConfig
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(L_D, what the critic minimises, logged terms): L_D alone, or with `cfg.r1_gamma` > 0 plus the R1
+    penalty (r1_gamma / 2) E_x ||grad_x D(x)||^2 on the real clips (Mescheder et al. 2018; beyond the paper,
+    whose only constraint is SVC). `real` must be `with_input_grad`'s; with the joint critic batch the
+    gradient also runs through the BN statistics the reals share with the fakes."""
+    loss_d = critic_loss(d_real.float(), d_fake.float())
+    if cfg.r1_gamma <= 0:
+        return loss_d, loss_d, {}
+    (grad,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
+    r1 = grad.float().square().flatten(1).sum(1).mean()
+    return loss_d, loss_d + cfg.r1_gamma / 2 * r1, {"r1": r1.item()}
 
 
 def update_critic(
@@ -363,12 +387,14 @@ def critic_step(
     mode, so its BN uses batch statistics as in `train_step`)."""
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     z0 = unwrap(gen).sample_z(real.shape[0], generator=noise, device=real.device)
+    real = with_input_grad(real, cfg)
     with ctx:
         with torch.no_grad():
             fake = gen(z0, cond)
         d_fake, d_real = critic_scores(critic, fake, real, cond, cfg)
-        loss_d = critic_loss(d_real.float(), d_fake.float())
-    return {"loss_d": loss_d.item()} | update_critic(critic, opt_d, scaler, loss_d, cfg=cfg, update=update)
+        loss_d, objective, r1 = critic_objective(d_fake, d_real, real, cfg)
+    metrics = {"loss_d": loss_d.item(), **r1}
+    return metrics | update_critic(critic, opt_d, scaler, objective, cfg=cfg, update=update)
 
 
 def train_iteration(
@@ -669,6 +695,8 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"n_critic must be >= 1, got {cfg.n_critic}")
     if cfg.mbstd_group < 0:
         raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {cfg.mbstd_group}")
+    if not cfg.r1_gamma >= 0:
+        raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {cfg.r1_gamma}")
 
 
 def main(cfg: TGANConfig, loader: Iterable | None = None) -> dict[str, Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from recipes import train_glo
 from recipes.protocols import glo
 from recipes.reproduce import metric_value, reproduce
 
@@ -37,6 +39,24 @@ def test_tiny_protocol_run_reports_every_target_metric(tmp_path, monkeypatch):
     again = reproduce("glo-balls", tmp_path / "out2", quick=True, data_root=tmp_path / "data")
     assert sorted((tmp_path / "data").iterdir()) == stores
     assert again["metrics"]["reconstruction"] == report["metrics"]["reconstruction"]  # deterministic
+    # a rerun into the same --out re-evaluates the finished run: no step trained again, the same figures
+    assert report["steps"]["resumed_at"] == 0
+    final = tmp_path / "out" / "glo" / "checkpoints" / "ckpt-000000006.pt"
+    weights = torch.load(final, weights_only=True)["models"]["gen"]
+    with monkeypatch.context() as m:
+        m.setattr(train_glo, "train_step", _no_training)
+        rerun = reproduce("glo-balls", tmp_path / "out", quick=True, data_root=tmp_path / "data")
+    assert rerun["steps"]["resumed_at"] == 6 and rerun["steps"]["glo"]["steps"] == 6
+    assert rerun["metrics"] == report["metrics"]
+    after = torch.load(final, weights_only=True)["models"]["gen"]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    # ... and a folder of a run with other settings is refused, not resumed with mixed settings
+    with pytest.raises(ValueError, match="other settings \\(seed\\)"):
+        reproduce("glo-balls", tmp_path / "out", quick=True, data_root=tmp_path / "data", seed=1)
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("the finished run was trained again")
 
 
 def test_targets_are_the_issue_figures_and_quick_is_weaker():

@@ -4,7 +4,8 @@
 
 Makes (or reuses, after checking every shard) a small one-ball bouncing-balls store (32x32, 16 frames) under
 ``ctx.data_dir``, trains video GLO on it (``recipes.train_glo.main``, stage ``glo``), then fits the IMLE and
-Gaussian noise-to-code mappings and evaluates (stage ``post``, resumed from the last checkpoint):
+Gaussian noise-to-code mappings and evaluates (stage ``post``, resumed from the last checkpoint; a rerun into
+the same ``--out`` re-evaluates the finished run, and a folder of a run with other settings is refused):
 
 * reconstructions of the first 256 training clips against the store's true ball centres (count accuracy,
   centre error in px);
@@ -31,7 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from recipes.reproduce import Context, Outcome, Protocol, Target, register, timed
+from recipes.reproduce import Context, Outcome, Protocol, Target, check_resumable, register, timed
 
 SEED = 15  # store seed (the protocol's ``--seed`` seeds training)
 N_BALLS, SIZE, FRAMES = 1, 32, 16
@@ -90,7 +91,8 @@ def glo_config(ctx: Context, data: Path) -> Any:
         stage="glo",
         log_every=20,
         sample_every=0,
-        ckpt_every=0,
+        ckpt_every=0,  # one checkpoint, at the end: the evaluation (stage post) and a rerun go on from it
+        resume="auto",  # a rerun into the same --out re-evaluates the finished run (other settings: refused)
         precision=ctx.precision,
         compile=ctx.cuda and ctx.compile,
         **COMMON,
@@ -104,10 +106,12 @@ def run_glo(ctx: Context) -> Outcome:
 
     data = _store(ctx, CPU_SCALE[ctx.quick]["store"])
     cfg = glo_config(ctx, data)
+    resumed_at = check_resumable(cfg, may_differ=frozenset({"stage"}))  # a rerun re-evaluates a finished run
     steps: dict[str, Any] = {}
     timed(steps, "glo", lambda: main(cfg))
     ev = timed(steps, "post", lambda: main(dataclasses.replace(cfg, stage="post", resume="auto")))
     steps["glo"] |= {"steps": ev["step"], "epochs": cfg.epochs, "clips": CPU_SCALE[ctx.quick]["store"]}
+    steps["resumed_at"] = resumed_at
     samples = Path(cfg.out_dir) / "samples"
     files = {}
     for name in ("reconstruction.png", "imle.png", "imle.gif", "gaussian.png"):
