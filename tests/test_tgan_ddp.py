@@ -34,7 +34,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, out: str, n_critic: int) -> None:
+def _rank_main(rank: int, world_size: int, port: int, out: str, n_critic: int, r1_gamma: float) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -45,7 +45,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, n_critic: int) -
         gen_t, critic_t = wrap_ddp(gen, world, device), wrap_ddp(critic, world, device)
         data = torch.Generator().manual_seed(100 + rank)  # each rank sees different clips
         scaler = make_scaler(device, "float32")
-        cfg = dataclasses.replace(CFG, n_critic=n_critic)
+        cfg = dataclasses.replace(CFG, n_critic=n_critic, r1_gamma=r1_gamma)
         for step in range(1, STEPS + 1):
             reals = [
                 torch.rand(CFG.batch_size, 1, CFG.frames, 16, 16, generator=data) * (1 + rank) - 1
@@ -72,10 +72,13 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, n_critic: int) -
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("n_critic", [1, 2])  # 2: a critic-only update (G forward, no grad) each step
-def test_two_gloo_ranks_keep_identical_weights_through_svc(tmp_path: Path, n_critic: int) -> None:
+# n_critic 2: a critic-only update (G forward, no grad) each step; r1_gamma: the penalty's double backward
+@pytest.mark.parametrize(("n_critic", "r1_gamma"), [(1, 0.0), (2, 0.0), (2, 10.0)])
+def test_two_gloo_ranks_keep_identical_weights_through_svc(
+    tmp_path: Path, n_critic: int, r1_gamma: float
+) -> None:
     # spawn: a forked child of this multi-threaded test process can hang
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), n_critic), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), n_critic, r1_gamma), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0.keys() == r1.keys()
     differ = [k for k in r0 if not torch.equal(r0[k], r1[k])]
