@@ -42,6 +42,7 @@ from typing import Any
 
 from datagen.errors import DatagenError
 from datagen.store.atomic import write_json_atomic
+from recipes.common.cli import USER_ERRORS, error_line
 
 PROTOCOL_MODULES = (
     "recipes.protocols.framegan",
@@ -290,6 +291,9 @@ def reproduce(
     if unknown:
         have = ", ".join(protocol.stages) or "none"
         raise DatagenError(f"--steps: {name} has no stage {', '.join(unknown)} (its stages: {have})")
+    for flag, folder in (("--out", out), ("--data-root", data_root)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise DatagenError(f"{flag} {folder} is a file, not a folder: choose another path")
     ctx = Context(
         out=Path(out),
         quick=quick,
@@ -370,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             compile=not args.no_compile,
         )
-    except (DatagenError, ValueError, FileNotFoundError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(error_line(parser.prog, exc), file=sys.stderr)
         return 2
     print(format_report(report))
     return 0 if report["all_passed"] else 1

@@ -90,6 +90,13 @@ def test_scale_steps_and_quick_are_checked_before_anything_runs(tmp_path, monkey
             r.main([*out, *args])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert ran == [] and not (tmp_path / "o").exists()
+    (tmp_path / "a-file").write_text("someone's notes\n")
+    for flag in ("--out", "--data-root"):  # a file where a folder should go: one line, the file untouched
+        args = ["toy", "--out", str(tmp_path / "o"), flag, str(tmp_path / "a-file")]
+        assert r.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {tmp_path / 'a-file'} is a file, not a folder" in err and err.count("\n") == 1
+    assert ran == [] and (tmp_path / "a-file").read_text() == "someone's notes\n"
     assert r.main([*out, "--steps", "train=7", "--no-compile"]) == 0
     assert ran == [("cpu", {"train": 7}, "float32", False)]
     assert json.loads((tmp_path / "o" / "report.json").read_text())["scale"] == "cpu"

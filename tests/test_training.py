@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import os
 import random
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import yaml
 from PIL import Image
 
 from recipes.common import ckpt
-from recipes.common.cli import run_cli
+from recipes.common.cli import error_line, run_cli
 from recipes.common.config import (
     ConfigError,
     TrainConfig,
@@ -94,6 +96,24 @@ def test_cli_error_is_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "did you mean 'batch_size'" in res.stderr
+
+
+def test_cli_turns_the_file_systems_refusals_into_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    """A full disk, no permission or a file in a folder's way, raised from deep inside a run (not our own
+    message): the reason and the path on one line, not a traceback or an errno."""
+
+    def full_disk(cfg: ToyConfig) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "ckpt.pt"))
+
+    parser = build_parser(ToyConfig)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(full_disk, parser, ToyConfig, argv=[])
+    err = capsys.readouterr().err
+    assert (
+        exit_.value.code == 2
+        and err == f"{parser.prog}: error: No space left on device: {tmp_path / 'ckpt.pt'}\n"
+    )
+    assert error_line("toy", FileNotFoundError("no store at x")) == "toy: error: no store at x"
 
 
 def test_run_cli_calls_main_with_resolved_config() -> None:

@@ -10,6 +10,18 @@ from typing import Any
 from datagen.errors import DatagenError
 from recipes.common.config import TrainConfig, config_from_args
 
+# what a user can cause or cure: bad settings, missing or corrupt inputs, and the file system's refusals (a
+# file where a folder should go, no permission, a full disk), each printed as one line
+USER_ERRORS = (ValueError, DatagenError, OSError)
+
+
+def error_line(prog: str, exc: BaseException) -> str:
+    """`prog: error: ...` on one line; an OSError from the system as its reason and path, not its errno."""
+    if isinstance(exc, OSError) and not isinstance(exc, DatagenError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{prog}: error: {exc.strerror}{where}"
+    return f"{prog}: error: {exc}"
+
 
 def run_cli(
     main: Callable[[Any], Any],
@@ -25,6 +37,6 @@ def run_cli(
     try:
         cfg = config_from_args(cls, args, presets=presets, smoke=smoke)
         main(cfg)
-    except (ValueError, FileNotFoundError, DatagenError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(error_line(parser.prog, exc), file=sys.stderr)
         sys.exit(2)
