@@ -147,6 +147,26 @@ collapsed at 5,000 steps (nearest-neighbour distance 0.099).
 A critic twice as wide (32 channels; 0.22 CPU s a step against 0.13), run past the first 500 steps this
 time: 0.015, 0.159, 0.115, 0.110, 0.075, 0.103, 0.109, 0.090, 0.140, 0.114 at 500 ... 5,000 steps (64 clips):
 ahead at 1,000, behind from 2,000, at 1.7x the CPU; not adopted.
+The R1 penalty on real clips beside SVC (``r1_gamma: 10``, an option: Mescheder et al.'s zero-centred
+gradient penalty, the lever that ended FrameGAN's collapse; 1.2x the CPU a step), measured on another machine
+than the runs above (its CPU changes the floating-point order: the 1:1 baseline rerun there gave confident
+0.091 at 5,000 steps, not 0.176), against that baseline with the same seeds; 64 clips, nearest-neighbour RMS
+distance in [-1, 1] at 64x64 (real 0.23), every 1,000 steps:
+    confident frames at     1k     2k     3k     4k     5k     6k     7k     8k     9k    10k
+    1:1, seed 0          0.060  0.049  0.011  0.244  0.091
+    R1 10, seed 0        0.076  0.042  0.117  0.044  0.121
+    1:1, seed 1          0.001  0.116  0.096  0.165  0.128  0.135  0.036  0.135  0.041  0.112
+    R1 10, seed 1        0.000  0.042  0.140  0.136  0.214  0.134  0.146  0.109  0.116  0.172
+    nearest neighbour
+    1:1, seed 0           0.18   0.12   0.06   0.10   0.06
+    R1 10, seed 0         0.12   0.08   0.16   0.07   0.10
+    1:1, seed 1           0.09   0.18   0.08   0.06   0.07   0.05   0.04   0.05   0.05   0.05
+    R1 10, seed 1         0.01   0.10   0.14   0.07   0.18   0.18   0.24   0.16   0.09   0.09
+The first lever that kept clips from different z apart (seed 1 from 5,000 to 10,000 steps: 0.09-0.24
+against 0.04-0.05 without; frames with exactly one digit 0.25-0.46 against 0.08-0.41), and confident frames
+were higher at 5,000 steps in both seeds (0.121 / 0.214 against 0.091 / 0.128), but they did not grow with
+more steps (0.11-0.17 from 6,000 to 10,000) and stayed far below the targets (0.3 / 0.6). Not adopted: the
+measured --quick and full runs keep their settings; kept as an option for the GPU protocol's tries.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
