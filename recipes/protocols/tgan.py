@@ -165,8 +165,12 @@ distance in [-1, 1] at 64x64 (real 0.23), every 1,000 steps:
 The first lever that kept clips from different z apart (seed 1 from 5,000 to 10,000 steps: 0.09-0.24
 against 0.04-0.05 without; frames with exactly one digit 0.25-0.46 against 0.08-0.41), and confident frames
 were higher at 5,000 steps in both seeds (0.121 / 0.214 against 0.091 / 0.128), but they did not grow with
-more steps (0.11-0.17 from 6,000 to 10,000) and stayed far below the targets (0.3 / 0.6). Not adopted: the
-measured --quick and full runs keep their settings; kept as an option for the GPU protocol's tries.
+more steps (0.11-0.17 from 6,000 to 10,000) and stayed far below the targets (0.3 / 0.6). The whole
+--quick protocol on that machine, both runs side by side (one thread each): FVD 157 with R1 against 203
+without, i.e. 0.34 / 0.44 of the untrained model's 459 and 1.26 / 1.63 of frame-shuffled real's 124; confident
+frames 0.121 / 0.091, frames with one digit 0.39 / 0.24: better on every figure, the same two targets fail.
+Not adopted yet: the full protocol with it (about two hours there) has not been run, so the measured --quick
+and full runs keep their settings; kept as an option, the first to try at GPU scale.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
