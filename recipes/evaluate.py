@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from datagen.errors import DatagenError
 from datagen.store.atomic import atomic_path, write_json_atomic
+from recipes.common.cli import USER_ERRORS, error_message
 from recipes.metrics.registry import DEFAULT_METRICS, MetricOptions, calc_metric, families, report_metric
 from recipes.metrics.sources import open_source
 
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             extra={"fvd_resize": args.fvd_resize}
             | ({} if args.n_digits is None else {"n_digits": args.n_digits}),
         )
-    except (DatagenError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     for item in report["metrics"]:
         print(item["metric"], json.dumps(item["results"], sort_keys=True))

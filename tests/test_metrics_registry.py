@@ -127,6 +127,14 @@ def test_evaluate_errors_are_one_line_and_exit_2(store, tmp_path, capsys):
     assert "holds 12 clips" in capsys.readouterr().err
     assert evaluate.main(["--real", str(store), "--metrics", "fvd4_16f", "-o", str(tmp_path)]) == 2
     assert "needs a 'real' and a 'fake'" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text(
+        "someone's notes\n"
+    )  # the file system's refusal: one line, not a traceback
+    args = ["--real", str(store), "--fake", str(store), "--metrics", "adjacent_mse4_30f", "-o"]
+    assert evaluate.main([*args, str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "a-file") in err and err.count("\n") == 1
+    assert (tmp_path / "a-file").read_text() == "someone's notes\n"
 
 
 def test_calc_metric_reports_nan_as_null():

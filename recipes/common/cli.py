@@ -15,12 +15,16 @@ from recipes.common.config import TrainConfig, config_from_args
 USER_ERRORS = (ValueError, DatagenError, OSError)
 
 
-def error_line(prog: str, exc: BaseException) -> str:
-    """`prog: error: ...` on one line; an OSError from the system as its reason and path, not its errno."""
+def error_message(exc: BaseException) -> str:
+    """A user error's one-line text; an OSError from the system as its reason and path, not its errno."""
     if isinstance(exc, OSError) and not isinstance(exc, DatagenError) and exc.strerror:
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{prog}: error: {exc.strerror}{where}"
-    return f"{prog}: error: {exc}"
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def error_line(prog: str, exc: BaseException) -> str:
+    """`prog: error: ...` on one line (see `error_message`)."""
+    return f"{prog}: error: {error_message(exc)}"
 
 
 def run_cli(
