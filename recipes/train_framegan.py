@@ -59,6 +59,7 @@ x / y = stage 1 / stage 2):
     projection  gaussian                     uniform                          rpgan | code (weight_norm conv)
     G_V view    per sample                   raw view(30, B, 128)             - | code (mixes batch items)
     r1_gamma    0 (off)                      0 (off)                          beyond both (4)
+    g_ema       0 (off)                      0 (off)                          beyond both (5)
 
 (1) "when updating the generator parameters, the average of discriminator losses is considered" (stage 1)
     and "the scheme proposed in [11]" (Neyshabur et al.: the mean) for stage 2; `--g-loss hypervolume`
@@ -73,6 +74,10 @@ x / y = stage 1 / stage 2):
     every N-th step at N x G (StyleGAN2's lazy regularisation; about a third less CPU per stage 1 step at
     N = 4, but that 1-ball stage 1 was still collapsed at 800 steps, R1 on every step not from 700 on:
     not used by the protocols).
+(5) Neither the paper nor the code: `--g-ema 0.999` also keeps an exponential moving average of the stage's
+    generator (`recipes.common.ema`), which samples, evaluation and the checkpoint loaders use (so stage 2
+    renders through a stage 1 run's averaged G_F); the raw generator still trains and is checkpointed for
+    resuming.
 An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
 clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
 """
@@ -80,6 +85,7 @@ clip mode one random 30-frame window per clip (as their video loader). Any singl
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 from collections.abc import Callable
@@ -95,6 +101,7 @@ from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
 from recipes.common.data import build_loader, data_source, epoch_batches
 from recipes.common.dist import wrap_ddp
+from recipes.common.ema import ema_update
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid, save_video_gif
@@ -133,6 +140,7 @@ class FrameGANConfig(TrainConfig):
     nadir_slack: float = 1.5  # hypervolume delta: eta = delta * max_k l_k
     r1_gamma: float = 0.0  # beyond the paper (0 = off): R1 penalty on each D's projected real input
     r1_every: int = 1  # lazy R1 (StyleGAN2): the penalty on every N-th D step only, weighted N x gamma
+    g_ema: float = 0.0  # beyond both (0 = off): decay of the generator's weight average that samples use
     # data and model shapes
     size: int = 30  # frame size: 30 (paper) or 64
     channels: int = 1
@@ -235,6 +243,8 @@ def resolve_defaults(cfg: FrameGANConfig) -> FrameGANConfig:
         )
     if cfg.r1_every < 1:
         raise ValueError(f"--r1-every must be >= 1, got {cfg.r1_every}")
+    if not 0 <= cfg.g_ema < 1:
+        raise ValueError(f"--g-ema must be in [0, 1) (0 = off), got {cfg.g_ema}")
     if cfg.size not in (30, 64):
         raise ValueError(f"--size must be 30 or 64, got {cfg.size}")
     if cfg.g_loss == "hypervolume" and cfg.nadir_slack <= 1:
@@ -295,15 +305,21 @@ def load_video_generator(path: str | Path) -> tuple[VideoGenerator, FrameGANConf
 
 
 def _load_generator(path: str | Path, stage: int, flag: str, build: Callable[[FrameGANConfig], Any]) -> Any:
-    """(generator, config) from a checkpoint of `stage`, built from the config it was trained with."""
+    """(generator, config) from a checkpoint of `stage`, built from the config it was trained with: the weight
+    average where the run kept one (`--g-ema`), else the trained weights."""
 
     def build_g(cfg: FrameGANConfig, _: Any) -> dict[str, torch.nn.Module]:
         if cfg.stage != stage:
             raise ValueError(f"{path} is a stage {cfg.stage} checkpoint; {flag} needs a stage {stage} one")
-        return {"g": build(cfg)}
+        return {sampled_generator_key(cfg): build(cfg)}
 
     models, cfg, _ = ckpt.load_trained(path, FrameGANConfig(), build_g)
-    return models["g"], cfg
+    return models[sampled_generator_key(cfg)], cfg
+
+
+def sampled_generator_key(cfg: FrameGANConfig) -> str:
+    """The checkpoint entry samples come from: `g_ema` (the weight average) if the run kept one, else `g`."""
+    return "g_ema" if cfg.g_ema > 0 else "g"
 
 
 def make_optimizer(cfg: FrameGANConfig, params) -> torch.optim.Optimizer:
@@ -509,6 +525,9 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 frames=None if cfg.stage == 1 else cfg.frames,
             )
         models = {"g": g, "d": d} | ({"gf": gf} if gf is not None else {})
+        g_s = g  # the generator that samples and evaluation use: the weight average when there is one
+        if cfg.g_ema > 0:
+            g_s = models["g_ema"] = copy.deepcopy(g)
         optimizers = {"g": opt_g, "d": opt_d}
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         g_train = wrap_ddp(maybe_compile(g, cfg.compile, device), run.world, device)
@@ -527,7 +546,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         def samples() -> None:
             if run.is_main:
                 save_samples(
-                    run, step, sample(g, z_fixed) if gf is None else render_video(gf, sample(g, z_fixed))
+                    run, step, sample(g_s, z_fixed) if gf is None else render_video(gf, sample(g_s, z_fixed))
                 )
 
         done = bool(cfg.max_steps) and step >= cfg.max_steps
@@ -555,6 +574,8 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 r1_gamma=lazy_r1_gamma(cfg.r1_gamma, cfg.r1_every, step + 1),
             )
             step += 1
+            if cfg.g_ema > 0:
+                ema_update(g_s, g, cfg.g_ema, step)
             if run.after_step(step, stats, epoch=epoch, samples=samples, checkpoint=checkpoint):
                 break
         if saved_at != step:
@@ -567,7 +588,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         }
         if cfg.eval_videos > 0:
             result["eval"] = (
-                _evaluate_frames(cfg, run, g) if cfg.stage == 1 else _evaluate_and_record(cfg, run, g, gf)
+                _evaluate_frames(cfg, run, g_s) if cfg.stage == 1 else _evaluate_and_record(cfg, run, g_s, gf)
             )
         return result
     finally:

@@ -53,8 +53,8 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   paper's 1:1 run (counting G steps would let it drift 5K updates). Checkpoints fall between iterations, so
   resuming stays bitwise. Measured in the tgan-mnist protocol's short runs: K = 2 and 5 were ahead for the
   first 1,000 G steps, behind by 2,000 and at equal CPU (1.4x / 2.6x per G step); not adopted there.
-- `--g-ema 0.999`: also keep an exponential moving average of G's weights (`ema_update`), which samples,
-  evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
+- `--g-ema 0.999`: also keep an exponential moving average of G's weights (`recipes.common.ema`), which
+  samples, evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
 
 Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
 z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
@@ -90,6 +90,7 @@ from recipes.common.cli import run_cli
 from recipes.common.config import TrainConfig, build_parser
 from recipes.common.data import build_loader, data_source, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
+from recipes.common.ema import ema_update
 from recipes.common.run import Run, start_run
 from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid, save_video_gif
@@ -233,20 +234,6 @@ def lr_at(base: float, step: int, cfg: TGANConfig) -> float:
     if cfg.lr_decay == "linear" and horizon:
         return base * max(0.0, 1 - (step - 1) / horizon)
     return base
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- decay_t * ema + (1 - decay_t) * model for every parameter, buffers (BN running statistics)
-    copied. decay_t = min(decay, (1 + step) / (10 + step)) so the average forgets the initialisation early.
-    Not the paper's (our option): G's weights swing between checkpoints a few hundred steps apart (FVD by 2x
-    at 64x64), and the average of the recent weights samples better than any one of them (Yazici et al.
-    2019, "The unusual effectiveness of averaging in GAN training")."""
-    d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - d)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
 
 
 def make_optimizer(module: torch.nn.Module, cfg: TGANConfig, lr: float = 0.0) -> torch.optim.Optimizer:

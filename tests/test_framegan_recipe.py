@@ -27,6 +27,7 @@ from recipes.train_framegan import (
     load_video_generator,
     main,
     resolve_defaults,
+    sample,
 )
 
 ROOT = Path(__file__).parents[1]
@@ -156,6 +157,38 @@ def test_lazy_r1_penalises_every_nth_step_at_n_times_gamma_and_resumes_bitwise(
     )
     with pytest.raises(ValueError, match="--r1-every must be >= 1"):
         main(smoke_cfg(store, tmp_path / "c", r1_every=0))
+
+
+def test_generator_weight_average_samples_resumes_bitwise_and_is_what_loaders_return(
+    store: Path, tmp_path: Path
+) -> None:
+    """`--g-ema`: the checkpoint keeps the raw G_F (training goes on from it) and its average; evaluation and
+    `load_frame_generator` (hence stage 2's --gf-checkpoint) use the average; a resume ends bitwise equal."""
+    cfg = {"g_ema": 0.5, "log_every": 1, "max_steps": 5, "eval_videos": 8}
+    main(smoke_cfg(store, tmp_path / "a", ckpt_every=2, **cfg))
+    last = tmp_path / "a" / "checkpoints" / "ckpt-000000005.pt"
+    models = load(last)["models"]
+    assert set(models) == {"g", "g_ema", "d"}
+    assert not torch.equal(models["g"]["fc.0.weight"], models["g_ema"]["fc.0.weight"])
+    gf, gf_cfg = load_frame_generator(last)
+    assert gf_cfg.g_ema == 0.5
+    assert_state_equal(gf.state_dict(), models["g_ema"])
+    z = torch.randn(8, gf_cfg.z_dim, generator=torch.Generator().manual_seed(gf_cfg.seed + 1))
+    evaluated = np.load(tmp_path / "a" / "eval" / "samples.npy", allow_pickle=False)
+    assert np.array_equal(evaluated[:, :, 0], sample(gf, z).numpy())  # the average's frames, not G_F's
+    main(
+        smoke_cfg(
+            store,
+            tmp_path / "b",
+            resume=str(tmp_path / "a" / "checkpoints" / "ckpt-000000002.pt"),
+            ckpt_every=0,
+            **{**cfg, "eval_videos": 0},
+        )
+    )
+    assert_resumed_equal(load(last), load(tmp_path / "b" / "checkpoints" / "ckpt-000000005.pt"))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--g-ema must be in"):
+            main(smoke_cfg(store, tmp_path / "c", g_ema=bad))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 
 from recipes.common.config import config_from_args
 from recipes.common.data import smoke_store
+from recipes.common.ema import ema_update
 from recipes.models.tgan import ImageGenerator, upsample_stage
 from recipes.train_tgan import (
     PRESETS,
@@ -20,7 +21,6 @@ from recipes.train_tgan import (
     TGANConfig,
     critic_objective,
     downsample,
-    ema_update,
     generate_videos,
     load_models,
     lr_at,
