@@ -102,6 +102,21 @@ steps (the 7,500-step G_F's: 0.63, 0.79, 0.80, 0.83, 0.84), MSE 1.04-1.16x real'
 frames, collapsed only at 1,500 (spread 0.37). A longer stage 1 lifts the link rate by 0.04-0.09 at matched
 steps but not to 0.9 by 7,500 steps, and costs time the full protocol does not have.
 
+G_F's weight average (``g_ema`` 0.999, an option; the full protocol's stage 1 otherwise, one thread, on a
+slower CPU than the runs above, whose floating-point order differs: the raw G_F of this run drew three balls
+in 0.93 of frames at 7,500 steps, not 0.883). Raw G_F / its average, three balls in 256 frames every 500 steps
+from 2,500 to 7,500: 0.629 / 0.664, 0.703 / 0.766, 0.793 / 0.805, 0.836 / 0.859, 0.848 / 0.883, 0.836 / 0.887,
+0.852 / 0.879, 0.879 / 0.859, 0.922 / 0.891, 0.930 / 0.918, 0.930 / 0.926 (centre spread 0.98-1.04 of real's
+for both). The average was ahead while the count climbed (to 5,500 steps) and lagged it after, 0.016 higher on
+average over these checkpoints, no steadier: not used by the protocol. A stage 2 through that run's averaged
+7,500-step G_F (the full protocol's stage 2 settings plus an average of G_V, one thread, stopped at 6,000
+steps for time): raw G_V / its average, link rate 0.798 / 0.750, 0.939 / 0.940, 0.853 / 0.876, 0.907 / 0.935
+at 1,500 ... 6,000 steps, collapsed at 1,500 and 3,000 (centre spread 2.4 and 1.8 px for the raw G_V, real
+about 7), not at 4,500 and 6,000 (5.2, 6.4 px; the average's 4.9, 5.1); three balls in 0.97 / 0.86 and 0.95
+/ 0.90 of frames, adjacent MSE 1.03 / 1.00 and 1.08 / 0.98 of real's at 4,500 and 6,000. The raw G_V's link
+rate passed 0.9 at 6,000 steps here where the measured full run's stayed at 0.83-0.87 (a G_F that drew
+three balls in 0.883 of frames, another machine and thread count): one run, not a protocol result.
+
 Shorter or cheaper 3-ball stage 1 runs (one thread, same seed; width-8 baseline: three balls in 0.47 of frames
 at 1,000 steps, 0.58 at 2,500; 0.43 CPU-s a step), none adopted: lazy R1 (``r1_every`` 4, 0.31 CPU-s a step)
 0.27, 0.32, 0.27 at 500, 1,000, 1,500 (collapsed at each); Adam 2e-4 (betas 0.5, 0.999) 0.0 and 0.36 at 500,

@@ -169,8 +169,13 @@ more steps (0.11-0.17 from 6,000 to 10,000) and stayed far below the targets (0.
 --quick protocol on that machine, both runs side by side (one thread each): FVD 157 with R1 against 203
 without, i.e. 0.34 / 0.44 of the untrained model's 459 and 1.26 / 1.63 of frame-shuffled real's 124; confident
 frames 0.121 / 0.091, frames with one digit 0.39 / 0.24: better on every figure, the same two targets fail.
-Not adopted yet: the full protocol with it (about two hours there) has not been run, so the measured --quick
-and full runs keep their settings; kept as an option, the first to try at GPU scale.
+The full protocol with it on that machine (one thread, beside another job; 20,000 steps, 256 clips): FVD 156 =
+0.35 of the untrained model's 450 (holds) and 1.95 of frame-shuffled real's 80 (target <= 0.5), confident
+frames 0.213 (target >= 0.6), frames with one digit 0.37, identity persistence 0.13; GAM: the 10,000-step
+checkpoint beats the final one (score 0.07). Against the full run without it (below; an earlier machine, FVD
+0.34 / 1.94, confident 0.331, one digit 0.57, persistence 0.07, final beats half-way): FVD the same, fewer
+confident frames, worse in its second half. Not adopted; kept as an option. Training 4,988 CPU s, evaluation
+2,456, 7,577 s wall in all.
 
 Measured ``--quick`` at 32x32 (this configuration, one thread, 2 CPU cores shared with other jobs; 5,000
 steps, the same run as the learning curve's: confident 0.176 at 5,000 there too): FVD 327 = 0.56 of the
