@@ -127,9 +127,8 @@ def test_evaluate_errors_are_one_line_and_exit_2(store, tmp_path, capsys):
     assert "holds 12 clips" in capsys.readouterr().err
     assert evaluate.main(["--real", str(store), "--metrics", "fvd4_16f", "-o", str(tmp_path)]) == 2
     assert "needs a 'real' and a 'fake'" in capsys.readouterr().err
-    (tmp_path / "a-file").write_text(
-        "someone's notes\n"
-    )  # the file system's refusal: one line, not a traceback
+    # the file system's refusal (a file where -o's folder should go): one line, not a traceback
+    (tmp_path / "a-file").write_text("someone's notes\n")
     args = ["--real", str(store), "--fake", str(store), "--metrics", "adjacent_mse4_30f", "-o"]
     assert evaluate.main([*args, str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err
