@@ -77,7 +77,8 @@ x / y = stage 1 / stage 2):
 (5) Neither the paper nor the code: `--g-ema 0.999` also keeps an exponential moving average of the stage's
     generator (`recipes.common.ema`), which samples, evaluation and the checkpoint loaders use (so stage 2
     renders through a stage 1 run's averaged G_F); the raw generator still trains and is checkpointed for
-    resuming.
+    resuming. The framegan-3ball full protocol samples G_V's average (measured: it linked where the raw G_V
+    did not; recipes.protocols.framegan).
 An epoch is one pass of the loader: frame mode draws one random frame per clip (as the authors' frame loader),
 clip mode one random 30-frame window per clip (as their video loader). Any single key can be overridden.
 """
