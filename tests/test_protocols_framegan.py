@@ -144,7 +144,7 @@ def test_quick_shortens_both_stages_and_three_balls_train_stage_1_longer() -> No
     # the average is the full 3-ball stage 2's alone: every other stage samples its raw generator
     assert [c.get("g_ema", 0.0) for c in (*one, *three, *full_one, *full_three)] == [0.0] * 7 + [0.999]
     varying = {"max_steps", "d_width", "g_ema"}
-    for a, b in ((one, three), (one, full_one), (one, full_three)):  # only lengths and video D width differ
+    for a, b in ((one, three), (one, full_one), (one, full_three)):  # only the varying keys differ
         assert a[0]["d_width"] == b[0]["d_width"] == 32
         for x, y in zip(a, b, strict=True):
             assert {k: v for k, v in x.items() if k not in varying} == {
