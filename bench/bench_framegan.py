@@ -1,16 +1,19 @@
-"""FrameGAN training steps/s: K discriminators as grouped convolutions vs a per-discriminator Python loop.
+"""FrameGAN training steps/s: K discriminators as grouped convolutions (`--d-impl batched`), the same with
+the last conv as a dot product (`batched_dot`), and a per-discriminator Python loop (`loop`).
 
 Same run, same weights: `LoopDiscriminators.from_batched` copies the batched discriminators' weights into K
 separate modules (the straightforward reference: what the authors' code does with a list of K models and K
-optimizers). Both run the recipe's own `train_step` (one D update of all K, one G update) on synthetic
-batches in [-1, 1] (the loader is not measured). Repeats alternate between the two so a shared machine slows
-both alike; the figure is the median over repeats.
+optimizers); the dot-head discriminators load the batched ones' state. All run the recipe's own `train_step`
+(one D update of all K, one G update) on synthetic batches in [-1, 1] (the loader is not measured), with R1
+if `--r1-gamma` > 0 (the CPU protocols' stage 1 uses 10, stage 2 1). Repeats alternate between the three so
+a shared machine slows all alike; the figure is the median over repeats.
 
     python bench/bench_framegan.py                       # CPU: paper K and batch, narrow layers (see --help)
     python bench/bench_framegan.py --device cuda --paper-widths --repeats 5
+    python bench/bench_framegan.py --stage 1 --k1 8 --d-width 32 --r1-gamma 10   # framegan-3ball's stage 1
 
-Prints one JSON line per stage: steps/s batched, steps/s loop, the speed-up (batched steps/s over loop
-steps/s), and the largest difference of D outputs between the two at the shared initial weights.
+Prints one JSON line per stage: steps/s of each, the speed-ups (batched over loop, dot head over batched),
+and the largest difference of D outputs from the batched ones at the shared initial weights.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _setup(stage: int, args: argparse.Namespace, device: torch.device):
-    """(fake_fn, trainable generator, batched D, loop D with the same weights, real batch)."""
+    """(fake_fn, trainable generator, {impl: D with the same weights}, real batch)."""
     torch.manual_seed(0)
     if stage == 1:
         g = FrameGenerator(width=args.g_width).to(device)
         fake_fn = g
-        d = frame_discriminators(args.k1, width=args.d_width).to(device)
+        d, dot = (frame_discriminators(args.k1, width=args.d_width, dot_head=f).to(device) for f in (0, 1))
         real = torch.rand(args.batch1, 1, 30, 30, device=device) * 2 - 1
     else:
         gf = freeze(FrameGenerator(width=args.g_width)).to(device)
@@ -57,19 +60,26 @@ def _setup(stage: int, args: argparse.Namespace, device: torch.device):
             return render_video(gf, gv(z))
 
         g = gv
-        d = video_discriminators(args.k2, width=args.d_width).to(device)
+        d, dot = (video_discriminators(args.k2, width=args.d_width, dot_head=f).to(device) for f in (0, 1))
         real = torch.rand(args.batch2, 1, 30, 30, 30, device=device) * 2 - 1
-    loop = LoopDiscriminators.from_batched(d).to(device)
-    return fake_fn, g, d, loop, real
+    dot.load_state_dict(d.state_dict())
+    impls = {"batched": d, "batched_dot": dot, "loop": LoopDiscriminators.from_batched(d).to(device)}
+    return fake_fn, g, impls, real
 
 
-def _run(fake_fn, g, d, real, steps: int, device: torch.device) -> float:
+def _run(fake_fn, g, d, real, steps: int, device: torch.device, r1_gamma: float) -> float:
     """Seconds per training step over `steps` steps (fresh optimizers each call, as in a new run)."""
     opt_g = torch.optim.RMSprop(g.parameters(), lr=1e-4)
     opt_d = torch.optim.RMSprop(d.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     z = torch.randn(real.shape[0], 100, device=device)
-    kw = {"g_loss": "hypervolume", "nadir_slack": 1.5, "scaler": scaler, "autocast": contextlib.nullcontext}
+    kw = {
+        "g_loss": "hypervolume",
+        "nadir_slack": 1.5,
+        "scaler": scaler,
+        "autocast": contextlib.nullcontext,
+        "r1_gamma": r1_gamma,
+    }
     train_step(fake_fn, d, opt_g, opt_d, real, z, **kw)  # warm-up (allocations, cuDNN choice)
     _sync(device)
     t0 = time.perf_counter()
@@ -80,18 +90,18 @@ def _run(fake_fn, g, d, real, steps: int, device: torch.device) -> float:
 
 
 def bench_stage(stage: int, args: argparse.Namespace, device: torch.device) -> dict:
-    fake_fn, g, d, loop, real = _setup(stage, args, device)
+    fake_fn, g, impls, real = _setup(stage, args, device)
     with torch.no_grad():
-        same_init = (d(real) - loop(real)).abs().max().item()
+        base = impls["batched"](real)
+        diffs = {name: (d(real) - base).abs().max().item() for name, d in impls.items() if name != "batched"}
     g_state = {k: v.clone() for k, v in g.state_dict().items()}
-    batched_t, loop_t = [], []
-    for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both alike
-        g.load_state_dict(g_state)
-        batched_t.append(_run(fake_fn, g, d, real, args.steps, device))
-        g.load_state_dict(g_state)
-        loop_t.append(_run(fake_fn, g, loop, real, args.steps, device))
-    b, lp = statistics.median(batched_t), statistics.median(loop_t)
-    k = d.k
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit all alike
+        for name, d in impls.items():
+            g.load_state_dict(g_state)
+            times[name].append(_run(fake_fn, g, d, real, args.steps, device, args.r1_gamma))
+    b, dt, lp = (statistics.median(times[name]) for name in ("batched", "batched_dot", "loop"))
+    k = impls["batched"].k
     return {
         "bench": "framegan_train_step",
         "stage": stage,
@@ -100,10 +110,13 @@ def bench_stage(stage: int, args: argparse.Namespace, device: torch.device) -> d
         "d_width": args.d_width,
         "g_width": args.g_width,
         "device": str(device),
+        "r1_gamma": args.r1_gamma,
         "steps_per_s_batched": round(1 / b, 3),
+        "steps_per_s_batched_dot": round(1 / dt, 3),
         "steps_per_s_loop": round(1 / lp, 3),
         "speedup_batched_vs_loop": round(lp / b, 2),
-        "max_abs_output_diff_at_init": same_init,
+        "speedup_dot_vs_batched": round(b / dt, 2),
+        "max_abs_output_diff_at_init": diffs,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -123,6 +136,7 @@ def main() -> None:
     parser.add_argument("--d-width", type=int, default=16, help="first D conv channels (paper 256)")
     parser.add_argument("--g-width", type=int, default=128, help="G_F width (paper 1024)")
     parser.add_argument("--paper-widths", action="store_true", help="d-width 256, g-width 1024 (GPU)")
+    parser.add_argument("--r1-gamma", type=float, default=0.0, help="R1 weight (protocols: 10 / 1)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -158,7 +158,9 @@ class FrameGANConfig(TrainConfig):
     # stage 2: G_V's codes through tanh (paper and code: in [-1, 1]) or, beyond the paper, on the sphere of
     # radius sqrt(z_dim) where G_F's N(0, I) training codes lie (VideoGenerator)
     gv_output: Literal["tanh", "sphere"] = "tanh"
-    d_impl: Literal["batched", "loop"] = "batched"  # loop: K modules, same maths (bench_framegan: which wins)
+    # the K discriminators: grouped convs; "batched_dot": the same with the last conv (one output position) as
+    # a dot product, faster on CPU; "loop": K modules. The same maths in other orders (bench_framegan)
+    d_impl: Literal["batched", "batched_dot", "loop"] = "batched"
     # stage 2 inputs, sampling and evaluation
     gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
     gv_checkpoint: str = ""  # stage 2 checkpoint to start G_V from (with --sample-only: to sample from)
@@ -264,6 +266,7 @@ def build_discriminators(cfg: FrameGANConfig) -> nn.Module:
         "projection_init": cfg.projection_init,
         "projection_seed": cfg.seed,
         "init": cfg.init,
+        "dot_head": cfg.d_impl == "batched_dot",
     }
     d = (
         frame_discriminators(cfg.k, size=cfg.size, **kw)

@@ -6,6 +6,8 @@ import contextlib
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from recipes.losses.multi_d import (
@@ -16,12 +18,14 @@ from recipes.losses.multi_d import (
     r1_penalties,
 )
 from recipes.models.framegan import (
+    ConvSpec,
     FrameGenerator,
     LoopDiscriminators,
     MultiDiscriminator,
     VideoGenerator,
     frame_discriminators,
     freeze,
+    one_output_position,
     render_video,
     video_discriminators,
 )
@@ -302,6 +306,56 @@ def test_mean_loss_gives_each_discriminator_weight_one_over_k() -> None:
     combine_generator_losses(generator_losses(d(g(z))), "mean").backward()
     for i, p in enumerate(g.parameters()):
         torch.testing.assert_close(p.grad, sum(grads[i] for grads in per_d) / 4, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda dot: frame_discriminators(5, width=4, dot_head=dot), (3, 1, 30, 30)),
+        (lambda dot: frame_discriminators(3, size=64, channels=3, width=2, dot_head=dot), (2, 3, 64, 64)),
+        (lambda dot: video_discriminators(4, width=3, dot_head=dot), (2, 1, 30, 30, 30)),
+    ],
+    ids=["frames-30", "frames-64", "videos"],
+)
+def test_dot_head_is_the_grouped_last_conv(make, shape) -> None:
+    """`d_impl="batched_dot"`: the last conv as a dot product gives the grouped conv's logits, input
+    gradients, R1's double backward and every weight gradient (float rounding apart), same parameters."""
+    torch.manual_seed(0)
+    conv, dot = make(False), make(True)
+    dot.load_state_dict(conv.state_dict())
+    x = torch.randn(shape)
+    results = []
+    for d in (conv, dot):
+        p = d.project(x).detach().requires_grad_(True)
+        logits = d(p, projected=True)
+        (grad,) = torch.autograd.grad(logits.sum(), p, create_graph=True)  # R1's input gradient
+        (logits.square().sum() + grad.square().sum()).backward()
+        results.append([logits, grad, *(q.grad for q in d.parameters())])
+    assert results[0][0].shape == (shape[0], conv.k)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert [n for n, _ in conv.named_parameters()] == [n for n, _ in dot.named_parameters()]
+
+
+def test_dot_head_falls_back_to_the_conv_where_the_output_has_several_positions() -> None:
+    """Another frame size leaves the last conv several output positions (averaged): there it stays a conv."""
+    torch.manual_seed(0)
+    conv, dot = (video_discriminators(2, width=2, dot_head=flag) for flag in (False, True))
+    dot.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 1, 36, 30, 30)  # 36 frames: the last conv maps 6x2x2 to 3x1x1
+    assert not one_output_position((6, 2, 2), conv.specs[-1])
+    assert torch.equal(conv(x), dot(x))
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 6), k=st.integers(1, 6), s=st.integers(1, 3), p=st.integers(0, 3))
+def test_one_output_position_matches_the_conv(n: int, k: int, s: int, p: int) -> None:
+    """The predicate is true exactly when the conv has one output position whose window covers the input."""
+    assume(n + 2 * p >= k)  # the conv has an output at all
+    spec = ConvSpec(1, (k,), (s,), (p,))
+    out = torch.nn.functional.conv1d(torch.zeros(1, 1, n), torch.zeros(1, 1, k), stride=s, padding=p)
+    covers = n + p <= k  # window [-p, k - p) holds input positions 0 .. n-1
+    assert one_output_position((n,), spec) == (out.shape[-1] == 1 and covers)
 
 
 @pytest.mark.parametrize("stage", [1, 2])

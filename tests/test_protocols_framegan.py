@@ -133,17 +133,22 @@ def test_a_rerun_resumes_only_a_stage_with_the_same_settings(tmp_path: Path) -> 
 
 def test_quick_shortens_both_stages_and_three_balls_train_stage_1_longer() -> None:
     """--quick: 1,000 steps of each stage (about 10 minutes), 2,500 + 1,500 for three balls; full: the same
-    models, stage 2 13,500 steps; three balls 7,500 + 7,500 with G_V's weight average sampling (measured:
-    it linked 0.947 where the raw G_V's 13,500 steps did not reach 0.9). Video discriminators of width 16 for
-    one ball, 8 for three (measured: width 16 collapsed the 3-ball G_V)."""
+    models, stage 2 13,500 steps; three balls 9,000 + 6,000 (measured: at 7,500 steps two of four stage 1
+    runs drew three balls in < 0.9 of frames) with G_V's weight average sampling (it linked 0.917-0.947 at
+    6,000 and 7,500 steps where the raw G_V's 13,500 did not reach 0.9) and the dot-head discriminators
+    (the same maths, faster on CPU). Video discriminators of width 16 for one ball, 8 for three (measured:
+    width 16 collapsed the 3-ball G_V)."""
     one, three = proto.stage_configs(True, 1), proto.stage_configs(True, 3)
     full_one, full_three = proto.stage_configs(False, 1), proto.stage_configs(False, 3)
     steps = [c["max_steps"] for c in (*one, *three, *full_one, *full_three)]
-    assert steps == [1000, 1000, 2500, 1500, 1000, 13500, 7500, 7500]
+    assert steps == [1000, 1000, 2500, 1500, 1000, 13500, 9000, 6000]
     assert [c[1]["d_width"] for c in (one, three, full_one, full_three)] == [16, 8, 16, 8]
     # the average is the full 3-ball stage 2's alone: every other stage samples its raw generator
     assert [c.get("g_ema", 0.0) for c in (*one, *three, *full_one, *full_three)] == [0.0] * 7 + [0.999]
-    varying = {"max_steps", "d_width", "g_ema"}
+    # the dot head only where the measured run used it: every other protocol keeps the grouped last conv
+    impls = [c.get("d_impl", "batched") for c in (*one, *three, *full_one, *full_three)]
+    assert impls == ["batched"] * 6 + ["batched_dot"] * 2
+    varying = {"max_steps", "d_width", "g_ema", "d_impl"}
     for a, b in ((one, three), (one, full_one), (one, full_three)):  # only the varying keys differ
         assert a[0]["d_width"] == b[0]["d_width"] == 32
         for x, y in zip(a, b, strict=True):

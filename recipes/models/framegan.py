@@ -181,6 +181,15 @@ def random_projections(
     return v / v.flatten(1).norm(dim=1).view(k, *([1] * (len(shape) - 1)))
 
 
+def one_output_position(spatial: Sequence[int], spec: ConvSpec) -> bool:
+    """Whether `spec` maps an input of this spatial size to a single output position whose window holds every
+    input position (then the conv is one dot product per output channel)."""
+    return all(
+        (n + 2 * p - k) // s == 0 and n + p <= k
+        for n, k, s, p in zip(spatial, spec.kernel, spec.stride, spec.padding, strict=True)
+    )
+
+
 def _conv(dim: int):
     return (nn.Conv2d, F.conv2d) if dim == 2 else (nn.Conv3d, F.conv3d)
 
@@ -204,9 +213,11 @@ class MultiDiscriminator(nn.Module):
         projection_init: str = "gaussian",
         projection_seed: int = 0,
         init: str = "dcgan",
+        dot_head: bool = False,
     ) -> None:
         super().__init__()
         self.k, self.dim, self.proj_spec, self.specs = k, len(proj.kernel), proj, list(layers)
+        self.dot_head = dot_head
         conv_cls, self._conv = _conv(self.dim)
         gen = torch.Generator().manual_seed(projection_seed)
         self.register_buffer(
@@ -227,11 +238,21 @@ class MultiDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
         """Logits (B, K); `projected=True`: x is already `project(...)`'s output (channel k feeds D_k)."""
         h = x if projected else self.project(x)
-        for i, conv in enumerate(self.convs):
-            h = conv(h)
-            if i < len(self.convs) - 1:
-                h = F.leaky_relu(h, LEAK)
-        return h.flatten(2).mean(2)  # (B, K); a 1x1(x1) map for the authors' sizes
+        for conv in self.convs[:-1]:
+            h = F.leaky_relu(conv(h), LEAK)
+        if self.dot_head and one_output_position(h.shape[2:], self.specs[-1]):
+            return self._dot_head(h)
+        return self.convs[-1](h).flatten(2).mean(2)  # (B, K); a 1x1(x1) map for the authors' sizes
+
+    def _dot_head(self, h: torch.Tensor) -> torch.Tensor:
+        """The last conv where its output is one position: per discriminator, the dot product of its input
+        with the kernel taps that see it (the taps over padding multiply zeros). The same sum as the grouped
+        conv in another order: CPU backends run a grouped conv whose kernel overhangs a 2x2 input slowly."""
+        conv, spec = self.convs[-1], self.specs[-1]
+        taps = tuple(slice(p, p + n) for p, n in zip(spec.padding, h.shape[2:], strict=True))
+        w = conv.weight[(slice(None), slice(None), *taps)].reshape(self.k, spec.out, -1)
+        logits = torch.einsum("bkx,kox->bko", h.reshape(len(h), self.k, -1), w).flatten(1) + conv.bias
+        return logits.view(len(h), self.k, spec.out).mean(2)
 
 
 class SingleDiscriminator(nn.Module):
@@ -303,11 +324,19 @@ def frame_discriminators(
     projection_init: str = "gaussian",
     projection_seed: int = 0,
     init: str = "dcgan",
+    dot_head: bool = False,
 ) -> MultiDiscriminator:
     """Stage 1: K 2-D discriminators on frames (B, C, size, size) -> (B, K) logits."""
     proj, layers = frame_discriminator_spec(size, width)
     return MultiDiscriminator(
-        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed, init=init
+        k,
+        channels,
+        proj,
+        layers,
+        projection_init=projection_init,
+        projection_seed=projection_seed,
+        init=init,
+        dot_head=dot_head,
     )
 
 
@@ -319,11 +348,19 @@ def video_discriminators(
     projection_init: str = "gaussian",
     projection_seed: int = 0,
     init: str = "dcgan",
+    dot_head: bool = False,
 ) -> MultiDiscriminator:
     """Stage 2: K 3-D discriminators on clips (B, C, T, H, W) -> (B, K) logits."""
     proj, layers = video_discriminator_spec(width)
     return MultiDiscriminator(
-        k, channels, proj, layers, projection_init=projection_init, projection_seed=projection_seed, init=init
+        k,
+        channels,
+        proj,
+        layers,
+        projection_init=projection_init,
+        projection_seed=projection_seed,
+        init=init,
+        dot_head=dot_head,
     )
 
 
