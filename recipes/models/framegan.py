@@ -251,8 +251,7 @@ class MultiDiscriminator(nn.Module):
         conv, spec = self.convs[-1], self.specs[-1]
         taps = tuple(slice(p, p + n) for p, n in zip(spec.padding, h.shape[2:], strict=True))
         w = conv.weight[(slice(None), slice(None), *taps)].reshape(self.k, spec.out, -1)
-        logits = torch.einsum("bkx,kox->bko", h.reshape(len(h), self.k, -1), w).flatten(1) + conv.bias
-        return logits.view(len(h), self.k, spec.out).mean(2)
+        return torch.einsum("bkx,kox->bko", h.reshape(len(h), self.k, -1), w).flatten(1) + conv.bias
 
 
 class SingleDiscriminator(nn.Module):

@@ -168,8 +168,11 @@ stage 2 videos lose count accuracy: 0.59 through a G_F at 0.75). ``d_impl`` loop
 grouped convolutions in another order) costs 0.37 CPU-s a stage 1 step against 0.45 with one thread (width
 32), and ``batched_dot`` (only the last conv changed; the profile showed that grouped conv, about 1 MFLOP of
 useful work a call, taking 13% of a stage 1 step) 1.19x the grouped steps/s with two threads, where ``loop``
-gave 1.0x: the cheapest levers for the 3-ball --quick run (about 790 s by that ratio), not taken there
-because either changes the measured run (the floating-point order, hence the trajectory).
+gave 1.0x: the cheapest levers for the 3-ball --quick run (about 790 s by that ratio). Tried there (both
+stages, two threads, one run on a slower day: 1,247 s wall): three balls in 0.742 of frames, but stage 2
+collapsed at 1,500 steps (centre spread 0.33 of real's; link rate 0.88, MSE 0.90x), so --quick keeps the
+grouped conv of its measured run: its 1,500 stage 2 steps are where the 3-ball G_V's spread first clears
+the collapse line (0.59 with one thread, 0.60 with two), and another floating-point order can land below it.
 K = 4 discriminators instead of 8 (one thread; 0.24 CPU-s a step, 42% less) learned slower per step and per
 CPU second: three balls in 0.08, 0.20, 0.37, 0.42 of frames at 500 ... 2,000 steps (collapsed at each), where
 K = 8 drew 0.47 at 1,000 and 0.58 at 2,500 with one thread and 0.45, 0.53, 0.71, 0.75 at 1,000 ... 2,500 with
