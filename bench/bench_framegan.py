@@ -50,7 +50,7 @@ def _setup(stage: int, args: argparse.Namespace, device: torch.device):
     if stage == 1:
         g = FrameGenerator(width=args.g_width).to(device)
         fake_fn = g
-        d, dot = (frame_discriminators(args.k1, width=args.d_width, dot_head=f).to(device) for f in (0, 1))
+        d, dot = (frame_discriminators(args.k1, width=args.d_width, dot_head=f) for f in (False, True))
         real = torch.rand(args.batch1, 1, 30, 30, device=device) * 2 - 1
     else:
         gf = freeze(FrameGenerator(width=args.g_width)).to(device)
@@ -60,8 +60,9 @@ def _setup(stage: int, args: argparse.Namespace, device: torch.device):
             return render_video(gf, gv(z))
 
         g = gv
-        d, dot = (video_discriminators(args.k2, width=args.d_width, dot_head=f).to(device) for f in (0, 1))
+        d, dot = (video_discriminators(args.k2, width=args.d_width, dot_head=f) for f in (False, True))
         real = torch.rand(args.batch2, 1, 30, 30, 30, device=device) * 2 - 1
+    d, dot = d.to(device), dot.to(device)
     dot.load_state_dict(d.state_dict())
     impls = {"batched": d, "batched_dot": dot, "loop": LoopDiscriminators.from_batched(d).to(device)}
     return fake_fn, g, impls, real

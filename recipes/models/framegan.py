@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -315,52 +315,19 @@ class LoopDiscriminators(nn.Module):
 
 
 def frame_discriminators(
-    k: int,
-    *,
-    size: int = 30,
-    channels: int = 1,
-    width: int = 256,
-    projection_init: str = "gaussian",
-    projection_seed: int = 0,
-    init: str = "dcgan",
-    dot_head: bool = False,
+    k: int, *, size: int = 30, channels: int = 1, width: int = 256, **options: Any
 ) -> MultiDiscriminator:
-    """Stage 1: K 2-D discriminators on frames (B, C, size, size) -> (B, K) logits."""
-    proj, layers = frame_discriminator_spec(size, width)
-    return MultiDiscriminator(
-        k,
-        channels,
-        proj,
-        layers,
-        projection_init=projection_init,
-        projection_seed=projection_seed,
-        init=init,
-        dot_head=dot_head,
-    )
+    """Stage 1: K 2-D discriminators on frames (B, C, size, size) -> (B, K) logits. `options`:
+    MultiDiscriminator's (projection_init, projection_seed, init, dot_head)."""
+    return MultiDiscriminator(k, channels, *frame_discriminator_spec(size, width), **options)
 
 
 def video_discriminators(
-    k: int,
-    *,
-    channels: int = 1,
-    width: int = 256,
-    projection_init: str = "gaussian",
-    projection_seed: int = 0,
-    init: str = "dcgan",
-    dot_head: bool = False,
+    k: int, *, channels: int = 1, width: int = 256, **options: Any
 ) -> MultiDiscriminator:
-    """Stage 2: K 3-D discriminators on clips (B, C, T, H, W) -> (B, K) logits."""
-    proj, layers = video_discriminator_spec(width)
-    return MultiDiscriminator(
-        k,
-        channels,
-        proj,
-        layers,
-        projection_init=projection_init,
-        projection_seed=projection_seed,
-        init=init,
-        dot_head=dot_head,
-    )
+    """Stage 2: K 3-D discriminators on clips (B, C, T, H, W) -> (B, K) logits. `options`: as
+    frame_discriminators'."""
+    return MultiDiscriminator(k, channels, *video_discriminator_spec(width), **options)
 
 
 # --- stage 2: video generator ----------------------------------------------------------------------------
