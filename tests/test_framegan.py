@@ -353,9 +353,9 @@ def test_one_output_position_matches_the_conv(n: int, k: int, s: int, p: int) ->
     """The predicate is true exactly when the conv has one output position whose window covers the input."""
     assume(n + 2 * p >= k)  # the conv has an output at all
     spec = ConvSpec(1, (k,), (s,), (p,))
-    out = torch.nn.functional.conv1d(torch.zeros(1, 1, n), torch.zeros(1, 1, k), stride=s, padding=p)
-    covers = n + p <= k  # window [-p, k - p) holds input positions 0 .. n-1
-    assert one_output_position((n,), spec) == (out.shape[-1] == 1 and covers)
+    # a ones kernel over a ones input counts the input positions each output window sees
+    seen = torch.nn.functional.conv1d(torch.ones(1, 1, n), torch.ones(1, 1, k), stride=s, padding=p)
+    assert one_output_position((n,), spec) == (seen.shape[-1] == 1 and seen.item() == n)
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -103,26 +103,25 @@ average in this run: link rate 0.695 / 0.744, 0.796 / 0.699, 0.814 / 0.958, 0.78
 3,000, 4,500, 5,000, 5,500, 6,000 steps (both collapsed at 3,000), three balls in 0.974 / 0.770 of frames and
 centre spread 5.75 / 5.65 px (real 7.0) at 6,000.
 
-Before it (7,500 + 7,500 steps, G_V's weight average, the grouped last conv; two threads on 2 idle cores of
-a machine whose stage 1 step took 0.36-0.43 s wall, against 0.23 s on the machine of the figures before):
-every full target held. Stage 1 drew three balls in 0.926 of frames
-(centre spread 0.99, entropy 1.00 of real's); stage 2's link rate 0.947, adjacent MSE 0.95 of real's,
-independent latents 5.5x, three balls in 0.94 of frames, not collapsed. 4,911 s wall (stage 1 2,836 s, stage 2
-2,074 s, both with their evaluations) and 9,723 CPU-s: over the issue's 60 minutes on this machine (by the
-earlier machine's step rates, about 55-60 minutes). Stage 1's checkpoints drew three balls in 0.469, 0.609,
-0.793, 0.848, 0.863, 0.898, 0.902, 0.926 of frames at 1,000, 2,500, 4,000, 5,000, 6,000, 6,500, 7,000, 7,500
-steps (collapsed until 1,500): its 7,500 steps have little to spare. In this run the average is what passes:
-raw G_V / average link rate 0.757 / 0.657, 0.836 / 0.618, 0.834 / 0.805, 0.920 / 0.925, 0.849 / 0.912, 0.884 /
-0.900, 0.762 / 0.947 at 1,500, 3,000, 4,500, 6,000, 6,500, 7,000, 7,500 steps (256 videos each): at or above
-0.9 from 6,000 steps on for the average, 0.76-0.92 for the raw G_V; both collapsed at 1,500 and 4,500 (the raw
-G_V at 3,000 too). The average's videos vary less: centre spread 4.7-5.0 px (real 7.0) from 6,000 steps
-against the raw G_V's 5.2-6.3 (no target on stage 2's spread; the collapse verdict passes both). Beyond the
-paper and the authors' code (both sample the trained generator); ``g_ema`` 0 gives the raw G_V. A second stage
-2 seed (training seed 1 through the same G_F, two threads; not a protocol run): raw / average link rate 0.822
-/ 0.606, 0.927 / 0.834, 0.916 / 0.900, 0.910 / 0.943, 0.945 / 0.917 at 1,500, 3,000, 4,500, 6,000, 7,500
-steps, centre spread 6.5 / 5.7 px at the end: both pass at 7,500 steps and the raw G_V ends higher. Over both
-seeds the average is steadier (lowest link rate from 6,000 steps 0.900, the raw G_V's 0.762), not always
-higher; hence the protocol samples it.
+Before it (7,500 + 7,500 steps, G_V's weight average, the grouped last conv; two threads on 2 idle cores of a
+machine whose stage 1 step took 0.36-0.43 s wall, against 0.23 s on the machine of the figures before): every
+full target held. Stage 1 drew three balls in 0.926 of frames (centre spread 0.99, entropy 1.00 of real's);
+stage 2's link rate 0.947, adjacent MSE 0.95 of real's, independent latents 5.5x, three balls in 0.94 of
+frames, not collapsed. 4,911 s wall (stage 1 2,836 s, stage 2 2,074 s, both with their evaluations) and 9,723
+CPU-s: over the issue's 60 minutes on this machine (by the earlier machine's step rates, about 55-60 minutes).
+Stage 1's checkpoints drew three balls in 0.469, 0.609, 0.793, 0.848, 0.863, 0.898, 0.902, 0.926 of frames at
+1,000, 2,500, 4,000, 5,000, 6,000, 6,500, 7,000, 7,500 steps (collapsed until 1,500): its 7,500 steps had
+little to spare. In this run the average is what passed: raw G_V / average link rate 0.757 / 0.657, 0.836 /
+0.618, 0.834 / 0.805, 0.920 / 0.925, 0.849 / 0.912, 0.884 / 0.900, 0.762 / 0.947 at 1,500, 3,000, 4,500,
+6,000, 6,500, 7,000, 7,500 steps (256 videos each): at or above 0.9 from 6,000 steps on for the average,
+0.76-0.92 for the raw G_V; both collapsed at 1,500 and 4,500 (the raw G_V at 3,000 too). The average's videos
+vary less: centre spread 4.7-5.0 px (real 7.0) from 6,000 steps against the raw G_V's 5.2-6.3 (no target on
+stage 2's spread; the collapse verdict passes both). Beyond the paper and the authors' code (both sample the
+trained generator); ``g_ema`` 0 gives the raw G_V. A second stage 2 seed (training seed 1 through the same
+G_F, two threads; not a protocol run): raw / average link rate 0.822 / 0.606, 0.927 / 0.834, 0.916 / 0.900,
+0.910 / 0.943, 0.945 / 0.917 at 1,500, 3,000, 4,500, 6,000, 7,500 steps, centre spread 6.5 / 5.7 px at the
+end: both pass at 7,500 steps and the raw G_V ends higher. Over both seeds the average is steadier (lowest
+link rate from 6,000 steps 0.900, the raw G_V's 0.762), not always higher; hence the protocol samples it.
 
 Before it (7,500 + 13,500 steps, no average; two threads, the --quick run's stage 1 resumed from 2,500 steps,
 which the recipe does bitwise; about 84 min wall and 9,300 CPU-s on the 2 cores, shared for part of it, so
