@@ -1,19 +1,21 @@
 """FrameGAN training steps/s: K discriminators as grouped convolutions (`--d-impl batched`), the same with
-the last conv as a dot product (`batched_dot`), and a per-discriminator Python loop (`loop`).
+the last conv as a dot product (`batched_dot`), that with R1's graph on the real half only (`--r1-split`,
+timed when `--r1-gamma` > 0), and a per-discriminator Python loop (`loop`).
 
 Same run, same weights: `LoopDiscriminators.from_batched` copies the batched discriminators' weights into K
 separate modules (the straightforward reference: what the authors' code does with a list of K models and K
 optimizers); the dot-head discriminators load the batched ones' state. All run the recipe's own `train_step`
 (one D update of all K, one G update) on synthetic batches in [-1, 1] (the loader is not measured), with R1
-if `--r1-gamma` > 0 (the CPU protocols' stage 1 uses 10, stage 2 1). Repeats alternate between the three so
-a shared machine slows all alike; the figure is the median over repeats.
+if `--r1-gamma` > 0 (the CPU protocols' stage 1 uses 10, stage 2 1). Repeats alternate between them so a
+shared machine slows all alike; the figure is the median over repeats.
 
     python bench/bench_framegan.py                       # CPU: paper K and batch, narrow layers (see --help)
     python bench/bench_framegan.py --device cuda --paper-widths --repeats 5
     python bench/bench_framegan.py --stage 1 --k1 8 --d-width 32 --r1-gamma 10   # framegan-3ball's stage 1
 
-Prints one JSON line per stage: steps/s of each, the speed-ups (batched over loop, dot head over batched),
-and the largest difference of D outputs from the batched ones at the shared initial weights.
+Prints one JSON line per stage: steps/s of each, the speed-ups (batched over loop, dot head over batched,
+dot head with the split R1 graph over the dot head), and the largest difference of D outputs from the
+batched ones at the shared initial weights.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _setup(stage: int, args: argparse.Namespace, device: torch.device):
     return fake_fn, g, impls, real
 
 
-def _run(fake_fn, g, d, real, steps: int, device: torch.device, r1_gamma: float) -> float:
+def _run(fake_fn, g, d, real, steps: int, device: torch.device, r1_gamma: float, r1_split: bool) -> float:
     """Seconds per training step over `steps` steps (fresh optimizers each call, as in a new run)."""
     opt_g = torch.optim.RMSprop(g.parameters(), lr=1e-4)
     opt_d = torch.optim.RMSprop(d.parameters(), lr=1e-4)
@@ -80,6 +82,7 @@ def _run(fake_fn, g, d, real, steps: int, device: torch.device, r1_gamma: float)
         "scaler": scaler,
         "autocast": contextlib.nullcontext,
         "r1_gamma": r1_gamma,
+        "r1_split": r1_split,
     }
     train_step(fake_fn, d, opt_g, opt_d, real, z, **kw)  # warm-up (allocations, cuDNN choice)
     _sync(device)
@@ -96,12 +99,15 @@ def bench_stage(stage: int, args: argparse.Namespace, device: torch.device) -> d
         base = impls["batched"](real)
         diffs = {name: (d(real) - base).abs().max().item() for name, d in impls.items() if name != "batched"}
     g_state = {k: v.clone() for k, v in g.state_dict().items()}
-    times: dict[str, list[float]] = {name: [] for name in impls}
+    runs = {name: (d, False) for name, d in impls.items()}
+    if args.r1_gamma > 0:
+        runs["batched_dot_r1_split"] = (impls["batched_dot"], True)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit all alike
-        for name, d in impls.items():
+        for name, (d, split) in runs.items():
             g.load_state_dict(g_state)
-            times[name].append(_run(fake_fn, g, d, real, args.steps, device, args.r1_gamma))
-    b, dt, lp = (statistics.median(times[name]) for name in ("batched", "batched_dot", "loop"))
+            times[name].append(_run(fake_fn, g, d, real, args.steps, device, args.r1_gamma, split))
+    rate = {name: round(1 / statistics.median(t), 3) for name, t in times.items()}
     k = impls["batched"].k
     return {
         "bench": "framegan_train_step",
@@ -112,11 +118,14 @@ def bench_stage(stage: int, args: argparse.Namespace, device: torch.device) -> d
         "g_width": args.g_width,
         "device": str(device),
         "r1_gamma": args.r1_gamma,
-        "steps_per_s_batched": round(1 / b, 3),
-        "steps_per_s_batched_dot": round(1 / dt, 3),
-        "steps_per_s_loop": round(1 / lp, 3),
-        "speedup_batched_vs_loop": round(lp / b, 2),
-        "speedup_dot_vs_batched": round(b / dt, 2),
+        **{f"steps_per_s_{name}": r for name, r in rate.items()},
+        "speedup_batched_vs_loop": round(rate["batched"] / rate["loop"], 2),
+        "speedup_dot_vs_batched": round(rate["batched_dot"] / rate["batched"], 2),
+        **(
+            {"speedup_r1_split_vs_dot": round(rate["batched_dot_r1_split"] / rate["batched_dot"], 2)}
+            if "batched_dot_r1_split" in rate
+            else {}
+        ),
         "max_abs_output_diff_at_init": diffs,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

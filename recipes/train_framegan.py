@@ -161,6 +161,10 @@ class FrameGANConfig(TrainConfig):
     # the K discriminators: grouped convs; "batched_dot": the same with the last conv (one output position) as
     # a dot product, faster on CPU; "loop": K modules. The same maths in other orders (bench_framegan)
     d_impl: Literal["batched", "batched_dot", "loop"] = "batched"
+    # with R1: D runs the real and the fake half of its batch through separate graphs in its one forward, so
+    # R1's backward and double backward skip the fake half (whose gradient is zero); the same sums in another
+    # order, faster on CPU. Off: one joint batch, as most measured protocol runs trained (bench_framegan)
+    r1_split: bool = False
     # stage 2 inputs, sampling and evaluation
     gf_checkpoint: str = ""  # stage 1 checkpoint whose G_F stage 2 trains through / samples through
     gv_checkpoint: str = ""  # stage 2 checkpoint to start G_V from (with --sample-only: to sample from)
@@ -358,6 +362,7 @@ def train_step(
     autocast: Callable[[], Any],
     z_g: torch.Tensor | None = None,
     r1_gamma: float = 0.0,
+    r1_split: bool = False,
 ) -> dict[str, float]:
     """One D update (all K at once) on real + detached G(z), then one G update on G(z_g).
 
@@ -365,7 +370,9 @@ def train_step(
     their stage 2 code), which saves a generator forward. Real and fake go through D as one concatenated
     batch (D has no BatchNorm, so this is exact) and the G step calls the unwrapped D with its weights'
     gradients off, so DDP sees one forward/backward per module. `r1_gamma` > 0 adds the R1 penalty of each
-    discriminator on its own (projected) real input (beyond the paper; `recipes.losses.multi_d`).
+    discriminator on its own (projected) real input (beyond the paper; `recipes.losses.multi_d`);
+    `r1_split` runs the real and the fake half through separate graphs (`forward_in_parts`) so that R1's
+    gradients skip the fake half.
     """
     with autocast(), torch.no_grad() if z_g is not None else contextlib.nullcontext():
         fake = fake_fn(z)
@@ -375,7 +382,8 @@ def train_step(
         if r1_gamma > 0:  # the projections are fixed buffers: project outside D, one D forward (DDP) on both
             projected = ckpt.unwrap(d).project(torch.cat([real, fake.detach()])).detach()
             p_real = projected[:n].requires_grad_(True)
-            logits = d(torch.cat([p_real, projected[n:]]), projected=True)
+            parts = (p_real, projected[n:])
+            logits = d(parts if r1_split else torch.cat(parts), projected=True)
             r1 = r1_penalties(logits[:n], p_real)
         else:
             logits = d(torch.cat([real, fake.detach()]))
@@ -576,6 +584,7 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
                 autocast=run.autocast,
                 z_g=z_g,
                 r1_gamma=lazy_r1_gamma(cfg.r1_gamma, cfg.r1_every, step + 1),
+                r1_split=cfg.r1_split,
             )
             step += 1
             if cfg.g_ema > 0:

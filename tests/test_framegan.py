@@ -381,6 +381,64 @@ def test_r1_penalty_is_each_discriminators_own_input_gradient(stage: int) -> Non
     assert d.convs[0].weight.grad is not None and d.convs[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("impl", ["batched", "batched_dot", "loop"])
+def test_discriminators_on_parts_give_the_joint_logits_and_keep_the_parts_graphs_apart(
+    stage: int, impl: str
+) -> None:
+    """`d((real, fake))` (what `--r1-split` runs): the logits of `d(cat(real, fake))`, but R1's input gradient
+    (and so its double backward) runs the convolutions' backward on the real half only, where the joint batch
+    runs it on both halves (on zeros for the fake one)."""
+    torch.manual_seed(0)
+    if stage == 1:
+        d, x = frame_discriminators(3, width=4, dot_head=impl == "batched_dot"), torch.randn(7, 1, 30, 30)
+    else:
+        d, x = video_discriminators(2, width=2, dot_head=impl == "batched_dot"), torch.randn(5, 1, 30, 30, 30)
+    d = LoopDiscriminators.from_batched(d) if impl == "loop" else d
+    n = len(x) // 2  # real and fake of different sizes, so the shapes below tell the parts apart
+    p = d.project(x).detach()
+    p_real, p_fake = p[:n].clone().requires_grad_(True), p[n:]  # as train_step: the fake half needs no grad
+    joint, parts = d(torch.cat([p_real, p_fake]), projected=True), d((p_real, p_fake), projected=True)
+    assert parts.shape == joint.shape == (len(x), d.k)
+    torch.testing.assert_close(parts, joint, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d((x[:n], x[n:])), d(x), rtol=1e-5, atol=1e-7)  # unprojected input too
+    r1 = {}
+    for name, logits in (("joint", joint), ("parts", parts)):
+        with torch.profiler.profile(record_shapes=True) as prof:
+            r1[name] = r1_penalties(logits[:n], p_real)
+        batches = {e.input_shapes[0][0] for e in prof.events() if e.name == "aten::convolution_backward"}
+        assert batches == ({len(x)} if name == "joint" else {n})  # R1's input gradient: both parts / real
+    torch.testing.assert_close(r1["parts"], r1["joint"], rtol=1e-4, atol=1e-8)
+
+
+def test_train_step_with_r1_split_updates_the_weights_as_the_joint_batch() -> None:
+    """`r1_split` changes only the order of the sums: one step from the same state ends on (nearly) the same
+    discriminator and generator weights, with the same logged losses and penalty."""
+    torch.manual_seed(0)
+    real, z, z_g = torch.rand(4, 1, 30, 30) * 2 - 1, torch.randn(4, 100), torch.randn(4, 100)
+    torch.manual_seed(1)
+    g0, d0 = FrameGenerator(width=16), frame_discriminators(2, width=4)
+    ends = []
+    for split in (False, True):
+        g, d = FrameGenerator(width=16), frame_discriminators(2, width=4)
+        g.load_state_dict(g0.state_dict())
+        d.load_state_dict(d0.state_dict())
+        opt_g, opt_d = torch.optim.SGD(g.parameters(), 0.1), torch.optim.SGD(d.parameters(), 0.1)
+        stats = train_step(
+            g, d, opt_g, opt_d, real, z, g_loss="mean", nadir_slack=1.5,
+            scaler=torch.amp.GradScaler("cpu", enabled=False), autocast=contextlib.nullcontext,
+            z_g=z_g, r1_gamma=10.0, r1_split=split,
+        )  # fmt: skip
+        ends.append((stats, [t.detach().clone() for t in (*d.parameters(), *g.parameters())]))
+    (joint_stats, joint_w), (split_stats, split_w) = ends
+    assert joint_stats.keys() == split_stats.keys() and "r1" in split_stats
+    for key in joint_stats:
+        assert split_stats[key] == pytest.approx(joint_stats[key], rel=1e-5, abs=1e-7)
+    assert not torch.equal(d0.convs[0].weight, joint_w[0])  # the step moved D
+    for a, b in zip(joint_w, split_w, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_train_step_with_r1_adds_the_penalty_to_the_discriminators_step() -> None:
     torch.manual_seed(0)
     g, real, z = FrameGenerator(width=16), torch.rand(4, 1, 30, 30) * 2 - 1, torch.randn(4, 100)

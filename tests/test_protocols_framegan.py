@@ -148,7 +148,12 @@ def test_quick_shortens_both_stages_and_three_balls_train_stage_1_longer() -> No
     # the dot head only where the measured run used it: every other protocol keeps the grouped last conv
     impls = [c.get("d_impl", "batched") for c in (*one, *three, *full_one, *full_three)]
     assert impls == ["batched"] * 6 + ["batched_dot"] * 2
-    varying = {"max_steps", "d_width", "g_ema", "d_impl"}
+    # R1's graph on the real half in the full 3-ball stage 1 alone (stage 2's batch of 8: no gain)
+    assert [c.get("r1_split", False) for c in (*one, *three, *full_one, *full_three)] == [False] * 6 + [
+        True,
+        False,
+    ]
+    varying = {"max_steps", "d_width", "g_ema", "d_impl", "r1_split"}
     for a, b in ((one, three), (one, full_one), (one, full_three)):  # only the varying keys differ
         assert a[0]["d_width"] == b[0]["d_width"] == 32
         for x, y in zip(a, b, strict=True):

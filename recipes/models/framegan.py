@@ -194,6 +194,14 @@ def _conv(dim: int):
     return (nn.Conv2d, F.conv2d) if dim == 2 else (nn.Conv3d, F.conv3d)
 
 
+def forward_in_parts(d: nn.Module, parts: Sequence[torch.Tensor], projected: bool) -> torch.Tensor:
+    """D's logits of each batch in `parts`, each through its own graph, concatenated: the logits of one
+    forward of their concatenation (D has no batch statistics), but a gradient of one part's logits (R1's, of
+    the real half of a real + fake batch) then runs through that part's graph only. (A concatenation split
+    again inside D would not do: the engine would run the other part's backward on zeros.)"""
+    return torch.cat([d(part, projected=projected) for part in parts])
+
+
 class MultiDiscriminator(nn.Module):
     """K discriminators as grouped convolutions: x (B, C, ...) -> logits (B, K), one launch per layer.
 
@@ -235,8 +243,11 @@ class MultiDiscriminator(nn.Module):
         p = self.proj_spec
         return self._conv(x, self.projection.to(x.dtype), None, p.stride, p.padding)
 
-    def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
-        """Logits (B, K); `projected=True`: x is already `project(...)`'s output (channel k feeds D_k)."""
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor], *, projected: bool = False) -> torch.Tensor:
+        """Logits (B, K); `projected=True`: x is already `project(...)`'s output (channel k feeds D_k).
+        A sequence of batches: see `forward_in_parts`."""
+        if not isinstance(x, torch.Tensor):
+            return forward_in_parts(self, x, projected)
         h = x if projected else self.project(x)
         for conv in self.convs[:-1]:
             h = F.leaky_relu(conv(h), LEAK)
@@ -306,7 +317,9 @@ class LoopDiscriminators(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([d.project(x) for d in self.discriminators], dim=1)
 
-    def forward(self, x: torch.Tensor, *, projected: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor], *, projected: bool = False) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            return forward_in_parts(self, x, projected)
         if projected:
             return torch.stack(
                 [d(x[:, k : k + 1], projected=True) for k, d in enumerate(self.discriminators)], 1
