@@ -73,7 +73,10 @@ x / y = stage 1 / stage 2):
     collapse in the ablations of issue #15 (see recipes/protocols/framegan.py). `--r1-every N`: lazily, on
     every N-th step at N x G (StyleGAN2's lazy regularisation; about a third less CPU per stage 1 step at
     N = 4, but that 1-ball stage 1 was still collapsed at 800 steps, R1 on every step not from 700 on:
-    not used by the protocols).
+    not used by the protocols). `--r1-split`: the same penalty with D's real and fake halves in separate
+    graphs, so R1's input gradient and double backward run on the real half only (the joint batch runs
+    them on zeros for the fake half): another order of the same sums, 1.26x the stage 1 steps/s at
+    framegan-3ball's settings, no gain at stage 2's batch of 8 (bench/bench_framegan.py).
 (5) Neither the paper nor the code: `--g-ema 0.999` also keeps an exponential moving average of the stage's
     generator (`recipes.common.ema`), which samples, evaluation and the checkpoint loaders use (so stage 2
     renders through a stage 1 run's averaged G_F); the raw generator still trains and is checkpointed for

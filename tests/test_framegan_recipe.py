@@ -309,7 +309,8 @@ def test_data_shape_mismatch_is_a_clear_error(tmp_path: Path, store: Path) -> No
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_gloo_and_resume(store: Path, tmp_path: Path) -> None:
-    """DDP on CPU (gloo) through torchrun: 2 ranks train, rank 0 checkpoints, a second launch resumes."""
+    """DDP on CPU (gloo) through torchrun: 2 ranks train, rank 0 checkpoints, a second launch resumes; with R1
+    on D's real and fake halves in separate graphs (`--r1-split`: one DDP forward, each weight used twice)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     base = [
         str(torchrun),
@@ -324,6 +325,9 @@ def test_torchrun_two_ranks_gloo_and_resume(store: Path, tmp_path: Path) -> None
         str(tmp_path),
         "--log-every",
         "1",
+        "--r1-gamma",
+        "10",
+        "--r1-split",
     ]
     first = subprocess.run([*base, "--max-steps", "3"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -333,7 +337,8 @@ def test_torchrun_two_ranks_gloo_and_resume(store: Path, tmp_path: Path) -> None
         [*base, "--resume", "auto"], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert second.returncode == 0, second.stderr[-2000:]
-    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == [1, 2, 3, 4]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and all(float(r["r1"]) > 0 for r in rows)
 
 
 def test_with_r1_compile_leaves_the_discriminators_eager() -> None:

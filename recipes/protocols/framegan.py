@@ -86,12 +86,25 @@ Width 16 through the same 2,500-step G_F (one thread) was collapsed at 1,000 and
 0.30, 0.21 of real's; three balls in 88%, 47% of frames), where width 8 was not at 1,500.
 
 The full 3-ball protocol, measured, as it is now (9,000 + 6,000 steps, G_V's weight average ``g_ema`` 0.999
-samples, both stages with ``d_impl`` "batched_dot": the discriminators' last conv, whose output is one
-position, as a dot product: the same sum in another order, 1.19x the stage 1 steps/s of the grouped conv at
-these settings, 1.03x stage 2's, ``bench/bench_framegan.py``; two threads on 2 idle cores of a machine whose
-grouped stage 1 step took 0.32-0.38 s that day): **every full target holds**. Stage 1 drew three balls in
-0.930 of frames (centre spread 0.97, entropy 0.98 of real's); stage 2's link rate 0.943, adjacent MSE 0.83 of
-real's, independent latents 5.5x, three balls in 0.77 of frames, centre spread 0.81 of real's, not collapsed.
+samples, both stages with the dot head below, stage 1 with ``r1_split``: R1's input gradient and double
+backward on D's real half only, the same sums in another order, 1.26x the dot head's stage 1 steps/s,
+``bench/bench_framegan.py``; two threads on 2 idle cores, one run from scratch): **every full target holds**.
+Stage 1 drew three balls in 0.957 of frames (centre spread 0.99, entropy 0.99 of real's); stage 2's link rate
+0.934, adjacent MSE 0.91 of real's, independent latents 5.4x, three balls in 0.944 of frames, centre spread
+0.87 of real's, not collapsed. 4,008 s wall (67 min: stage 1 2,311 s at 3.8-4.3 steps/s, stage 2 1,685 s at
+3.3-3.7, evaluations included; 7,898 CPU-s), i.e. still over the issue's 60 minutes on this machine, whose
+stage 2 ran at 4.4-4.6 steps/s the day before (about 62 min at those rates). Stage 1's checkpoints drew three
+balls in 0.910, 0.906, 0.914, 0.914, 0.930, 0.938, 0.957 of frames at 6,000, 6,500, ... 9,000 steps (steadier
+than the run below, whose floating-point order differs; 9,000 kept: two of four earlier runs were below 0.9 at
+7,500). G_V's average linked 0.953, 0.904, 0.918, 0.934 at 4,500, 5,000, 5,500, 6,000 steps.
+
+Before it (the same, stage 1 without ``r1_split``; both stages with ``d_impl`` "batched_dot": the
+discriminators' last conv, whose output is one position, as a dot product: the same sum in another order,
+1.19x the stage 1 steps/s of the grouped conv at these settings, 1.03x stage 2's, ``bench/bench_framegan.py``;
+two threads on 2 idle cores of a machine whose grouped stage 1 step took 0.32-0.38 s that day): every full
+target held. Stage 1 drew three balls in 0.930 of frames (centre spread 0.97, entropy 0.98 of real's);
+stage 2's link rate 0.943, adjacent MSE 0.83 of real's, independent latents 5.5x, three balls in 0.77 of
+frames, centre spread 0.81 of real's, not collapsed.
 4,370 s wall (73 min; run in two parts: stage 1 to 7,500 steps with its evaluation 2,205 s, then the rerun
 that resumed it to 9,000 steps 449 s and trained stage 2 1,716 s, evaluations included), i.e. still over the
 issue's 60 minutes on this machine. Why 9,000 stage 1 steps: this run's G_F drew three balls in 0.902, 0.867,
@@ -222,8 +235,9 @@ BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
     3: {
         True: {"stage1": {"max_steps": 2500}, "stage2": {"max_steps": 1500, "d_width": 8}},
         # full: G_V's weight average samples (beyond the paper; it linked 0.917-0.947 at 6,000 and 7,500 steps
-        # in three runs), stage 1 trains 9,000 steps (at 7,500, two of four runs drew three balls in < 0.9 of
-        # frames), dot-head discriminators (1.19x stage 1's steps/s). Every target holds in the measured run
+        # in four runs), stage 1 trains 9,000 steps (at 7,500, two of five runs drew three balls in < 0.9 of
+        # frames), dot-head discriminators (1.19x stage 1's steps/s), R1 on D's real half in stage 1 (1.26x
+        # more). Every full target holds in the measured run (67 min wall).
         False: {
             "stage1": {"max_steps": 9000, "d_impl": "batched_dot", "r1_split": True},
             "stage2": {"max_steps": 6000, "d_width": 8, "g_ema": 0.999, "d_impl": "batched_dot"},
