@@ -253,6 +253,8 @@ def resolve_defaults(cfg: FrameGANConfig) -> FrameGANConfig:
         )
     if cfg.r1_every < 1:
         raise ValueError(f"--r1-every must be >= 1, got {cfg.r1_every}")
+    if cfg.r1_split and cfg.r1_gamma <= 0:  # it arranges R1's graph: without R1 it would silently do nothing
+        raise ValueError("--r1-split needs the R1 penalty (--r1-gamma > 0)")
     if not 0 <= cfg.g_ema < 1:
         raise ValueError(f"--g-ema must be in [0, 1) (0 = off), got {cfg.g_ema}")
     if cfg.size not in (30, 64):

@@ -159,6 +159,13 @@ def test_lazy_r1_penalises_every_nth_step_at_n_times_gamma_and_resumes_bitwise(
         main(smoke_cfg(store, tmp_path / "c", r1_every=0))
 
 
+def test_r1_split_without_r1_is_a_user_error(store: Path, tmp_path: Path) -> None:
+    """`--r1-split` arranges R1's graph; without R1 it would do nothing: refused, before any output."""
+    with pytest.raises(ValueError, match="--r1-split needs the R1 penalty"):
+        main(smoke_cfg(store, tmp_path / "run", r1_split=True, r1_gamma=0.0))
+    assert not (tmp_path / "run").exists()
+
+
 def test_generator_weight_average_samples_resumes_bitwise_and_is_what_loaders_return(
     store: Path, tmp_path: Path
 ) -> None:
