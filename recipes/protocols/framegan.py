@@ -77,13 +77,16 @@ in most frames") and 0.58 at 2,500 (centre spread 1.03, entropy 1.01 of real's);
 2,500-step G_F was collapsed at 1,000 steps (every z nearly the same video: centre spread 0.39 of real's,
 though link rate 0.84) and not at 1,500 (spread 0.59, link rate 0.69, adjacent MSE 1.36 of real's, three balls
 in 72% of frames): hence 2,500 + 1,500 in ``--quick`` (878 s wall on 2 idle cores with two threads: count
-0.746, link rate 0.82, MSE 0.95x, every target holds). With the block-local loader order (the default before),
-the count grew 0.49, 0.62, 0.73, 0.77, 0.86, 0.895 at 1,000, 2,500, 3,500, 4,500, 5,500, 6,500 steps (never
-collapsed), and a 7,500-step stage 2 through the 6,500-step G_F gave link rate 0.906, adjacent MSE 1.03 of
-real's, independent baseline 5.6x, three balls in 92% of frames; hence 7,500 + 13,500 in the full protocol
-(7,500 + 7,500 with G_V's weight average, then 9,000 + 6,000 with the dot-head discriminators, below).
-Width 16 through the same 2,500-step G_F (one thread) was collapsed at 1,000 and 1,500 steps (centre spread
-0.30, 0.21 of real's; three balls in 88%, 47% of frames), where width 8 was not at 1,500.
+0.746, link rate 0.82, MSE 0.95x, every target holds; rerun after ``r1_split``, which it does not use (its
+path trains bitwise as before, checked over 30 stage 1 steps), on a slower hour of a machine with another
+floating-point order: 1,377 s, count 0.609, link rate 0.56, MSE 1.60x, independent 5.5x, every --quick target
+holds). With the block-local loader order (the default before), the count grew 0.49, 0.62, 0.73, 0.77, 0.86,
+0.895 at 1,000, 2,500, 3,500, 4,500, 5,500, 6,500 steps (never collapsed), and a 7,500-step stage 2 through
+the 6,500-step G_F gave link rate 0.906, adjacent MSE 1.03 of real's, independent baseline 5.6x, three balls
+in 92% of frames; hence 7,500 + 13,500 in the full protocol (7,500 + 7,500 with G_V's weight average, then
+9,000 + 6,000 with the dot-head discriminators, below). Width 16 through the same 2,500-step G_F (one thread)
+was collapsed at 1,000 and 1,500 steps (centre spread 0.30, 0.21 of real's; three balls in 88%, 47% of
+frames), where width 8 was not at 1,500.
 
 The full 3-ball protocol, measured, as it is now (9,000 + 6,000 steps, G_V's weight average ``g_ema`` 0.999
 samples, both stages with the dot head below, stage 1 with ``r1_split``: R1's input gradient and double
