@@ -19,9 +19,10 @@ protocol (at most ~10 minutes on 2 CPU cores) with its own, stated weaker target
 
 Scales: ``cpu`` (default) shrinks the papers' models and steps to fit 2 CPU cores; ``paper`` (the protocols
 that offer it) runs the papers' model sizes, batch sizes and frame sizes, for a GPU (``--device cuda``: bf16
-autocast and ``torch.compile`` unless ``--no-compile``), with the full targets. ``--steps stage=N,...`` sets a
-protocol's stage lengths (any scale): "as many epochs as fit" is a number of steps chosen from the measured
-step rate, recorded in the report like every other setting.
+autocast and ``torch.compile`` unless ``--no-compile``), with the full targets. On CPU a protocol may compile
+a stage where it measured a gain (framegan-3ball's full stage 2); ``--no-compile`` runs it eagerly.
+``--steps stage=N,...`` sets a protocol's stage lengths (any scale): "as many epochs as fit" is a number of
+steps chosen from the measured step rate, recorded in the report like every other setting.
 
 Protocols live in ``recipes/protocols/`` (one module per recipe) and register here with
 :func:`register`.
@@ -87,7 +88,7 @@ class Context:
     data_root: Path | None = None  # where stores are made or reused (default: out / "data")
     scale: str = "cpu"  # "cpu" or "paper" (module docstring)
     steps: Mapping[str, int] = field(default_factory=dict)  # stage -> steps, overriding the protocol's
-    compile: bool = True  # torch.compile on CUDA (the recipes never compile on CPU)
+    compile: bool = True  # torch.compile on CUDA, and on CPU in the stages a protocol compiles (False: never)
 
     @property
     def cuda(self) -> bool:
@@ -337,7 +338,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where stores are made or reused [default: OUT/data]")
     p.add_argument("--scale", choices=SCALES, default="cpu", help="model sizes: cpu (default) or paper")
     p.add_argument("--steps", type=_steps_arg, help="stage lengths, e.g. stage1=4000,stage2=3000")
-    p.add_argument("--no-compile", action="store_true", help="CUDA: no torch.compile (it is on by default)")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="no torch.compile (default: on CUDA and in the CPU stages that ask)",
+    )
     p.add_argument("--list", action="store_true", help="list the protocols and their targets")
     return p
 

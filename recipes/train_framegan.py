@@ -549,7 +549,10 @@ def main(cfg: FrameGANConfig, loader: Any = None) -> dict[str, Any]:
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
         g_train = wrap_ddp(maybe_compile(g, cfg.compile, device), run.world, device)
         d_train = wrap_ddp(maybe_compile(d, compile_discriminators(cfg), device), run.world, device)
-        fake_fn = make_fake_fn(g_train, gf)
+        # the frozen G_F too: stage 2 renders batch x frames through it twice a step (with G_V, 1.13-1.26x
+        # stage 2's steps/s on CPU at the 3-ball protocol's sizes: bench/bench_framegan.py --compile)
+        gf_train = None if gf is None else maybe_compile(gf, cfg.compile, device)
+        fake_fn = make_fake_fn(g_train, gf_train)
         z_fixed = fixed_noise(cfg.n_samples, cfg.z_dim, cfg.seed, device)
         saved_at, stats, epoch = -1, {}, start_epoch
 

@@ -1,9 +1,9 @@
 """The recipes' CUDA-only path (torch.compile, bf16 autocast) made to run on CPU, so CI exercises it.
 
-`maybe_compile` and `autocast` (recipes.common.runtime) are no-ops on CPU, which keeps CPU runs bitwise
-reproducible but leaves the GPU path untested without a GPU. These stand-ins compile through AOTAutograd with
-the aot_eager backend (inductor on CUDA shares its autograd, hence its limits, such as no double backward) and
-autocast to bf16 on CPU."""
+`autocast` (recipes.common.runtime) is a no-op on CPU, which keeps CPU runs bitwise reproducible but leaves
+the GPU path untested without a GPU. These stand-ins autocast to bf16 on CPU and compile through AOTAutograd
+with the aot_eager backend (inductor shares its autograd, hence its limits, such as no double backward), which
+needs no C++ build: tests/test_framegan_recipe.py runs inductor itself on CPU."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -295,15 +296,20 @@ def test_presets_paper_vs_authors() -> None:
     assert override.k == 3
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, store: Path) -> None:
-    args = ["--stage", "2", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--device", "cpu"]
-    res = subprocess.run(
+def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`python -m recipes.train_framegan ARGS` as a real process (with `env` added to the environment)."""
+    return subprocess.run(
         [sys.executable, "-m", "recipes.train_framegan", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
+        env={**os.environ, **env},
     )
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, store: Path) -> None:
+    res = run_cli(["--stage", "2", "--data", str(store), "--out-dir", str(tmp_path / "x"), "--device", "cpu"])
     assert res.returncode == 2
     assert res.stderr.strip().endswith("stage 2 needs --gf-checkpoint (a stage 1 checkpoint)")
     assert res.stderr.strip().count("\n") == 0
@@ -382,3 +388,48 @@ def test_the_cuda_path_compile_and_bf16_autocast_trains_both_stages_with_r1(
     assert resumed["step"] == 3
     for key, value in load(resumed["checkpoint"])["models"]["g"].items():
         assert torch.isfinite(value.float()).all(), key
+
+
+def test_compile_on_cpu_trains_stage2_through_inductor_and_resumes_bitwise(
+    stage1: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--compile` on CPU (the 3-ball full protocol's stage 2): G_V and the frozen G_F run as inductor's C++
+    kernels (D stays eager: R1's double backward); a compiled run resumes bitwise, and it trains the eager
+    run's function in another floating-point order (weights within rounding noise of the eager run's)."""
+    from torch._dynamo.utils import counters
+
+    import recipes.common.runtime as runtime
+    from recipes.models.framegan import FrameGenerator, VideoGenerator
+
+    compiled_types: list[type] = []
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        runtime.torch, "compile", lambda m, **kw: compiled_types.append(type(m)) or real_compile(m, **kw)
+    )
+    gf = str(stage1 / "checkpoints" / "ckpt-000000008.pt")
+    kw = {"stage": 2, "gf_checkpoint": gf, "max_steps": 4, "ckpt_every": 2, "eval_videos": 0, "r1_gamma": 1.0}
+    counters.clear()
+    main(smoke_cfg(store, tmp_path / "a", compile=True, **kw))
+    assert compiled_types == [VideoGenerator, FrameGenerator]
+    assert counters["stats"]["unique_graphs"] >= 2  # dynamo traced them: they ran compiled, not eagerly
+    main(smoke_cfg(store, tmp_path / "b", compile=True, **{**kw, "max_steps": 2}))
+    main(smoke_cfg(store, tmp_path / "b", compile=True, **kw, resume="auto"))
+    last = "checkpoints/ckpt-000000004.pt"
+    assert_resumed_equal(load(tmp_path / "a" / last), load(tmp_path / "b" / last))
+    main(smoke_cfg(store, tmp_path / "eager", **kw))
+    compiled, eager = (load(tmp_path / run / last)["models"]["g"] for run in ("a", "eager"))
+    for key, value in eager.items():
+        if value.is_floating_point():
+            assert torch.allclose(compiled[key], value, atol=5e-3), key
+
+
+def test_compile_on_cpu_without_a_cpp_compiler_is_a_one_line_user_error(tmp_path: Path, store: Path) -> None:
+    """Inductor needs a C++ compiler on CPU: without one, --compile stops before anything is written instead
+    of failing at the first step deep in a traceback."""
+    out = tmp_path / "run"
+    args = ["--smoke", "--data", str(store), "--out-dir", str(out), "--device", "cpu", "--compile"]
+    res = run_cli(args, CXX="no-such-c++-compiler")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().count("\n") == 0
+    assert "--compile on CPU needs a C++ compiler" in res.stderr and "no-such-c++-compiler" in res.stderr
+    assert not out.exists()

@@ -43,7 +43,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)
     seed: int = 0  # model init, noise and data order; rank r uses seed + r for its noise
     precision: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype on CUDA (fp32 on CPU)
-    compile: bool = False  # torch.compile the models (CUDA only; ignored on CPU)
+    compile: bool = False  # torch.compile the models (inductor; on CPU it needs a C++ compiler)
     epochs: int = 1
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     batch_size: int = 64  # per rank

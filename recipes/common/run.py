@@ -33,7 +33,7 @@ from recipes.common.dist import (
     mean_across_ranks,
 )
 from recipes.common.log import MetricLogger
-from recipes.common.runtime import autocast, seed_everything
+from recipes.common.runtime import autocast, check_cpu_compiler, seed_everything
 
 
 @dataclasses.dataclass
@@ -165,6 +165,8 @@ def step_noise(seed: int, rank: int, step: int, device: torch.device | str) -> t
 def start_run(cfg: TrainConfig) -> Run:
     """Set up device/DDP, seed, the run dir and `config.yaml`, and load the checkpoint named by cfg.resume."""
     world, device = init_distributed(cfg.device)
+    if cfg.compile and device.type == "cpu":
+        check_cpu_compiler()  # before anything is written: --compile on CPU needs a C++ compiler
     seed_everything(cfg.seed, world.rank)
     run_dir = Path(cfg.out_dir)
     resume_path = ckpt.resolve_resume(cfg.resume, run_dir)

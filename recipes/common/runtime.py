@@ -1,4 +1,4 @@
-"""Seeding, the single AMP path and torch.compile, CUDA-only where it matters.
+"""Seeding, the single AMP path (CUDA only) and torch.compile (when asked, on any device).
 
 One AMP path (nanoGPT): `autocast(device, precision)` around forward passes and
 `GradScaler(enabled=(precision == "float16"))`, so fp32, bf16 and fp16 all run the same code:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 
 import numpy as np
 import torch
@@ -43,7 +44,25 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 
 
 def maybe_compile(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
-    """torch.compile on CUDA when asked; unchanged otherwise. Unwrap with `ckpt.unwrap` before saving."""
-    if enabled and device.type == "cuda":
-        return torch.compile(module)
-    return module
+    """torch.compile when asked (inductor), unchanged otherwise. Unwrap with `ckpt.unwrap` before saving.
+
+    On CPU inductor builds C++ kernels: without a compiler it would fail at the first step, deep in a
+    traceback, so that is refused here as a user error. Compiled runs reproduce themselves (and resume)
+    bitwise, but their floating-point order differs from the eager run's.
+    """
+    if not enabled:
+        return module
+    if device.type == "cpu":
+        check_cpu_compiler()
+    return torch.compile(module)
+
+
+def check_cpu_compiler() -> None:
+    """Refuse --compile on CPU where inductor finds no C++ compiler (one clear line, exit 2)."""
+    from torch._inductor import config
+
+    cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    candidates = [c for c in cxx if c]
+    if not any(shutil.which(c) for c in candidates):
+        wanted = " or ".join(candidates)
+        raise ValueError(f"--compile on CPU needs a C++ compiler for torch inductor ({wanted}); none on PATH")
