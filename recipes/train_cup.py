@@ -55,7 +55,7 @@ from recipes.common.config import TrainConfig, build_parser
 from recipes.common.data import build_loader, epoch_batches, smoke_store
 from recipes.common.dist import wrap_ddp
 from recipes.common.run import Run, start_run
-from recipes.common.runtime import make_scaler
+from recipes.common.runtime import make_scaler, maybe_compile
 from recipes.common.samples import save_image_grid
 from recipes.losses.multi_d import discriminator_losses, generator_losses
 from recipes.models.cup import Backproject, CupForward, CupNet, PatchDiscriminator, PriorNet
@@ -397,9 +397,13 @@ def main(cfg: CupConfig) -> dict[str, Any]:
             disc = PatchDiscriminator(frames, cfg.d_width).to(run.device)
             d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
             models["d"], optimizers["d"] = disc, d_opt
-            adv = (wrap_ddp(disc, run.world, run.device), d_opt, cfg.adv_weight)
+            adv = (
+                wrap_ddp(maybe_compile(disc, cfg.compile, run.device), run.world, run.device),
+                d_opt,
+                cfg.adv_weight,
+            )
         step, start_epoch, _ = run.restore(models=models, optimizers=optimizers, scaler=scaler, loader=loader)
-        train_net = wrap_ddp(net, run.world, run.device)
+        train_net = wrap_ddp(maybe_compile(net, cfg.compile, run.device), run.world, run.device)
         losses: list[float] = []
         epoch = start_epoch
 
