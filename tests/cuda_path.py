@@ -29,3 +29,17 @@ def use_cuda_path_on_cpu(monkeypatch: pytest.MonkeyPatch, recipe: object) -> Non
 
     monkeypatch.setattr(recipe, "maybe_compile", compile_on_cpu)
     monkeypatch.setattr(run_module, "autocast", bf16_on_cpu)
+
+
+def record_compiles(monkeypatch: pytest.MonkeyPatch, backend: str = "inductor") -> list[type]:
+    """Spy on torch.compile (as `recipes.common.runtime.maybe_compile` calls it): returns the list that the
+    types of the compiled modules are appended to, in order; they still compile, with `backend`."""
+    compiled: list[type] = []
+    real_compile = torch.compile
+
+    def spy(module: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(type(module))
+        return real_compile(module, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return compiled

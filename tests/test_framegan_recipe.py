@@ -396,16 +396,12 @@ def test_compile_on_cpu_trains_stage2_through_inductor_and_resumes_bitwise(
     """`--compile` on CPU (the 3-ball full protocol's stage 2): G_V and the frozen G_F run as inductor's C++
     kernels (D stays eager: R1's double backward); a compiled run resumes bitwise, and it trains the eager
     run's function in another floating-point order (weights within rounding noise of the eager run's)."""
+    from cuda_path import record_compiles
     from torch._dynamo.utils import counters
 
-    import recipes.common.runtime as runtime
     from recipes.models.framegan import FrameGenerator, VideoGenerator
 
-    compiled_types: list[type] = []
-    real_compile = torch.compile
-    monkeypatch.setattr(
-        runtime.torch, "compile", lambda m, **kw: compiled_types.append(type(m)) or real_compile(m, **kw)
-    )
+    compiled_types = record_compiles(monkeypatch)
     gf = str(stage1 / "checkpoints" / "ckpt-000000008.pt")
     kw = {"stage": 2, "gf_checkpoint": gf, "max_steps": 4, "ckpt_every": 2, "eval_videos": 0, "r1_gamma": 1.0}
     counters.clear()

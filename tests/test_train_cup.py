@@ -77,17 +77,11 @@ def test_compile_compiles_the_network_and_its_discriminator(tmp_path, monkeypatc
     """`--compile` was ignored by this recipe; now the U-Net (and the adversarial term's discriminator) train
     through torch.compile, on CPU as on CUDA (here through the aot_eager backend: inductor's C++ build of the
     U-Net costs CI 40 s; tests/test_framegan_recipe.py runs inductor on CPU)."""
-    import recipes.common.runtime as runtime
+    from cuda_path import record_compiles
+
     from recipes.train_cup import PatchDiscriminator
 
-    compiled: list[type] = []
-    real_compile = torch.compile
-
-    def spy(module: torch.nn.Module) -> torch.nn.Module:
-        compiled.append(type(module))
-        return real_compile(module, backend="aot_eager")
-
-    monkeypatch.setattr(runtime.torch, "compile", spy)
+    compiled = record_compiles(monkeypatch, backend="aot_eager")
     cfg = CupConfig(**SMOKE)
     cfg = dataclasses.replace(
         cfg, smoke=True, out_dir=str(tmp_path), max_steps=3, eval_clips=0, compile=True, adv_weight=0.01

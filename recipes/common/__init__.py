@@ -11,8 +11,8 @@ Modules (import them explicitly; this file stays free of imports):
 - `ckpt`    checkpoint dict of tensors + primitives (weights_only=True), DDP/compile unwrapped, atomic save.
 - `dist`    `init_distributed` (gloo on CPU, nccl on CUDA; the rank layout is `pipelines.world.World`),
             `is_main`, `wrap_ddp`, `mean_across_ranks`.
-- `runtime` `seed_everything`, `autocast`, `make_scaler` (one AMP path), `maybe_compile` (when asked; on CPU
-            it checks for a C++ compiler).
+- `runtime` `seed_everything`, `autocast`, `make_scaler` (one AMP path), `maybe_compile` (when asked, any
+            device), `check_cpu_compiler` (inductor's C++ compiler; `start_run` calls it under --compile).
 - `log`     `MetricLogger`: `metrics.csv` (+ TensorBoard if installed), trimmed to the step on resume.
 - `samples` `save_image_grid` (PNG), `save_video_gif` (animated GIF) from tensors in [-1, 1].
 - `data`    `build_loader(cfg, run, mode=..., frames=...)` over `pipelines.VideoDataset` + `make_loader`,

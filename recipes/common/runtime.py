@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 
 import numpy as np
 import torch
@@ -46,23 +45,25 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 def maybe_compile(module: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
     """torch.compile when asked (inductor), unchanged otherwise. Unwrap with `ckpt.unwrap` before saving.
 
-    On CPU inductor builds C++ kernels: without a compiler it would fail at the first step, deep in a
-    traceback, so that is refused here as a user error. Compiled runs reproduce themselves (and resume)
-    bitwise, but their floating-point order differs from the eager run's.
+    Compiled runs reproduce themselves (and resume) bitwise, but their floating-point order differs from the
+    eager run's. On CPU inductor builds C++ kernels: `start_run` has checked for a compiler already.
     """
-    if not enabled:
-        return module
-    if device.type == "cpu":
-        check_cpu_compiler()
-    return torch.compile(module)
+    return torch.compile(module) if enabled else module
 
 
 def check_cpu_compiler() -> None:
-    """Refuse --compile on CPU where inductor finds no C++ compiler (one clear line, exit 2)."""
+    """Refuse --compile on CPU where inductor finds no working C++ compiler (one clear line, exit 2), instead
+    of a failure at the first step deep in a traceback. Inductor's own search decides (the CXX variable,
+    `--version` must run), so this refuses exactly what inductor would fail on."""
     from torch._inductor import config
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
 
-    cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
-    candidates = [c for c in cxx if c]
-    if not any(shutil.which(c) for c in candidates):
-        wanted = " or ".join(candidates)
-        raise ValueError(f"--compile on CPU needs a C++ compiler for torch inductor ({wanted}); none on PATH")
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+        wanted = " or ".join(c for c in cxx if c)
+        raise ValueError(
+            f"--compile on CPU needs a C++ compiler for torch inductor ({wanted}); none works"
+        ) from None
