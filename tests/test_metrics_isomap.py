@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from recipes.metrics.isomap import FIG5_PATHS, fig5_embedding, write_fig5_png
+from recipes.metrics.isomap import FIG5_PATHS, PLOT_PATHS, fig5_embedding, write_fig5_png, write_isomap_png
 
 T, D = 30, 16
 
@@ -46,3 +46,16 @@ def test_fig5_png_draws_paths_interpolations_and_prior(tmp_path) -> None:
     assert grey.sum() > 100 and colourful.sum() > 500
     bare = write_fig5_png(_paths(), np.zeros((0, D)), tmp_path / "bare.png")
     assert not (cv2.imread(str(bare)) == 170).all(axis=-1).any()  # no prior: no grey dots
+
+
+def test_the_overview_plot_embeds_only_the_first_paths(tmp_path) -> None:
+    """256 overlapping paths are unreadable and their Isomap costs seconds: the plot of 20 sequences is the
+    plot of their first PLOT_PATHS, pixel for pixel, and differs from the plot of all 20."""
+    paths = _paths(PLOT_PATHS + 4)
+    capped = cv2.imread(str(write_isomap_png(paths, tmp_path / "capped.png")))
+    first = cv2.imread(str(write_isomap_png(paths[:PLOT_PATHS], tmp_path / "first.png")))
+    every = cv2.imread(str(write_isomap_png(paths, tmp_path / "all.png", max_paths=len(paths))))
+    np.testing.assert_array_equal(capped, first)
+    assert (capped != every).any()
+    with pytest.raises(ValueError, match="max_paths"):
+        write_isomap_png(paths, tmp_path / "none.png", max_paths=0)
