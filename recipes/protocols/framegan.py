@@ -43,13 +43,13 @@ seeds).
 
 ``--quick`` asks for learning, not the full figures: weaker stated targets (link rate 0.4 against the full
 0.9, adjacent MSE within 0.5-2x real's against 0.75-1.25x), the collapse verdicts kept. Measured (two threads
-on 2 idle cores unless said): 1 ball ``--quick``, every target holds (link rate 0.62, MSE 1.23x), 491 s wall
-(778 s in a 2026-12-07 rerun on a slower machine: link rate 0.746, MSE 1.01x); 1 ball full, every target
-holds, the link rate by a hair (0.901 at 13,500 steps), about 50 minutes by the step rates (run as resumed
-chunks with one thread); 3 balls ``--quick``, every target holds (count 0.746, link rate 0.82), 878 s wall
-(1,377 s in a rerun on a slower hour), over the issue's 10 minutes; 3 balls full, every target holds (stage 1
-count 0.957, link rate 0.922, MSE 0.97x, independent latents 5.4x), 3,634 s wall (60.6 min; 4,008 s before
-stage 2 was compiled).
+on 2 idle cores unless said): 1 ball ``--quick``, every target holds (link rate 0.647, MSE 1.13x), 654 s wall
+on a slower machine, where its eager stage 1 made it 778 s (491 s on a faster one); 1 ball full, every target
+holds, the link rate by a hair (0.901 at 13,500 steps), about 50 minutes by the faster machine's step rates,
+about 90 by the slower's (run as resumed chunks with one thread); 3 balls ``--quick``, every target holds
+(count 0.746, link rate 0.82), 878 s wall (1,377 s in a rerun on a slower hour), over the issue's 10 minutes;
+3 balls full, every target holds (stage 1 count 0.957, link rate 0.922, MSE 0.97x, independent latents 5.4x),
+3,634 s wall (60.6 min; 4,008 s before stage 2 was compiled).
 
 ``--device cuda`` runs the same configs. A rerun into the same ``--out`` resumes each stage from its last
 checkpoint (the recipes resume bitwise), so a longer run can continue a shorter one. ``--scale paper``
