@@ -95,7 +95,7 @@ def test_metrics_come_from_eval_json_and_decide_passed() -> None:
 @pytest.mark.timeout(3600)  # 1 ball 8-11 min, 3 balls 15-23 min on 2 idle cores (README)
 @pytest.mark.parametrize("n_balls", [1, 3])
 def test_quick_protocol_passes_its_targets(n_balls: int, tmp_path: Path) -> None:
-    """The documented --quick protocol end to end (8-15 minutes on 2 CPU cores): its report must pass."""
+    """The documented --quick protocol end to end (8-23 minutes on 2 CPU cores): its report must pass."""
     report = reproduce.reproduce(f"framegan-{n_balls}ball", tmp_path, quick=True)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["passed"] == report["passed"]

@@ -88,8 +88,8 @@ def draw_paths(
 
 
 # The overview plot embeds the first 16 sequences: more paths drawn over one another are a tangle nobody can
-# read, and Isomap's cost grows with the square of the codes (256 sequences of 30 codes: 18.5 s on a CPU core,
-# a third of a --quick stage 2's evaluation; 32 sequences 0.28 s).
+# read, and Isomap's cost grows with the square of the codes (256 sequences of 30 codes: 18.5 s on 2 cores,
+# over half of a 1-ball --quick stage 2's evaluation; 32 sequences 0.28 s).
 PLOT_PATHS = 16
 
 

@@ -102,7 +102,7 @@ BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
     # --quick: stage 1 in the faster order (1.4x its wall time in the measured run), to fit the issue's 10
     # minutes on slower machines; stage 2 as before: with video discriminators of width 16 the dot head,
     # R1's split and the compiled generators gave 1.01x, 0.95x and 1.03x its steps/s (bench_framegan.py), and
-    # the compile itself costs about 35 s
+    # the compile itself costs about 30 s
     1: {True: {"stage1": dict(FAST_STAGE1)}},
     3: {
         True: {"stage1": {"max_steps": 2500}, "stage2": {"max_steps": 1500, "d_width": 8}},
