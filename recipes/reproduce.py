@@ -102,6 +102,11 @@ class Context:
     def stage_steps(self, stage: str, default: int) -> int:
         return int(self.steps.get(stage, default))
 
+    def compiles(self, on_cpu: bool = False) -> bool:
+        """Whether a stage trains through torch.compile: on CUDA, and on CPU where its protocol measured a
+        gain (``on_cpu``); never under ``--no-compile``."""
+        return self.compile and (self.cuda or on_cpu)
+
     @property
     def data_dir(self) -> Path:
         return self.data_root if self.data_root is not None else self.out / "data"

@@ -111,6 +111,22 @@ def test_quick_belongs_to_the_cpu_scale(tmp_path, monkeypatch):
         r.reproduce("toy", tmp_path, quick=True, scale="paper")
 
 
+def test_a_stage_compiles_on_cuda_and_where_its_protocol_asks_on_cpu_never_with_no_compile(tmp_path):
+    seen = {
+        (device, no_compile, on_cpu): r.Context(tmp_path, False, device, compile=not no_compile).compiles(
+            on_cpu
+        )
+        for device in ("cpu", "cuda:1")
+        for no_compile in (False, True)
+        for on_cpu in (False, True)
+    }
+    assert {k for k, v in seen.items() if v} == {
+        ("cpu", False, True),
+        ("cuda:1", False, False),
+        ("cuda:1", False, True),
+    }
+
+
 @given(
     st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), st.integers(1, 10**9), min_size=1)
 )

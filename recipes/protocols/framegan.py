@@ -174,7 +174,7 @@ def _train(ctx: Context, stage: int, data: Path, overrides: dict[str, Any]) -> d
         # gf_checkpoint's change: a longer stage 1 makes another G_F, which a G_V must not go on through)
         eval_videos=EVAL_VIDEOS,
         precision=ctx.precision,
-        compile=ctx.compile and (ctx.cuda or compile_on_cpu),
+        compile=ctx.compiles(on_cpu=compile_on_cpu),
         **overrides,
     )
     resumed_at = check_resumable(resolve_defaults(cfg))  # as the recipe records it

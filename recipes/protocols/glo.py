@@ -94,7 +94,7 @@ def glo_config(ctx: Context, data: Path) -> Any:
         ckpt_every=0,  # one checkpoint, at the end: the evaluation (stage post) and a rerun go on from it
         resume="auto",  # a rerun into the same --out re-evaluates the finished run (other settings: refused)
         precision=ctx.precision,
-        compile=ctx.cuda and ctx.compile,
+        compile=ctx.compiles(),
         **COMMON,
         **scale["glo"],
     )

@@ -157,7 +157,7 @@ def train_config(ctx: Context, store: Path) -> Any:
         ckpt_every=steps // 2,  # the half-way checkpoint is GAM's opponent
         resume="auto",  # a rerun into the same --out goes on from the last checkpoint (or re-evaluates)
         precision=ctx.precision,
-        compile=ctx.cuda and ctx.compile,
+        compile=ctx.compiles(),
         **train,
     )
 
