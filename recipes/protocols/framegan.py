@@ -97,32 +97,28 @@ FAST_STAGE1: dict[str, Any] = {"d_impl": "batched_dot", "r1_split": True}
 FAST_STAGE2: dict[str, Any] = {"d_impl": "batched_dot", "compile": True}
 
 
-# Per ball count and mode, the stage fields that differ from CPU_SCALE's and STEPS' (measured, see
+# The full protocols' stage fields beyond CPU_SCALE's and STEPS', for either ball count (measured, see
+# bench/reproductions/framegan.md): both stages in the faster order, and stage 2 sampled from G_V's weight
+# average (beyond the paper; the raw G_V missed the link target where the average held, with either ball
+# count).
+FULL: dict[str, dict[str, Any]] = {"stage1": dict(FAST_STAGE1), "stage2": {"g_ema": 0.999, **FAST_STAGE2}}
+
+
+# Per ball count and mode, the stage fields that differ from the above (measured, see
 # bench/reproductions/framegan.md): three balls need more steps before G_F draws exactly three in most frames
 # and G_V's videos differ, and their G_V collapsed against video discriminators of width 16 where width 8 did
 # not.
 BY_BALLS: dict[int, dict[bool, dict[str, dict[str, Any]]]] = {
     # --quick: stage 1 in the faster order (1.4x its wall time in the measured run), to fit the issue's 10
-    # minutes on slower machines; stage 2 as before: with video discriminators of width 16 the dot head,
-    # R1's split and the compiled generators gave 1.01x, 0.95x and 1.03x its steps/s (bench_framegan.py), and
-    # the compile itself costs about 30 s. Full: the same stage 1 (so it is --quick's stage 1, step for step),
-    # stage 2 compiled (1.08x over 1,000 steps in the protocol) and sampled from G_V's weight average: in the
-    # measured run (every full target holds, 78.4 min wall) the average linked 0.908 at 13,500 steps, the raw
-    # G_V 0.878.
-    1: {
-        True: {"stage1": dict(FAST_STAGE1)},
-        False: {"stage1": dict(FAST_STAGE1), "stage2": {"g_ema": 0.999, **FAST_STAGE2}},
-    },
+    # minutes on slower machines, and so the full protocol's stage 1 is --quick's, step for step; stage 2 as
+    # it was: with video discriminators of width 16 the dot head, R1's split and the compiled generators gave
+    # 1.01x, 0.95x and 1.03x its steps/s (bench_framegan.py), and the compile itself costs about 30 s
+    1: {True: {"stage1": dict(FAST_STAGE1)}},
     3: {
         True: {"stage1": {"max_steps": 2500}, "stage2": {"max_steps": 1500, "d_width": 8}},
-        # full: G_V's weight average samples (beyond the paper; it linked 0.917-0.947 at 6,000 and 7,500 steps
-        # in four runs), stage 1 trains 9,000 steps (at 7,500, two of five runs drew three balls in < 0.9 of
-        # frames), the faster order of both stages. Every full target holds in the measured run (60.6 min
-        # wall).
-        False: {
-            "stage1": {"max_steps": 9000, **FAST_STAGE1},
-            "stage2": {"max_steps": 6000, "d_width": 8, "g_ema": 0.999, **FAST_STAGE2},
-        },
+        # full: stage 1 trains 9,000 steps (at 7,500, two of five runs drew three balls in < 0.9 of frames),
+        # stage 2 6,000 (G_V's average linked 0.917-0.947 at 6,000 and 7,500 steps in four runs)
+        False: {"stage1": {"max_steps": 9000}, "stage2": {"max_steps": 6000, "d_width": 8}},
     },
 }
 
@@ -146,9 +142,16 @@ def stage_configs(quick: bool, n_balls: int, scale: str = "cpu") -> tuple[dict[s
     if scale == "paper":
         stage1, stage2 = ({**PAPER_SCALE[stage], "max_steps": PAPER_STEPS[stage]} for stage in STAGES)
         return stage1, stage2
-    changes = BY_BALLS.get(n_balls, {}).get(quick, {})
+    full = {} if quick else FULL
+    by_balls = BY_BALLS.get(n_balls, {}).get(quick, {})
     stage1, stage2 = (
-        {**CPU_SCALE[stage], "max_steps": STEPS[quick][stage], **changes.get(stage, {})} for stage in STAGES
+        {
+            **CPU_SCALE[stage],
+            "max_steps": STEPS[quick][stage],
+            **full.get(stage, {}),
+            **by_balls.get(stage, {}),
+        }
+        for stage in STAGES
     )
     return stage1, stage2
 
