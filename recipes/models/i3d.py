@@ -98,13 +98,26 @@ class Unit3D(nn.Module):
         return F.relu(x) if self.activation else x
 
 
+def separable_max_pool3d(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """``F.max_pool3d(x, kernel, stride)`` (no padding) as three 1-D max pools, one per dim: the max over a
+    box is the max over each axis in turn, so the result is bitwise the same. On CPU ``max_pool3d`` also
+    computes argmax indices and reads the whole k_t*k_h*k_w box per output; this reads k_t + k_h + k_w
+    values (2-6x faster on I3D's pools, bench/bench_fvd.py)."""
+    for dim, k, s in zip((2, 3, 4), kernel, stride, strict=True):
+        if k > 1 or s > 1:
+            x = x.unfold(dim, k, s).amax(dim=-1)
+    return x
+
+
 class MaxPool3dSame(nn.Module):
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
         super().__init__()
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool3d(same_pad(x, self.kernel, self.stride, value=-math.inf), self.kernel, self.stride)
+        return separable_max_pool3d(
+            same_pad(x, self.kernel, self.stride, value=-math.inf), self.kernel, self.stride
+        )
 
 
 class InceptionModule(nn.Module):
