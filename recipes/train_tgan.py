@@ -55,6 +55,10 @@ Options for short runs (not the paper's; the `tgan-mnist` protocol uses them, me
   first 1,000 G steps, behind by 2,000 and at equal CPU (1.4x / 2.6x per G step); not adopted there.
 - `--g-ema 0.999`: also keep an exponential moving average of G's weights (`recipes.common.ema`), which
   samples, evaluation and `load_models` use; the raw G still trains and is checkpointed for resuming.
+- `--frame-critic-ch N`: a per-frame 2-D critic of width N beside the video critic, as MoCoGAN's image
+  discriminator (`recipes.models.tgan.FrameCritic`): every frame is scored alone and the clip's score adds
+  the mean of its frames' scores, so G is also judged frame by frame. It lives inside the critic module, so
+  SVC, gamma clipping, the optimizer, checkpoints and DDP cover it unchanged.
 
 Evaluation (`--eval-videos N`, main rank): N clips of the generator (BN running statistics, as `infer.py`;
 z0 from seed + 1, conditions cycling the classes) are saved as `<run>/eval/samples.npy` and scored against N
@@ -140,6 +144,9 @@ class TGANConfig(TrainConfig):
     # > 0: the critic's minibatch-stddev channel over groups of this many clips (0 = off, as the paper); see
     # recipes.models.tgan.minibatch_stddev
     mbstd_group: int = 0
+    # > 0: a per-frame 2-D critic branch of this width beside the video critic (0 = off, as the paper); see
+    # recipes.models.tgan.VideoCritic
+    frame_critic_ch: int = 0
     # > 0: add the R1 penalty (r1_gamma / 2) E ||grad_x D(x)||^2 on real clips to the critic's loss, beside
     # the Lipschitz constraint (0 = off, as the paper); see critic_objective
     r1_gamma: float = 0.0
@@ -202,6 +209,7 @@ def build_models(cfg: TGANConfig, *, channels: int, size: int) -> tuple[VideoGen
         mid_ch=cfg.critic_ch,
         n_classes=cfg.n_classes,
         mbstd_group=cfg.mbstd_group,
+        frame_ch=cfg.frame_critic_ch,
     )
     if cfg.critic_init == "orthogonal":
         orthogonal_init_(critic)
@@ -549,6 +557,7 @@ MODEL_FIELDS = (
     "gen_ch",
     "gen_upsample",
     "critic_ch",
+    "frame_critic_ch",
     "n_classes",
     "label_key",
     "svc_scope",
@@ -682,6 +691,8 @@ def _check(cfg: TGANConfig, channels: int, size: int, height: int) -> None:
         raise ValueError(f"n_critic must be >= 1, got {cfg.n_critic}")
     if cfg.mbstd_group < 0:
         raise ValueError(f"mbstd_group must be >= 0 (0 = off), got {cfg.mbstd_group}")
+    if cfg.frame_critic_ch < 0:
+        raise ValueError(f"frame_critic_ch must be >= 0 (0 = off), got {cfg.frame_critic_ch}")
     if not cfg.r1_gamma >= 0:
         raise ValueError(f"r1_gamma must be >= 0 (0 = off), got {cfg.r1_gamma}")
 

@@ -76,7 +76,14 @@ def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) ->
         presets=PRESETS,
         smoke=SMOKE,
     )
-    options = {"frame_size": 16, "gen_upsample": "resize", "g_ema": 0.9, "mbstd_group": 2, "r1_gamma": 5.0}
+    options = {
+        "frame_size": 16,
+        "gen_upsample": "resize",
+        "g_ema": 0.9,
+        "mbstd_group": 2,
+        "r1_gamma": 5.0,
+        "frame_critic_ch": 4,
+    }
     main(dataclasses.replace(cfg, **options, max_steps=2, ckpt_every=2))
     state = torch.load(tmp_path / "run" / "checkpoints" / "ckpt-000000002.pt", weights_only=True)
     assert state["extra"] == {"channels": 1, "size": 16, "store_size": 32}
@@ -88,6 +95,8 @@ def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) ->
     assert loaded.frame_size == 16 and loaded.gen_upsample == "resize" and loaded.mbstd_group == 2
     assert loaded.r1_gamma == 5.0
     assert critic.mbstd_group == 2 and critic.head.in_channels == SMOKE["critic_ch"] * 2 + 1  # 16x16
+    assert loaded.frame_critic_ch == 4 and critic.frame_critic is not None
+    assert any(k.startswith("frame_critic.") for k in state["models"]["critic"])  # trained and saved
     assert torch.equal(gen.g1.slow[0].weight, state["models"]["gen_ema"]["g1.slow.0.weight"])  # samples: EMA
     assert generate_videos(gen, 2, seed=0, device=torch.device("cpu")).shape == (2, 1, 8, 16, 16)
     with pytest.raises(ValueError, match="frame_size"):
@@ -96,6 +105,8 @@ def test_reduced_frame_size_run_trains_and_loads_at_that_size(tmp_path: Path) ->
         main(dataclasses.replace(cfg, mbstd_group=-1, out_dir=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="r1_gamma"):
         main(dataclasses.replace(cfg, r1_gamma=-1.0, out_dir=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="frame_critic_ch"):
+        main(dataclasses.replace(cfg, frame_critic_ch=-1, out_dir=str(tmp_path / "bad")))
 
 
 def test_r1_adds_half_gamma_times_the_squared_input_gradient_of_the_real_scores() -> None:

@@ -16,6 +16,7 @@ from recipes.losses.wgan import (
     svc_parameters,
 )
 from recipes.models.tgan import (
+    FrameCritic,
     TemporalGenerator,
     VideoCritic,
     VideoGenerator,
@@ -272,3 +273,36 @@ def test_critic_with_minibatch_stddev_scores_a_collapsed_batch_apart_and_stays_u
         critic.head.weight.mul_(100)
     clip_singular_values_(critic)
     assert _top_singular_values(critic.head.weight) <= 1 + 1e-5
+
+
+def test_frame_critic_branch_adds_the_mean_frame_score_and_stays_under_the_constraints() -> None:
+    """The clip's score is the video critic's plus the mean of the frame critic's scores over its frames
+    (so the WGAN losses are the two critics' losses summed), the frame part ignores the frames' order, and
+    SVC and BN gamma clipping reach the frame branch through the one critic module."""
+    torch.manual_seed(0)
+    critic = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8, frame_ch=4).eval()
+    plain = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8).eval()
+    video_part = {k: v for k, v in critic.state_dict().items() if not k.startswith("frame_critic.")}
+    plain.load_state_dict(video_part)
+    assert isinstance(critic.frame_critic, FrameCritic)
+    clips = torch.rand(3, 1, 8, 32, 32) * 2 - 1
+    frames = clips.transpose(1, 2).reshape(24, 1, 32, 32)
+    expected = plain(clips) + critic.frame_critic(frames).view(3, 8).mean(1)
+    torch.testing.assert_close(critic(clips), expected)
+    shuffled = clips[:, :, torch.randperm(8)]  # right frames, wrong order: only the video part can tell
+    torch.testing.assert_close(critic(shuffled) - plain(shuffled), critic(clips) - plain(clips))
+    assert not torch.allclose(plain(shuffled), plain(clips))
+    with torch.no_grad():
+        for m in critic.frame_critic.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(100)
+    assert clip_singular_values_(critic) > 1
+    for m in critic.frame_critic.modules():
+        if isinstance(m, nn.Conv2d):
+            assert _top_singular_values(m.weight) <= 1 + 1e-5
+    assert clip_bn_gamma_(critic) == 2 * 2  # 32x32: two BN layers in each branch
+    conditional = VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8, n_classes=3, frame_ch=4)
+    assert conditional.frame_critic.layers[0].in_channels == 1 + 3  # the condition planes reach it too
+    assert conditional(clips, torch.eye(3)).shape == (3,)
+    with pytest.raises(ValueError, match="frame_ch"):
+        VideoCritic(in_channels=1, size=32, n_frames=8, mid_ch=8, frame_ch=-1)

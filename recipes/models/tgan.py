@@ -283,9 +283,39 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
     return torch.cat([h, plane], dim=1)
 
 
+class FrameCritic(nn.Module):
+    """2-D WGAN critic on single frames (M, C, H, W) -> score (M,): the video critic's layers in 2-D (first
+    conv without BN, then BN without beta, LeakyReLU, down to 4x4, a 4x4 head). Not TGAN's; the per-frame
+    critic of MoCoGAN (Tulyakov et al. 2018, D_I) and DVD-GAN's spatial critic (our option,
+    `VideoCritic(frame_ch=...)`)."""
+
+    def __init__(self, *, in_channels: int = 1, size: int = 64, mid_ch: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_ch, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+        ch = mid_ch
+        for _ in range(_stages(size, "frame size") - 1):
+            layers += [
+                nn.Conv2d(ch, ch * 2, 4, 2, 1),
+                _no_beta(nn.BatchNorm2d(ch * 2, eps=BN_EPS)),
+                nn.LeakyReLU(LEAKY_SLOPE),
+            ]
+            ch *= 2
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 0))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.layers(frames).flatten()
+
+
 class VideoCritic(nn.Module):
     """WGAN critic: video (N, C, T, H, W) -> score (N,), the sum over the T' final time steps (T' = 1 at
-    16x64x64)."""
+    16x64x64).
+
+    `frame_ch` > 0 (our option, not TGAN's) adds a `FrameCritic` branch of that width that scores every frame
+    alone; the clip's score is the video score plus the mean of its frames' scores. WGAN's losses are linear
+    in the score, so this is exactly a video critic and a frame critic trained side by side on the sum of
+    their losses (MoCoGAN's two discriminators), and SVC and BN gamma clipping reach both through this one
+    module: the sum of two 1-Lipschitz critics is 2-Lipschitz, a constant the losses absorb."""
 
     def __init__(
         self,
@@ -296,6 +326,7 @@ class VideoCritic(nn.Module):
         mid_ch: int = 64,
         n_classes: int = 0,
         mbstd_group: int = 0,
+        frame_ch: int = 0,
     ) -> None:
         super().__init__()
         n_down = _stages(size, "video size")
@@ -319,6 +350,11 @@ class VideoCritic(nn.Module):
         self.features = nn.Sequential(*layers)
         self.mbstd_group = mbstd_group
         self.head = nn.Conv2d(ch + (mbstd_group > 0), 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
+        if frame_ch < 0:
+            raise ValueError(f"frame_ch must be >= 0 (0 = no frame critic), got {frame_ch}")
+        self.frame_critic = (
+            FrameCritic(in_channels=in_channels + n_classes, size=size, mid_ch=frame_ch) if frame_ch else None
+        )
         init_uniform_(self)
 
     def forward(self, video: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -331,4 +367,8 @@ class VideoCritic(nn.Module):
             h = minibatch_stddev(h, self.mbstd_group)
         t = h.shape[2]
         h = h.transpose(1, 2).reshape(n * t, *h.shape[1:2], *h.shape[3:])
-        return self.head(h).view(n, t).sum(dim=1)
+        score = self.head(h).view(n, t).sum(dim=1)
+        if self.frame_critic is None:
+            return score
+        frames = video.transpose(1, 2).reshape(-1, video.shape[1], *video.shape[3:])  # (N*T, C, H, W)
+        return score + self.frame_critic(frames).view(n, -1).mean(dim=1)
