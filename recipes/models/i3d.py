@@ -102,7 +102,7 @@ def separable_max_pool3d(x: torch.Tensor, kernel: Sequence[int], stride: Sequenc
     """``F.max_pool3d(x, kernel, stride)`` (no padding) as three 1-D max pools, one per dim: the max over a
     box is the max over each axis in turn, so the result is bitwise the same. On CPU ``max_pool3d`` also
     computes argmax indices and reads the whole k_t*k_h*k_w box per output; this reads k_t + k_h + k_w
-    values (2-6x faster on I3D's pools, bench/bench_fvd.py)."""
+    values (bench/bench_fvd.py measures the FVD features both ways)."""
     for dim, k, s in zip((2, 3, 4), kernel, stride, strict=True):
         if k > 1 or s > 1:
             x = x.unfold(dim, k, s).amax(dim=-1)
