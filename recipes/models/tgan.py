@@ -283,6 +283,24 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
     return torch.cat([h, plane], dim=1)
 
 
+def critic_trunk(
+    conv: type[nn.Module], batch_norm: type[nn.Module], in_ch: int, mid_ch: int, n_down: int
+) -> tuple[list[nn.Module], int]:
+    """The critics' downsampling layers in 2-D or 3-D (`conv`, `batch_norm`) and their output channels:
+    conv (k4 s2 p1) + LeakyReLU without BN, then `n_down` - 1 stages of conv doubling the channels, BN
+    without beta and LeakyReLU (the authors' `VideoDiscriminatorNoBetaInitUniform`)."""
+    layers: list[nn.Module] = [conv(in_ch, mid_ch, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+    ch = mid_ch
+    for _ in range(n_down - 1):
+        layers += [
+            conv(ch, ch * 2, 4, 2, 1),
+            _no_beta(batch_norm(ch * 2, eps=BN_EPS)),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        ]
+        ch *= 2
+    return layers, ch
+
+
 class FrameCritic(nn.Module):
     """2-D WGAN critic on single frames (M, C, H, W) -> score (M,): the video critic's layers in 2-D (first
     conv without BN, then BN without beta, LeakyReLU, down to 4x4, a 4x4 head). Not TGAN's; the per-frame
@@ -291,17 +309,8 @@ class FrameCritic(nn.Module):
 
     def __init__(self, *, in_channels: int = 1, size: int = 64, mid_ch: int = 64) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_ch, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
-        ch = mid_ch
-        for _ in range(_stages(size, "frame size") - 1):
-            layers += [
-                nn.Conv2d(ch, ch * 2, 4, 2, 1),
-                _no_beta(nn.BatchNorm2d(ch * 2, eps=BN_EPS)),
-                nn.LeakyReLU(LEAKY_SLOPE),
-            ]
-            ch *= 2
-        layers.append(nn.Conv2d(ch, 1, 4, 1, 0))
-        self.layers = nn.Sequential(*layers)
+        layers, ch = critic_trunk(nn.Conv2d, nn.BatchNorm2d, in_channels, mid_ch, _stages(size, "frame size"))
+        self.layers = nn.Sequential(*layers, nn.Conv2d(ch, 1, 4, 1, 0))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.layers(frames).flatten()
@@ -335,18 +344,8 @@ class VideoCritic(nn.Module):
                 f"n_frames must be a multiple of {2**n_down} for a {size}x{size} critic, got {n_frames}"
             )
         self.n_classes = n_classes
-        layers: list[nn.Module] = [
-            nn.Conv3d(in_channels + n_classes, mid_ch, 4, 2, 1),
-            nn.LeakyReLU(LEAKY_SLOPE),
-        ]
-        ch = mid_ch
-        for _ in range(n_down - 1):  # 64x64: 64 -> 128 -> 256 -> 512
-            layers += [
-                nn.Conv3d(ch, ch * 2, 4, 2, 1),
-                _no_beta(nn.BatchNorm3d(ch * 2, eps=BN_EPS)),
-                nn.LeakyReLU(LEAKY_SLOPE),
-            ]
-            ch *= 2
+        # 64x64: 64 -> 128 -> 256 -> 512
+        layers, ch = critic_trunk(nn.Conv3d, nn.BatchNorm3d, in_channels + n_classes, mid_ch, n_down)
         self.features = nn.Sequential(*layers)
         self.mbstd_group = mbstd_group
         self.head = nn.Conv2d(ch + (mbstd_group > 0), 1, 4, 1, 0)  # Chainer c4: top_width 4, with bias
